@@ -199,6 +199,19 @@ def test_get_reward_fn():
         get_reward_fn("r1-zero")
 
 
+def test_format_shaping_combination_keeps_answer_and_format_of_the_correctness_reward():
+    from r1_lightning.rewards import resolve_reward_fn
+
+    shaped = resolve_reward_fn({"gsm8k": 1.0, "r1_zero_format": 0.1})
+    wrong = shaped("steps </think> <answer> 17 </answer>", "18")
+    assert wrong["reward"] == pytest.approx(0.1) and wrong["answer_reward"] == 0.0 and wrong["format_reward"] == 1.0
+    right = shaped("steps </think> <answer> 18 </answer>", "18")
+    assert right["reward"] == pytest.approx(1.1) and right["answer_reward"] == 1.0
+    unformatted = shaped("the answer is 18", "18")
+    assert unformatted["reward"] == 0.0 and unformatted["format_reward"] == 0.0
+    assert resolve_reward_fn("r1_zero") is r1_zero_reward_fn
+
+
 def test_combine_reward_fns_weights_each_component():
     combined = combine_reward_fns({"r1_zero": 1.0, "question_only": 0.5})
     # Correct in the R1-Zero format, with no box for question_only: 1.0 * 1 + 0.5 * 0.

@@ -15,7 +15,9 @@ from r1_lightning.rewards.reward_fns import (
     get_reward_fn,
     gsm8k_reward_fn,
     question_only_reward_fn,
+    r1_zero_format_reward_fn,
     r1_zero_reward_fn,
+    resolve_reward_fn,
 )
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "gsm8k_reward_fn",
     "normalize_answer",
     "question_only_reward_fn",
+    "r1_zero_format_reward_fn",
     "r1_zero_reward_fn",
+    "resolve_reward_fn",
     "unwrap_boxed",
 ]

@@ -92,6 +92,15 @@ def gsm8k_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float
     return _rewards(well_formatted=True, correct=correct)
 
 
+def r1_zero_format_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float]:
+    """Format shaping for weak starting models: reward 1 for a well-formed R1-Zero response,
+    whatever the answer. Use it only combined with a correctness reward and a small weight, e.g.
+    `reward_fn: {gsm8k: 1.0, r1_zero_format: 0.1}`; its format/answer entries are 0 so a
+    combination's logged format and answer rewards stay those of the correctness reward."""
+    well_formatted = _r1_zero_answer(response) is not None
+    return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 1.0 if well_formatted else 0.0}
+
+
 def _last_number_value(text: str) -> Fraction | None:
     number = extract_last_number(text)
     parsed = parse_plain_number(number) if number is not None else None
@@ -102,6 +111,7 @@ REWARD_FNS: dict[str, RewardFn] = {
     "r1_zero": r1_zero_reward_fn,
     "question_only": question_only_reward_fn,
     "gsm8k": gsm8k_reward_fn,
+    "r1_zero_format": r1_zero_format_reward_fn,
 }
 
 
@@ -124,6 +134,12 @@ def get_reward_fn(name: str) -> RewardFn:
         f"unknown reward function {name!r}; choose one of {sorted(REWARD_FNS)} or give an import path "
         f"such as my_package.rewards.my_reward_fn"
     )
+
+
+def resolve_reward_fn(spec: str | dict[str, float]) -> RewardFn:
+    """A config's `reward_fn`: a name or import path (`get_reward_fn`), or a {name: weight} dict
+    (`combine_reward_fns`)."""
+    return get_reward_fn(spec) if isinstance(spec, str) else combine_reward_fns(dict(spec))
 
 
 def combine_reward_fns(weights: dict[str, float]) -> RewardFn:

@@ -1,0 +1,344 @@
+"""`VLLMEngine`: rollouts from a vLLM `LLM` living in the trainer's process, on its own GPU.
+
+All vLLM-specific code of the package is in this file, and vLLM is imported only when an engine
+is attached (`import r1_lightning.rollout` works without it). Tested against vLLM 0.26.0; the
+vLLM API each call relies on is named next to it.
+
+Design:
+- In-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): the engine core and its single worker
+  run in this process and thread, so `LLM.apply_model` hands the worker's `nn.Module` to a Python
+  function and the policy's tensors pass by reference — a weight sync is one in-place
+  `model.load_weights(...)` over (Hugging Face name, tensor) pairs, with no disk and no NCCL.
+- Placement: `LLM(..., device_ids=[N])` (vLLM 0.26) puts the engine on `cuda:N` without touching
+  `CUDA_VISIBLE_DEVICES`. By default N = 1: the policy trains on GPU 0, the engine owns GPU 1.
+- `colocate=True` shares one GPU with the trainer: vLLM's sleep mode frees the engine's memory
+  (`sleep(level=1)`: weights offloaded to CPU, KV cache discarded) while the policy trains.
+- Prompts go in as token ids from the policy's tokenizer, so the engine and the trainer agree on
+  ids; vLLM loads the same tokenizer from the model folder for stop strings and detokenization.
+- Log-probs are vLLM's `logprobs_mode="raw_logprobs"`: log-softmax of the unprocessed logits
+  (before temperature, top-k/top-p and min_tokens), the same quantity as `HFEngine`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from r1_lightning.rollout.base import Completion, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+TESTED_VLLM_VERSION = "0.26.0"
+
+_INSTALL_HINT = (
+    "VLLMEngine needs vLLM on a CUDA machine: pip install 'r1-lightning[vllm]' (vllm=="
+    f"{TESTED_VLLM_VERSION}). Without vLLM, generate with the policy itself: "
+    "--model.init_args.engine r1_lightning.rollout.HFEngine"
+)
+
+# vLLM's CompletionOutput.finish_reason -> ours. "abort" (a cancelled request) has no counterpart.
+_FINISH_REASONS = {"stop": "stop", "length": "length"}
+
+
+class VLLMEngine:
+    """A vLLM engine on its own GPU (default: the second one), fed the policy's weights in place.
+
+    model: what vLLM loads at attach time; default the policy's own `config._name_or_path`.
+        Its weights only need the right shapes: the trainer pushes the policy's weights in before
+        the first rollout (and after a resume).
+    device: "auto" (cuda:1; with `colocate`, the policy's GPU), or a CUDA index / "cuda:N".
+    gpu_memory_utilization: share of the engine GPU's memory vLLM may take (weights + KV cache).
+        With `colocate`, it shares that memory with training: use a small value (e.g. 0.3).
+    max_model_len: prompt + response token budget; None = the model's maximum.
+    seed: the engine's base seed (samples with `SamplingConfig.seed` set use per-request seeds).
+    enforce_eager: skip CUDA graphs and torch.compile (faster start, slower decoding).
+    colocate: single-GPU mode with vLLM's sleep mode (the engine sleeps after every rollout).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str | int = "auto",
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        enable_prefix_caching: bool = True,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        enforce_eager: bool = False,
+        colocate: bool = False,
+    ) -> None:
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        self.model = model
+        self.device = device
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.max_model_len = max_model_len
+        self.enable_prefix_caching = enable_prefix_caching
+        self.dtype = dtype
+        self.seed = seed
+        self.enforce_eager = enforce_eager
+        self.colocate = colocate
+
+        self.llm = None  # vllm.LLM, built by attach()
+        self.tokenizer = None
+        self.device_index: int | None = None
+        self._tie_word_embeddings = False
+        self._sleeping = False
+
+    # -- RolloutEngine protocol ------------------------------------------------------------------
+
+    @property
+    def shares_policy_weights(self) -> bool:
+        return False
+
+    def attach(self, policy: torch.nn.Module, tokenizer) -> None:
+        vllm = _import_vllm()
+        model_path = self.model or getattr(getattr(policy, "config", None), "_name_or_path", None)
+        if not model_path:
+            raise ValueError(
+                "VLLMEngine needs a model folder or hub id to build the engine from: the policy has no "
+                "config._name_or_path, so pass --model.init_args.engine.init_args.model PATH"
+            )
+        policy_device = next(policy.parameters()).device
+        self.device_index = resolve_engine_device(
+            self.device,
+            colocate=self.colocate,
+            num_gpus=torch.cuda.device_count(),
+            policy_device_index=policy_device.index if policy_device.type == "cuda" else None,
+        )
+        if not self.colocate and policy_device == torch.device("cuda", self.device_index):
+            log.warning(
+                "VLLMEngine shares cuda:%d with the policy without colocate=True: the engine keeps its "
+                "memory during training; set colocate true (sleep mode) or a lower gpu_memory_utilization",
+                self.device_index,
+            )
+        self.tokenizer = tokenizer
+        self._tie_word_embeddings = bool(getattr(policy.config, "tie_word_embeddings", False))
+        tokenizer_path = getattr(tokenizer, "name_or_path", None) or model_path
+        self.llm = self._build_llm(vllm, model_path, tokenizer_path)
+        self._sleeping = False
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]:
+        from vllm import SamplingParams  # vllm.SamplingParams (0.26: a msgspec Struct)
+
+        self._require_attached()
+        if not prompts:
+            return []
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        params = [SamplingParams(**sampling_params_kwargs(sampling, i)) for i in range(len(prompts))]
+        self.wake_up()
+        with self._on_engine_device():
+            # LLM.generate(prompts, sampling_params, use_tqdm=...): a token-id prompt is a
+            # TokensPrompt dict {"prompt_token_ids": [...]}; one SamplingParams per prompt; the
+            # RequestOutputs come back in prompt order.
+            request_outputs = self.llm.generate(
+                [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
+            )
+        if self.colocate:
+            self.sleep()
+        return to_completions(request_outputs, prompt_ids)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy (Hugging Face name, tensor) pairs into the engine's model, in place.
+
+        The tensors may live on another GPU (copied device to device) and in another dtype
+        (cast on copy). vLLM's `load_weights` fuses q/k/v and gate/up itself.
+        """
+        self._require_attached()
+        waking = self.colocate and self._sleeping
+        if waking:
+            self.llm.wake_up(tags=["weights"])  # LLM.wake_up(tags): weights first, KV cache after
+        weights = engine_weights(named_tensors, self._tie_word_embeddings)
+        with torch.no_grad(), self._on_engine_device():
+            # LLM.apply_model(func) -> [func(model) per worker]; in-process there is one worker and
+            # `func` runs right here. Qwen2ForCausalLM.load_weights returns the names it loaded.
+            loaded = self.llm.apply_model(lambda model: model.load_weights(weights))
+        if all(isinstance(names, set) and not names for names in loaded):
+            raise RuntimeError(
+                "vLLM's load_weights loaded no parameter: do the tensor names match the model?"
+            )
+        if waking:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._sleeping = False
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
+    def update_from_policy(self, policy: torch.nn.Module) -> None:
+        """Push all of `policy`'s parameters (a torch.compile wrapper is looked through)."""
+        policy = getattr(policy, "_orig_mod", policy)
+        self.load_weights((name, param.detach()) for name, param in policy.named_parameters())
+
+    def sleep(self) -> None:
+        """Colocated mode: give the GPU memory back to training (LLM.sleep(level=1))."""
+        if self.colocate and not self._sleeping and self.llm is not None:
+            self.llm.sleep(level=1)
+            self._sleeping = True
+
+    def wake_up(self) -> None:
+        """Colocated mode: take the weights and the KV cache back (LLM.wake_up())."""
+        if self._sleeping:
+            self.llm.wake_up()
+            self._sleeping = False
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _build_llm(self, vllm, model_path: str, tokenizer_path: str):
+        engine_args: dict[str, Any] = {
+            "model": model_path,
+            "tokenizer": tokenizer_path,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enforce_eager": self.enforce_eager,
+            "enable_sleep_mode": self.colocate,
+            "logprobs_mode": "raw_logprobs",  # ModelConfig.logprobs_mode (also 0.26's default)
+        }
+        if self.max_model_len is not None:
+            engine_args["max_model_len"] = self.max_model_len
+        if _engine_arg_exists("device_ids"):
+            engine_args["device_ids"] = [self.device_index]  # EngineArgs.device_ids (0.26)
+        elif self.device_index != 0:
+            # Fallback for a vLLM without `device_ids`: its single in-process worker takes cuda:0, and
+            # CUDA_VISIBLE_DEVICES cannot change once CUDA started (it has: the policy is on a GPU).
+            raise RuntimeError(
+                f"this vLLM ({vllm.__version__}) cannot place its engine on cuda:{self.device_index}. "
+                "Launch with the engine's GPU listed first, e.g. CUDA_VISIBLE_DEVICES=1,0, and pass "
+                "--model.init_args.engine.init_args.device 0 with the trainer on the other GPU, or use "
+                f"vllm=={TESTED_VLLM_VERSION}"
+            )
+        with self._on_engine_device():
+            return vllm.LLM(**engine_args)
+
+    @contextlib.contextmanager
+    def _on_engine_device(self):
+        """Run vLLM calls with the engine's GPU as the current CUDA device, then restore the
+        caller's: the in-process worker sets the thread's current device, and tensors vLLM makes
+        with a bare "cuda" must land on its GPU, while the trainer's must stay on the policy's."""
+        with torch.cuda.device(self.device_index):
+            yield
+
+    def _require_attached(self) -> None:
+        if self.llm is None:
+            raise RuntimeError("VLLMEngine used before attach(policy, tokenizer)")
+
+
+# -- pure helpers (no vLLM needed; unit-tested on the CPU) -----------------------------------------
+
+
+def resolve_engine_device(
+    device: str | int, colocate: bool, num_gpus: int, policy_device_index: int | None
+) -> int:
+    """The CUDA index the engine goes on."""
+    if num_gpus == 0:
+        raise RuntimeError(f"VLLMEngine needs a CUDA GPU and none is visible. {_INSTALL_HINT}")
+    if device == "auto":
+        if colocate:
+            return policy_device_index if policy_device_index is not None else 0
+        if num_gpus < 2:
+            raise RuntimeError(
+                f"VLLMEngine puts its engine on a second GPU (cuda:1) by default, but {num_gpus} GPU is "
+                "visible. On one GPU pass --model.init_args.engine.init_args.device 0 "
+                "--model.init_args.engine.init_args.colocate true (vLLM sleep mode), or use "
+                "--model.init_args.engine r1_lightning.rollout.HFEngine"
+            )
+        return 1
+    index = int(device.removeprefix("cuda:")) if isinstance(device, str) else int(device)
+    if not 0 <= index < num_gpus:
+        raise ValueError(f"VLLMEngine device {device!r} is not one of the {num_gpus} visible GPUs")
+    return index
+
+
+def sampling_params_kwargs(sampling: SamplingConfig, prompt_index: int) -> dict[str, Any]:
+    """Keyword arguments of vLLM's `SamplingParams` for one prompt."""
+    kwargs: dict[str, Any] = {
+        "n": sampling.n,
+        "temperature": sampling.temperature,  # 0 = greedy in vLLM too
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k if sampling.top_k > 0 else -1,  # vLLM: 0 or -1 = off; -1 in every release
+        "min_p": sampling.min_p,
+        "max_tokens": sampling.max_tokens,
+        "min_tokens": sampling.min_tokens,  # vLLM ignores EOS and stop strings before it, as HFEngine does
+        "stop": list(sampling.stop) or None,
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": True,
+        "logprobs": 0 if sampling.logprobs else None,  # 0 = only the sampled token's log-prob
+    }
+    if sampling.seed is not None:
+        # One seed per request, spaced by n because vLLM derives the seeds of a request's n samples
+        # from it; identical prompts in one batch must not get identical samples.
+        kwargs["seed"] = sampling.seed + prompt_index * sampling.n
+    return kwargs
+
+
+def to_completions(request_outputs: Sequence[Any], prompt_token_ids: Sequence[list[int]]) -> list[Completion]:
+    """vLLM `RequestOutput`s (one per prompt, in order) -> flat prompt-major `Completion`s."""
+    if len(request_outputs) != len(prompt_token_ids):
+        raise RuntimeError(
+            f"vLLM returned {len(request_outputs)} outputs for {len(prompt_token_ids)} prompts"
+        )
+    completions = []
+    for prompt_index, request_output in enumerate(request_outputs):
+        for sample in sorted(request_output.outputs, key=lambda output: output.index):
+            if sample.finish_reason not in _FINISH_REASONS:
+                raise RuntimeError(f"vLLM request {prompt_index} finished with {sample.finish_reason!r}")
+            token_ids = list(sample.token_ids)
+            logprobs = None
+            if sample.logprobs is not None:
+                # One {token id: Logprob} mapping per generated token; it holds the sampled token.
+                logprobs = [float(step[token].logprob) for step, token in zip(sample.logprobs, token_ids)]
+            completions.append(
+                Completion(
+                    prompt_index=prompt_index,
+                    prompt_token_ids=list(prompt_token_ids[prompt_index]),
+                    token_ids=token_ids,
+                    text=sample.text,
+                    finish_reason=_FINISH_REASONS[sample.finish_reason],
+                    logprobs=logprobs,
+                )
+            )
+    return completions
+
+
+def engine_weights(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], tie_word_embeddings: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The pairs vLLM's loader should see. A tied model has no lm_head parameter in vLLM (its
+    loader skips the name too); dropping it here also saves the copy."""
+    for name, tensor in named_tensors:
+        if tie_word_embeddings and name == "lm_head.weight":
+            continue
+        yield name, tensor
+
+
+# -- vLLM import and feature checks ---------------------------------------------------------------------
+
+
+def _import_vllm():
+    # The in-process engine is what lets tensors pass by reference (see the module docstring);
+    # vLLM reads this variable when the engine is built.
+    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    if previous not in (None, "0"):
+        log.warning(
+            "VLLMEngine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 (was %s): it needs an in-process engine",
+            previous,
+        )
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(_INSTALL_HINT) from error
+    if vllm.__version__ != TESTED_VLLM_VERSION:
+        log.warning("VLLMEngine is tested with vllm==%s, found %s", TESTED_VLLM_VERSION, vllm.__version__)
+    return vllm
+
+
+def _engine_arg_exists(name: str) -> bool:
+    from vllm.engine.arg_utils import EngineArgs  # a dataclass: LLM(**kwargs) feeds it
+
+    return name in {field.name for field in dataclasses.fields(EngineArgs)}

@@ -1,0 +1,446 @@
+"""Rollout engines on the CPU: HFEngine end to end on a tiny random Qwen2, and the parts of
+VLLMEngine that need no vLLM (argument mapping, output conversion, placement, import hygiene).
+
+Expected outputs come from a hand-written greedy loop (`reference_greedy`: one full forward per
+token, no KV cache, no padding, no batching) that implements the vLLM semantics the engines
+promise: EOS suppressed before min_tokens, stop strings only checked on text generated after
+min_tokens, the stop string kept and the text cut right after it.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine
+from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
+from r1_lightning.rollout.vllm_engine import (
+    engine_weights,
+    resolve_engine_device,
+    sampling_params_kwargs,
+    to_completions,
+)
+
+CHARS = list("abcdefghij <>/=+0123456789")
+VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *CHARS])}
+PAD, EOS = VOCAB["<pad>"], VOCAB["<eos>"]
+PROMPTS = ["a", "bc d", "12+34=", "j", "ab/ab"]  # different lengths: left padding matters
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two spinning
+    threads made this file ~10x slower (94 s vs 7 s)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_tokenizer(with_pad: bool = True) -> PreTrainedTokenizerFast:
+    """One token per character; decoding concatenates."""
+    tokenizer = Tokenizer(models.WordLevel(VOCAB, unk_token="<pad>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    special = {"pad_token": "<pad>"} if with_pad else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", **special)
+
+
+def make_policy(seed: int = 0) -> Qwen2ForCausalLM:
+    # A large init scale makes the random model's next-token distributions peaked and varied, so
+    # greedy decoding has clear winners (no float ties) and does not repeat one token forever.
+    config = Qwen2Config(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def speak_eos_instead_of(policy: Qwen2ForCausalLM, token_id: int) -> None:
+    """Swap two output rows so the model says EOS wherever it used to say `token_id`."""
+    with torch.no_grad():
+        rows = policy.lm_head.weight
+        rows[[token_id, EOS]] = rows[[EOS, token_id]].clone()
+
+
+def attached(policy, tokenizer, **kwargs) -> HFEngine:
+    engine = HFEngine(**kwargs)
+    engine.attach(policy, tokenizer)
+    return engine
+
+
+@torch.no_grad()
+def reference_greedy(policy, tokenizer, prompt, max_tokens, min_tokens=0, stop=()):
+    """(token_ids, text, finish_reason) by argmax of full forwards, vLLM stop semantics."""
+    prompt_ids = [VOCAB[c] for c in prompt]
+    tokens, text = [], ""
+    for _ in range(max_tokens):
+        logits = policy(torch.tensor([prompt_ids + tokens])).logits[0, -1]
+        if len(tokens) < min_tokens:
+            logits[EOS] = -float("inf")
+        tokens.append(int(logits.argmax()))
+        if tokens[-1] == EOS:
+            return tokens, text, "stop"
+        new_text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if len(tokens) > min_tokens:
+            for s in stop:
+                # only occurrences that end in the characters this token added
+                at = new_text.find(s, max(0, len(text) - len(s) + 1))
+                if at >= 0:
+                    return tokens, new_text[: at + len(s)], "stop"
+        text = new_text
+    return tokens, text, "length"
+
+
+def assert_matches(completions: list[Completion], expected: list[tuple]) -> None:
+    got = [(c.token_ids, c.text, c.finish_reason) for c in completions]
+    assert got == [(list(t), text, reason) for t, text, reason in expected]
+
+
+# -- greedy decoding against the hand-written loop ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def greedy_case():
+    """A policy whose greedy continuations of PROMPTS end in all three ways (EOS, stop string,
+    max_tokens), and the stop string that does it."""
+    tokenizer = make_tokenizer()
+    policy = make_policy()
+    before = [reference_greedy(policy, tokenizer, p, 20)[0] for p in PROMPTS]
+    # Make EOS the rarest token of PROMPTS[2]'s continuation (past its first two tokens).
+    rarest = min(sorted(set(before[2][2:])), key=lambda token: sum(token in tokens for tokens in before))
+    speak_eos_instead_of(policy, rarest)
+    stop = [reference_greedy(policy, tokenizer, PROMPTS[0], 20)[1][6:8]]
+    expected = [reference_greedy(policy, tokenizer, p, 20, stop=stop) for p in PROMPTS]
+    endings = {
+        "eos" if tokens[-1] == EOS else "stop string" if reason == "stop" else "length"
+        for tokens, _, reason in expected
+    }
+    assert endings == {"eos", "stop string", "length"}, "the case no longer covers every ending"
+    return policy, tokenizer, stop, expected
+
+
+@pytest.mark.parametrize("max_batch_size", [2, 64])
+def test_greedy_equals_reference_loop_in_left_padded_batches(greedy_case, max_batch_size):
+    # One batch of five prompts of different lengths (64), or chunks of two (2): left padding,
+    # chunking, the stop/EOS cut of rows that finished early, and batch invariance at once.
+    policy, tokenizer, stop, expected = greedy_case
+    engine = attached(policy, tokenizer, max_batch_size=max_batch_size)
+    completions = engine.generate(PROMPTS, SamplingConfig(temperature=0, max_tokens=20, stop=stop))
+    assert_matches(completions, expected)
+
+
+def test_greedy_with_n_repeats_the_single_greedy_answer(greedy_case):
+    policy, tokenizer, stop, expected = greedy_case
+    engine = attached(policy, tokenizer)
+    completions = engine.generate(PROMPTS, SamplingConfig(n=3, temperature=0, max_tokens=20, stop=stop))
+    assert [c.prompt_index for c in completions] == [i for i in range(len(PROMPTS)) for _ in range(3)]
+    assert_matches(completions, [e for e in expected for _ in range(3)])
+
+
+def test_min_tokens_suppresses_eos_and_early_stop_strings(greedy_case):
+    policy, tokenizer, stop, expected = greedy_case
+    eos_length = len(expected[2][0])  # PROMPTS[2] says EOS at this length without min_tokens
+    min_tokens = eos_length + 2
+    engine = attached(policy, tokenizer)
+    sampling = SamplingConfig(temperature=0, max_tokens=20, min_tokens=min_tokens, stop=stop)
+    completions = engine.generate(PROMPTS, sampling)
+
+    with_min = [reference_greedy(policy, tokenizer, p, 20, min_tokens, stop) for p in PROMPTS]
+    assert_matches(completions, with_min)
+    assert len(completions[2].token_ids) >= min_tokens > eos_length
+    assert all(len(c.token_ids) >= min_tokens for c in completions)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(greedy_case):
+    policy, _, stop, expected = greedy_case
+    tokenizer = make_tokenizer(with_pad=False)
+    assert tokenizer.pad_token_id is None
+    engine = attached(policy, tokenizer)
+    completions = engine.generate(PROMPTS, SamplingConfig(temperature=0, max_tokens=20, stop=stop))
+    # "<pad>" is an ordinary token for this tokenizer, so decoded texts may differ: compare ids.
+    assert [c.token_ids for c in completions] == [tokens for tokens, _, _ in expected]
+    assert [c.finish_reason for c in completions] == [reason for _, _, reason in expected]
+    assert tokenizer.pad_token_id is None  # the engine did not set one on the caller's tokenizer
+
+
+# -- sampling --------------------------------------------------------------------------------------------
+
+
+def test_samples_are_prompt_major_groups():
+    tokenizer = make_tokenizer()
+    engine = attached(make_policy(), tokenizer)
+    completions = engine.generate(PROMPTS[:4], SamplingConfig(n=3, max_tokens=8, stop=[], seed=0))
+
+    assert len(completions) == 12
+    assert [c.prompt_index for c in completions] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    for c in completions:
+        assert c.prompt_token_ids == [VOCAB[ch] for ch in PROMPTS[c.prompt_index]]
+        assert 1 <= len(c.token_ids) <= 8
+        assert c.logprobs is None
+        assert c.finish_reason == ("length" if len(c.token_ids) == 8 and EOS not in c.token_ids else "stop")
+    assert engine.generate([], SamplingConfig()) == []
+
+
+def test_seed_makes_sampling_reproducible_and_leaves_caller_rng_alone():
+    engine = attached(make_policy(), make_tokenizer())
+
+    def sample(seed):
+        return [
+            (c.token_ids, c.text)
+            for c in engine.generate(PROMPTS, SamplingConfig(n=4, max_tokens=12, seed=seed))
+        ]
+
+    torch.manual_seed(123)
+    caller_state = torch.get_rng_state()
+    first = sample(7)
+    assert torch.equal(torch.get_rng_state(), caller_state)
+    assert sample(7) == first
+    assert sample(8) != first
+    assert len({tuple(tokens) for tokens, _ in first}) > len(PROMPTS)  # the n samples of a prompt differ
+
+
+def test_stop_string_is_kept_and_nothing_after_it():
+    # Same seed with and without the stop string: every row draws the same random numbers until
+    # the whole batch stops, so each sample with the stop string is the sample without it, cut
+    # right after the first token that completes the stop string (or unchanged if it never does).
+    tokenizer = make_tokenizer()
+    engine = attached(make_policy(), tokenizer)
+    free = engine.generate(PROMPTS, SamplingConfig(n=4, max_tokens=24, stop=[], seed=3))
+    longest = max(free, key=lambda c: len(c.text)).text
+    stop = longest[10:12]
+
+    stopped = engine.generate(PROMPTS, SamplingConfig(n=4, max_tokens=24, stop=[stop], seed=3))
+
+    cut_rows = 0
+    for before, after in zip(free, stopped):
+        ends = [
+            i
+            for i in range(len(before.token_ids))
+            if stop in tokenizer.decode(before.token_ids[: i + 1], skip_special_tokens=True)
+        ]
+        if not ends:
+            assert (after.token_ids, after.text, after.finish_reason) == (
+                before.token_ids,
+                before.text,
+                before.finish_reason,
+            )
+            continue
+        cut_rows += 1
+        expected_tokens = before.token_ids[: ends[0] + 1]
+        expected_text = tokenizer.decode(expected_tokens, skip_special_tokens=True)
+        assert after.token_ids == expected_tokens
+        assert after.text == expected_text[: expected_text.index(stop) + len(stop)]
+        assert after.text.endswith(stop) and after.finish_reason == "stop"
+    assert 0 < cut_rows < len(free)
+
+
+def test_eos_ends_a_sample_and_is_kept():
+    engine = attached(make_policy(), make_tokenizer())
+    completions = engine.generate(PROMPTS, SamplingConfig(n=8, max_tokens=16, stop=[], seed=1))
+    by_eos = [c for c in completions if c.finish_reason == "stop"]
+    by_length = [c for c in completions if c.finish_reason == "length"]
+    assert by_eos and by_length
+    for c in by_eos:
+        assert c.token_ids[-1] == EOS and EOS not in c.token_ids[:-1]
+        assert "<eos>" not in c.text
+    for c in by_length:
+        assert len(c.token_ids) == 16 and EOS not in c.token_ids
+
+
+def test_logprobs_are_raw_model_logprobs_of_the_sampled_tokens():
+    # temperature, top_k and min_tokens all change the sampling distribution; the returned
+    # log-probs must still be the plain log-softmax of the model's logits.
+    policy = make_policy()
+    engine = attached(policy, make_tokenizer())
+    sampling = SamplingConfig(
+        n=3, temperature=0.7, top_k=5, min_tokens=3, max_tokens=12, stop=[], seed=0, logprobs=True
+    )
+    completions = engine.generate(PROMPTS, sampling)
+
+    for c in completions:
+        assert len(c.logprobs) == len(c.token_ids)
+        with torch.no_grad():
+            logits = policy(torch.tensor([c.prompt_token_ids + c.token_ids])).logits[0]
+        positions = range(len(c.prompt_token_ids) - 1, len(c.prompt_token_ids) + len(c.token_ids) - 1)
+        expected = [torch.log_softmax(logits[p], -1)[t].item() for p, t in zip(positions, c.token_ids)]
+        assert c.logprobs == pytest.approx(expected, abs=1e-5)
+
+
+# -- the policy module is left as it was found ------------------------------------------------------------
+
+
+def test_training_mode_restored_and_kv_cache_used_under_gradient_checkpointing(greedy_case):
+    shared_policy, tokenizer, stop, expected = greedy_case
+    policy = copy.deepcopy(shared_policy)
+    # transformers 5 renamed gradient checkpointing to activation checkpointing (old name warns)
+    enable = getattr(policy, "activation_checkpointing_enable", None) or policy.gradient_checkpointing_enable
+    enable()
+    policy.train()
+    policy.model.layers[0].mlp.eval()  # a submodule the caller keeps in eval mode
+    token_counts = []
+    policy.model.embed_tokens.register_forward_hook(
+        lambda m, args, out: token_counts.append(args[0].shape[1])
+    )
+
+    completions = attached(policy, tokenizer).generate(
+        PROMPTS, SamplingConfig(temperature=0, max_tokens=20, stop=stop)
+    )
+
+    assert_matches(completions, expected)
+    # One prefill of the padded prompts, then one token per step: the KV cache was on.
+    assert token_counts[0] == max(len(p) for p in PROMPTS) and set(token_counts[1:]) == {1}
+    assert policy.training and policy.model.layers[1].training
+    assert not policy.model.layers[0].mlp.training
+
+
+def test_engines_satisfy_the_protocol():
+    assert isinstance(HFEngine(), RolloutEngine) and HFEngine().shares_policy_weights
+    assert isinstance(VLLMEngine(), RolloutEngine) and not VLLMEngine().shares_policy_weights
+
+
+def test_sampling_config_validation():
+    assert SamplingConfig(stop="</answer>").stop == ["</answer>"]
+    for bad in (
+        {"n": 0},
+        {"temperature": -1},
+        {"top_p": 0},
+        {"min_p": 2},
+        {"max_tokens": 0},
+        {"min_tokens": 5, "max_tokens": 4},
+        {"stop": [""]},
+    ):
+        with pytest.raises(ValueError):
+            SamplingConfig(**bad)
+
+
+def test_cut_sample_and_stop_string_truncation():
+    # a stop-string end, an EOS, and padding that equals EOS after the row stopped
+    assert _cut_sample([5, 6, 7, 1, 1], {1}, 1) == ([5, 6], "stop", True)
+    assert _cut_sample([5, 6, 1, 1], {1}, -1) == ([5, 6, 1], "stop", False)
+    assert _cut_sample([5, 6, 7], {1}, -1) == ([5, 6, 7], "length", False)
+    # the last token ran past the stop string; an earlier occurrence (inside min_tokens) stays
+    assert _truncate_after_stop_string("x</a> y</a>\n\n", ["</a>"]) == "x</a> y</a>"
+
+
+# -- VLLMEngine without vLLM -------------------------------------------------------------------------------
+
+
+def test_importing_the_package_does_not_import_vllm():
+    code = "import sys, r1_lightning.rollout as r; r.VLLMEngine(); assert 'vllm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_attach_without_vllm_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # restored after the test
+    with pytest.raises(ImportError, match=r"r1-lightning\[vllm\].*HFEngine"):
+        VLLMEngine().attach(make_policy(), make_tokenizer())
+
+
+def test_engine_device_resolution():
+    assert resolve_engine_device("auto", colocate=False, num_gpus=2, policy_device_index=0) == 1
+    assert resolve_engine_device("auto", colocate=True, num_gpus=1, policy_device_index=0) == 0
+    assert resolve_engine_device("cuda:3", colocate=False, num_gpus=4, policy_device_index=0) == 3
+    assert resolve_engine_device(0, colocate=True, num_gpus=1, policy_device_index=0) == 0
+    with pytest.raises(RuntimeError, match="colocate true"):
+        resolve_engine_device("auto", colocate=False, num_gpus=1, policy_device_index=0)
+    with pytest.raises(RuntimeError, match="HFEngine"):
+        resolve_engine_device("auto", colocate=False, num_gpus=0, policy_device_index=None)
+    with pytest.raises(ValueError):
+        resolve_engine_device(2, colocate=False, num_gpus=2, policy_device_index=0)
+
+
+def test_sampling_params_mapping():
+    sampling = SamplingConfig(
+        n=4,
+        temperature=0.9,
+        top_p=0.95,
+        top_k=0,
+        min_p=0.05,
+        max_tokens=100,
+        min_tokens=4,
+        stop=["</answer>"],
+        seed=10,
+        logprobs=True,
+    )
+    kwargs = sampling_params_kwargs(sampling, prompt_index=0)
+    assert kwargs == {
+        "n": 4,
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "top_k": -1,
+        "min_p": 0.05,
+        "max_tokens": 100,
+        "min_tokens": 4,
+        "stop": ["</answer>"],
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": True,
+        "logprobs": 0,
+        "seed": 10,
+    }
+    # each prompt's n samples get seeds of their own
+    seeds = [sampling_params_kwargs(sampling, i)["seed"] + j for i in range(3) for j in range(4)]
+    assert len(set(seeds)) == 12
+    unseeded = sampling_params_kwargs(SamplingConfig(top_k=20, stop=[]), 0)
+    assert unseeded["top_k"] == 20 and unseeded["logprobs"] is None and unseeded["stop"] is None
+    assert "seed" not in unseeded
+
+
+def test_vllm_outputs_become_prompt_major_completions():
+    def sample(index, tokens, reason, logprobs=None):
+        steps = (
+            None
+            if logprobs is None
+            else [
+                {t: SimpleNamespace(logprob=lp), 99: SimpleNamespace(logprob=0.0)}
+                for t, lp in zip(tokens, logprobs)
+            ]
+        )
+        return SimpleNamespace(
+            index=index, token_ids=tuple(tokens), text=f"t{tokens}", finish_reason=reason, logprobs=steps
+        )
+
+    outputs = [
+        SimpleNamespace(
+            outputs=[sample(1, [4, 5], "length", [-0.5, -1.5]), sample(0, [3, 1], "stop", [-0.25, -2.0])]
+        ),
+        SimpleNamespace(outputs=[sample(0, [7], "stop", [-3.0]), sample(1, [8, 9], "stop", [-0.1, -0.2])]),
+    ]
+    completions = to_completions(outputs, [[10, 11], [12]])
+    assert [(c.prompt_index, c.token_ids, c.finish_reason) for c in completions] == [
+        (0, [3, 1], "stop"),
+        (0, [4, 5], "length"),
+        (1, [7], "stop"),
+        (1, [8, 9], "stop"),
+    ]
+    assert [c.logprobs for c in completions] == [[-0.25, -2.0], [-0.5, -1.5], [-3.0], [-0.1, -0.2]]
+    assert completions[2].prompt_token_ids == [12] and completions[0].text == "t[3, 1]"
+
+    aborted = [SimpleNamespace(outputs=[sample(0, [3], "abort")])]
+    with pytest.raises(RuntimeError, match="abort"):
+        to_completions(aborted, [[1]])
+
+
+def test_tied_models_do_not_send_lm_head():
+    named = [("model.embed_tokens.weight", torch.zeros(1)), ("lm_head.weight", torch.zeros(1))]
+    assert [n for n, _ in engine_weights(named, tie_word_embeddings=True)] == ["model.embed_tokens.weight"]
+    assert [n for n, _ in engine_weights(named, tie_word_embeddings=False)] == [
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+    ]
