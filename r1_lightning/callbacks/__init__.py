@@ -1,0 +1,8 @@
+"""Callbacks: engine weight sync, periodic evaluation, generation tables, checkpoints + HF export."""
+
+from r1_lightning.callbacks.checkpoint import HFExportCheckpoint
+from r1_lightning.callbacks.evaluation import MathEvalCallback
+from r1_lightning.callbacks.generations import GenerationLogger
+from r1_lightning.callbacks.weight_sync import RolloutWeightSync, sync_engine
+
+__all__ = ["HFExportCheckpoint", "MathEvalCallback", "GenerationLogger", "RolloutWeightSync", "sync_engine"]

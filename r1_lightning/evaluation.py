@@ -1,0 +1,74 @@
+"""Grading generated answers and summarizing them: one implementation for the `validate`
+subcommand (zero-shot evaluation) and for the periodic evaluation callback during training."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from r1_lightning.rollout import Completion
+
+
+def grade_completions(batch: dict, completions: Sequence[Completion], reward_fn: Callable) -> list[dict]:
+    """One record per (example, sample): question, response, ground truth, rewards, length, and
+    the example's level/subject when the batch has them. `completions` is prompt-major."""
+    n = len(completions) // max(1, len(batch["prompt"]))
+    records = []
+    for j, completion in enumerate(completions):
+        i = completion.prompt_index
+        rewards = reward_fn(completion.text, batch["ground_truth"][i])
+        record = {
+            "prompt": batch["prompt"][i],
+            "response": completion.text,
+            "ground_truth": batch["ground_truth"][i],
+            "format_reward": float(rewards["format_reward"]),
+            "answer_reward": float(rewards["answer_reward"]),
+            "reward": float(rewards["reward"]),
+            "response_tokens": len(completion.token_ids),
+            "finish_reason": completion.finish_reason,
+        }
+        for key in ("level", "subject", "unique_id"):
+            if key in batch and batch[key][i] is not None:
+                record[key] = batch[key][i]
+        if n > 1:
+            record["sample"] = j % n
+        records.append(record)
+    return records
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Format rate, answer accuracy, mean response length, and accuracy by level and subject."""
+    if not records:
+        return {"n": 0}
+    n = len(records)
+    summary: dict = {
+        "n": n,
+        "answer_accuracy": sum(r["answer_reward"] for r in records) / n,
+        "format_rate": sum(r["format_reward"] for r in records) / n,
+        "reward_mean": sum(r["reward"] for r in records) / n,
+        "response_tokens_mean": sum(r["response_tokens"] for r in records) / n,
+        "truncated_rate": sum(r["finish_reason"] == "length" for r in records) / n,
+    }
+    for key in ("level", "subject"):
+        groups: dict[str, list[float]] = defaultdict(list)
+        for r in records:
+            if key in r:
+                groups[str(r[key])].append(r["answer_reward"])
+        if groups:
+            summary[f"accuracy_by_{key}"] = {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+    return summary
+
+
+def write_eval_outputs(records: Sequence[dict], summary: dict, folder: str | Path, tag: str) -> dict[str, Path]:
+    """Write `eval_{tag}.jsonl` (one line per example) and `eval_{tag}_summary.json`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    examples_path = folder / f"eval_{tag}.jsonl"
+    summary_path = folder / f"eval_{tag}_summary.json"
+    with open(examples_path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return {"examples": examples_path, "summary": summary_path}

@@ -1,0 +1,231 @@
+"""What every r1-lightning module shares: the policy, its tokenizer, AdamW + schedule, and one
+optimizer update done by hand (manual optimization), plus the engine plumbing of the modules
+that sample (GRPO, expert iteration, evaluation)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+from r1_lightning.models import load_causal_lm, load_tokenizer
+from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """The LR factor at optimizer step `step`: linear warmup, then constant / cosine / linear decay
+    to `min_lr_ratio` at `total_steps`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * decay
+
+
+class PolicyModule(L.LightningModule):
+    """A causal-LM policy trained with manual optimization.
+
+    Args:
+        model_name_or_path: a hub id, a local Hugging Face folder, or `builtin:quickstart`.
+        learning_rate, weight_decay, betas, adam_eps: AdamW (CS336 GRPO: 1e-5, 0.0, (0.9, 0.95)).
+        lr_schedule: "constant", "cosine" or "linear" after `warmup_steps` of linear warmup; the
+            total is the trainer's `max_steps` (optimizer updates).
+        max_grad_norm: global-norm gradient clipping; None or <= 0 turns it off.
+        dtype: "auto" (bf16 where the GPU has it, else fp32), "bfloat16", "float32".
+        gradient_checkpointing: trade compute for activation memory.
+        logprob_chunk_size: compute log-probs from hidden states in chunks of this many tokens so
+            the (B, T, vocab) float32 log-softmax is never materialized; None = naive.
+        fused_adamw: use the fused CUDA AdamW kernel (ignored on the CPU).
+        seed: base seed for rollouts (sampling seed = seed + global step, so a resumed run samples
+            exactly what the straight run did).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        adam_eps: float = 1e-8,
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        dtype: str = "auto",
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        logprob_chunk_size: int | None = None,
+        fused_adamw: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        self.automatic_optimization = False
+        self.model_name_or_path = model_name_or_path
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.adam_eps = adam_eps
+        self.lr_schedule = lr_schedule
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.max_grad_norm = max_grad_norm
+        self.dtype_name = dtype
+        self.gradient_checkpointing = gradient_checkpointing
+        self.attn_implementation = attn_implementation
+        self.logprob_chunk_size = logprob_chunk_size
+        self.fused_adamw = fused_adamw
+        self.seed = seed
+        self.policy: torch.nn.Module | None = None
+        # The tokenizer is cheap and needed before the model (e.g. to validate data), so load it now.
+        self.tokenizer = load_tokenizer(model_name_or_path)
+        # Bumped after every optimizer update; the weight-sync callback compares it to what the
+        # engine last received.
+        self.policy_version = 0
+
+    # ----------------------------------------------------------------------------- model, optim
+    def configure_model(self) -> None:
+        if self.policy is not None:  # Lightning may call this more than once (e.g. fit then validate)
+            return
+        self.policy = load_causal_lm(
+            self.model_name_or_path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing
+        )
+        self.policy.train()
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        fused = self.fused_adamw and all(p.is_cuda for p in params)
+        optimizer = torch.optim.AdamW(
+            params, lr=self.learning_rate, betas=self.betas, eps=self.adam_eps,
+            weight_decay=self.weight_decay, fused=fused or None,
+        )
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_multiplier(step, self.warmup_steps, total, self.lr_schedule, self.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_update(self) -> dict[str, float]:
+        """Clip, step, zero the gradients and advance the schedule: one update after the caller's
+        `manual_backward` calls have accumulated gradients. Returns metrics for logging."""
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+        if self.max_grad_norm and self.max_grad_norm > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        self.policy_version += 1
+        return {"train/grad_norm": float(grad_norm), "train/lr": lr}
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["r1_lightning"] = {"policy_version": self.policy_version}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.policy_version = checkpoint.get("r1_lightning", {}).get("policy_version", 0)
+
+    def export_hf(self, folder: str) -> None:
+        """Write the policy and tokenizer as a Hugging Face folder (for vLLM and the hub)."""
+        self.policy.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
+    # ----------------------------------------------------------------------------- helpers
+    def log_metrics(self, metrics: dict[str, float], prog_bar: Sequence[str] = ()) -> None:
+        for name, value in metrics.items():
+            self.log(name, float(value), prog_bar=name in prog_bar, on_step=True, on_epoch=False)
+
+    def peak_memory_metrics(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        return {"perf/gpu_peak_memory_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
+
+
+class RolloutModule(PolicyModule):
+    """A policy module that samples with a rollout engine and grades with a reward function.
+
+    Args (beyond `PolicyModule`'s):
+        engine: the `RolloutEngine` (default `HFEngine()`: generation on the policy itself).
+        reward_fn: a registered reward function ("r1_zero", "question_only", "gsm8k"), an import
+            path `package.module.fn`, or a weighted combination {name: weight}.
+        eval_temperature, eval_max_tokens: sampling for evaluation (greedy by default).
+        stop: stop strings, kept in the text.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        engine: RolloutEngine | None = None,
+        reward_fn: str | dict[str, float] = "r1_zero",
+        stop: list[str] | None = None,
+        eval_temperature: float = 0.0,
+        eval_max_tokens: int = 1024,
+        eval_output_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        from r1_lightning.rewards import resolve_reward_fn
+
+        self.reward_fn = resolve_reward_fn(reward_fn)
+        self.engine = engine if engine is not None else HFEngine()
+        self.stop = list(stop) if stop is not None else ["</answer>"]
+        self.eval_sampling = SamplingConfig(
+            n=1, temperature=eval_temperature, max_tokens=eval_max_tokens, min_tokens=0, stop=self.stop, seed=seed_for_eval(self.seed)
+        )
+        self.eval_output_dir = eval_output_dir
+        self._eval_records: list[dict] = []
+
+    def configure_model(self) -> None:
+        already = self.policy is not None
+        super().configure_model()
+        if not already:
+            self.engine.attach(self.policy, self.tokenizer)
+
+    def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
+        """Sample with the engine; return completions and throughput metrics."""
+        start = time.perf_counter()
+        completions = self.engine.generate(list(prompts), sampling)
+        seconds = time.perf_counter() - start
+        n_tokens = sum(len(c.token_ids) for c in completions)
+        return completions, {"perf/rollout_seconds": seconds, "perf/rollout_tokens_per_s": n_tokens / max(seconds, 1e-9)}
+
+    # ----------------------------------------------------------------------------- evaluation
+    def evaluate_examples(self, batch: dict) -> list[dict]:
+        """Generate greedily for a batch of prompts and grade each answer: one record per example."""
+        from r1_lightning.evaluation import grade_completions
+
+        completions, _ = self.rollout(batch["prompt"], self.eval_sampling)
+        return grade_completions(batch, completions, self.reward_fn)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_records.extend(self.evaluate_examples(batch))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_records = []
+
+    def on_validation_epoch_end(self) -> None:
+        from r1_lightning.evaluation import summarize, write_eval_outputs
+
+        summary = summarize(self._eval_records)
+        self.log_dict({f"val/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+        folder = self.eval_output_dir or (self.trainer.log_dir or ".")
+        write_eval_outputs(self._eval_records, summary, folder, tag=f"step_{self.global_step}")
+
+
+def seed_for_eval(seed: int) -> int:
+    # Evaluation is greedy by default; a fixed seed keeps sampled evaluation reproducible too.
+    return seed + 1_000_003

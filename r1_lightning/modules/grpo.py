@@ -1,0 +1,345 @@
+"""GRPO-family policy optimization with verifiable rewards.
+
+One `training_step` is one GRPO step (CS336 / DeepSeek-R1-Zero):
+
+    rollout (engine) -> rewards -> group-normalized advantages -> [old / reference log-probs]
+    -> `epochs_per_rollout_batch` passes over the rollouts in train batches of
+       `gradient_accumulation_steps` microbatches, one optimizer update per train batch.
+
+Lightning's global step (and so `trainer.max_steps`) counts optimizer updates, as in TRL: a GRPO
+step makes `epochs_per_rollout_batch * rollout_batch_size / train_batch_size` of them (1 with the
+CS336 defaults).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from r1_lightning.functional import (
+    compute_group_normalized_rewards,
+    get_response_log_probs,
+    grpo_microbatch_loss,
+    masked_mean,
+    pack_prompt_and_output_ids,
+)
+from r1_lightning.models import load_causal_lm
+from r1_lightning.modules.base import RolloutModule
+from r1_lightning.rollout import SamplingConfig
+
+LOSS_TYPES = ("no_baseline", "reinforce_with_baseline", "grpo_clip")
+LOSS_AGGS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
+IMPORTANCE_LEVELS = ("token", "sequence")
+
+
+def scatter_response_values(values: list[list[float]], prompt_lengths: list[int], shape: tuple[int, int]) -> torch.Tensor:
+    """Place per-response-token values (e.g. engine log-probs) at their label positions.
+
+    values[i][j] belongs to response token j of sequence i, which is label column
+    `prompt_lengths[i] - 1 + j` of the shifted `(B, L-1)` tensors. Other entries are 0.
+    """
+    out = torch.zeros(shape, dtype=torch.float32)
+    for i, (row, p) in enumerate(zip(values, prompt_lengths)):
+        if row:
+            out[i, p - 1 : p - 1 + len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
+
+
+class GRPOModule(RolloutModule):
+    """GRPO, Dr. GRPO, DAPO-style clip-higher / token-mean, GSPO and REINFORCE baselines.
+
+    The CS336 hyperparameters keep their names: `rollout_batch_size`, `group_size`,
+    `sampling_temperature`, `sampling_min_tokens`, `sampling_max_tokens`,
+    `epochs_per_rollout_batch`, `train_batch_size`, `gradient_accumulation_steps`, `loss_type`
+    (no_baseline | reinforce_with_baseline | grpo_clip), `use_std_normalization`,
+    `advantage_eps`, `cliprange`. Beyond them:
+        loss_agg: seq_mean_token_mean (GRPO) | token_mean (DAPO) | seq_mean_token_sum_norm (Dr. GRPO,
+            divided by `loss_normalize_constant`, default `sampling_max_tokens`).
+        cliprange_high: upper clip (DAPO clip-higher); `cliprange` is the lower one.
+        importance_level: "token" or "sequence" (GSPO).
+        beta: k3 KL penalty to a frozen copy of the initial policy (0 = no reference model).
+        tis_cap: truncated importance sampling against the engine's own log-probs (None = off).
+        engine_logprobs: ask the engine for log-probs of sampled tokens (to log the
+            engine/trainer gap, the alarm for a broken weight sync). None = when TIS needs them
+            or the engine holds its own copy of the weights.
+    The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        rollout_batch_size: int = 256,
+        group_size: int = 8,
+        sampling_temperature: float = 1.0,
+        sampling_top_p: float = 1.0,
+        sampling_min_tokens: int = 4,
+        sampling_max_tokens: int = 1024,
+        epochs_per_rollout_batch: int = 1,
+        train_batch_size: int = 256,
+        gradient_accumulation_steps: int = 128,
+        loss_type: str = "reinforce_with_baseline",
+        use_std_normalization: bool = True,
+        advantage_eps: float = 1e-6,
+        cliprange: float = 0.2,
+        cliprange_high: float | None = None,
+        importance_level: str = "token",
+        loss_agg: str = "seq_mean_token_mean",
+        loss_normalize_constant: float | None = None,
+        beta: float = 0.0,
+        tis_cap: float | None = None,
+        engine_logprobs: bool | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        self._check_arguments(
+            rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
+            loss_type, loss_agg, importance_level, cliprange_high, epochs_per_rollout_batch, beta,
+        )
+        self.rollout_batch_size = rollout_batch_size
+        self.group_size = group_size
+        self.sampling_kwargs = dict(
+            n=group_size, temperature=sampling_temperature, top_p=sampling_top_p,
+            min_tokens=sampling_min_tokens, max_tokens=sampling_max_tokens,
+        )
+        self.epochs_per_rollout_batch = epochs_per_rollout_batch
+        self.train_batch_size = train_batch_size
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.loss_type = loss_type
+        self.use_std_normalization = use_std_normalization
+        self.advantage_eps = advantage_eps
+        self.cliprange = cliprange
+        self.cliprange_high = cliprange_high
+        self.importance_level = importance_level
+        self.loss_agg = loss_agg
+        self.loss_normalize_constant = loss_normalize_constant or float(sampling_max_tokens)
+        self.beta = beta
+        self.tis_cap = tis_cap
+        self.engine_logprobs = engine_logprobs
+        self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
+        self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
+        self.last_rollout_records: list[dict] = []
+        self.save_hyperparameters(ignore=["engine"])
+
+    @staticmethod
+    def _check_arguments(rollout, group, train, accum, loss_type, loss_agg, importance_level, clip_high, epochs, beta):
+        def fail(message: str):
+            raise ValueError(f"GRPOModule: {message}")
+
+        if loss_type not in LOSS_TYPES:
+            fail(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if loss_agg not in LOSS_AGGS:
+            fail(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+        if importance_level not in IMPORTANCE_LEVELS:
+            fail(f"importance_level must be one of {IMPORTANCE_LEVELS}, got {importance_level!r}")
+        if (importance_level == "sequence" or clip_high is not None) and loss_type != "grpo_clip":
+            fail("importance_level='sequence' and cliprange_high need loss_type='grpo_clip'")
+        if min(rollout, group, train, accum, epochs) < 1 or beta < 0:
+            fail("batch sizes, group_size, epochs and gradient_accumulation_steps must be >= 1 and beta >= 0")
+        if rollout % group:
+            fail(f"rollout_batch_size ({rollout}) must be divisible by group_size ({group})")
+        if rollout % train:
+            fail(f"rollout_batch_size ({rollout}) must be divisible by train_batch_size ({train})")
+        if train % accum:
+            fail(f"train_batch_size ({train}) must be divisible by gradient_accumulation_steps ({accum})")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.rollout_batch_size // self.group_size
+
+    @property
+    def wants_engine_logprobs(self) -> bool:
+        if self.engine_logprobs is not None:
+            return self.engine_logprobs
+        return self.tis_cap is not None or not self.engine.shares_policy_weights
+
+    @property
+    def needs_old_log_probs(self) -> bool:
+        # Only when the policy moves while the same rollouts are still being trained on: more than
+        # one update per rollout batch. With one update, "old" is the current policy, detached.
+        return self.loss_type == "grpo_clip" and self.updates_per_rollout > 1
+
+    # ----------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(datamodule, "batch_size", None)
+        if stage == "fit" and batch_size is not None and batch_size != self.prompts_per_step:
+            raise ValueError(
+                f"data.init_args.batch_size ({batch_size}) must equal model.init_args.rollout_batch_size "
+                f"/ group_size = {self.rollout_batch_size} / {self.group_size} = {self.prompts_per_step} "
+                f"(questions per GRPO step)"
+            )
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.beta > 0 and not self._reference:
+            reference = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation)
+            self._reference.append(reference.eval().requires_grad_(False))
+
+    def on_fit_start(self) -> None:
+        for reference in self._reference:
+            reference.to(self.device)
+
+    # ----------------------------------------------------------------------------- the step
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        prompts, ground_truths = batch["prompt"], batch["ground_truth"]
+        if len(prompts) != self.prompts_per_step:
+            raise ValueError(
+                f"a GRPO step needs {self.prompts_per_step} questions (rollout_batch_size / group_size), "
+                f"got a batch of {len(prompts)}: set data.init_args.batch_size to {self.prompts_per_step}"
+            )
+        sampling = SamplingConfig(
+            stop=self.stop, seed=self.seed + self.global_step, logprobs=self.wants_engine_logprobs, **self.sampling_kwargs
+        )
+        completions, metrics = self.rollout(prompts, sampling)
+
+        start = time.perf_counter()
+        reward_dicts: list[dict] = []
+
+        def recording_reward_fn(response: str, ground_truth: str) -> dict:
+            reward_dicts.append(self.reward_fn(response, ground_truth))
+            return reward_dicts[-1]
+
+        responses = [c.text for c in completions]
+        advantages, raw_rewards, _ = compute_group_normalized_rewards(
+            recording_reward_fn, responses, [ground_truths[c.prompt_index] for c in completions],
+            self.group_size, self.advantage_eps, self.use_std_normalization,
+        )
+        metrics["perf/reward_seconds"] = time.perf_counter() - start
+        metrics.update(self._rollout_metrics(completions, reward_dicts, raw_rewards, advantages))
+        self.last_rollout_records = [
+            {"prompt": prompts[c.prompt_index], "response": c.text, "ground_truth": ground_truths[c.prompt_index], **r}
+            for c, r in zip(completions, reward_dicts)
+        ]
+
+        microbatches = self._pack_microbatches(completions, advantages, raw_rewards)
+        start = time.perf_counter()
+        if self.needs_old_log_probs or self.beta > 0:
+            self._add_frozen_log_probs(microbatches)
+        metrics["perf/old_logprob_seconds"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        train_metrics = self._train_on_rollouts(microbatches)
+        metrics["perf/update_seconds"] = time.perf_counter() - start
+        n_tokens = sum(int(mb["input_ids"].numel()) for mb in microbatches) * self.epochs_per_rollout_batch
+        metrics["perf/train_tokens_per_s"] = n_tokens / max(metrics["perf/update_seconds"], 1e-9)
+        metrics["train/grpo_step"] = float(batch_idx)
+        metrics.update(train_metrics)
+        metrics.update(self.peak_memory_metrics())
+        self.log_metrics(metrics, prog_bar=("train/reward_mean", "train/loss"))
+
+    # ----------------------------------------------------------------------------- pieces
+    def _rollout_metrics(self, completions, reward_dicts, raw_rewards, advantages) -> dict[str, float]:
+        lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
+        correct = torch.tensor([r["answer_reward"] >= 1.0 for r in reward_dicts])
+        group_std = raw_rewards.view(-1, self.group_size).std(dim=1, unbiased=True)
+        metrics = {
+            "train/reward_mean": float(raw_rewards.mean()),
+            "train/reward_std": float(raw_rewards.std()) if len(raw_rewards) > 1 else 0.0,
+            "train/format_reward": sum(r["format_reward"] for r in reward_dicts) / len(reward_dicts),
+            "train/answer_reward": sum(r["answer_reward"] for r in reward_dicts) / len(reward_dicts),
+            "train/advantage_mean": float(advantages.mean()),
+            "train/advantage_abs_mean": float(advantages.abs().mean()),
+            "train/frac_groups_zero_std": float((group_std == 0).float().mean()),
+            "train/response_length": float(lengths.mean()),
+            "train/truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        }
+        if correct.any():
+            metrics["train/response_length_correct"] = float(lengths[correct].mean())
+        if (~correct).any():
+            metrics["train/response_length_incorrect"] = float(lengths[~correct].mean())
+        return metrics
+
+    def _pack_microbatches(self, completions, advantages, raw_rewards) -> list[dict]:
+        """Split the rollouts into train batches, sort each by length (less padding; every loss
+        aggregation here is invariant to the order within a train batch), and pack microbatches
+        padded to their own longest sequence. Returns CPU tensors, in update order."""
+        micro = self.train_batch_size // self.gradient_accumulation_steps
+        pad = self.tokenizer.pad_token_id
+        microbatches = []
+        for start in range(0, len(completions), self.train_batch_size):
+            indices = list(range(start, start + self.train_batch_size))
+            indices.sort(key=lambda i: len(completions[i].prompt_token_ids) + len(completions[i].token_ids))
+            n_response_tokens = sum(len(completions[i].token_ids) for i in indices)
+            for m in range(0, len(indices), micro):
+                idx = indices[m : m + micro]
+                prompt_ids = [completions[i].prompt_token_ids for i in idx]
+                tokens = pack_prompt_and_output_ids(prompt_ids, [completions[i].token_ids for i in idx], pad)
+                tokens["advantages"] = advantages[idx].unsqueeze(1).float()
+                tokens["raw_rewards"] = raw_rewards[idx].unsqueeze(1).float()
+                tokens["train_batch_response_tokens"] = n_response_tokens
+                if completions[idx[0]].logprobs is not None:
+                    tokens["rollout_log_probs"] = scatter_response_values(
+                        [completions[i].logprobs for i in idx], [len(p) for p in prompt_ids], tuple(tokens["labels"].shape)
+                    )
+                microbatches.append(tokens)
+        return microbatches
+
+    def _to_device(self, mb: dict) -> dict:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in mb.items()}
+
+    @torch.no_grad()
+    def _add_frozen_log_probs(self, microbatches: list[dict]) -> None:
+        """Log-probs of the rollouts under the policy before any update ("old") and under the
+        reference model, computed once per rollout batch."""
+        for mb in microbatches:
+            tensors = self._to_device(mb)
+            if self.needs_old_log_probs:
+                out = get_response_log_probs(self.policy, tensors["input_ids"], tensors["labels"], chunk_size=self.logprob_chunk_size)
+                mb["old_log_probs"] = out["log_probs"].float().cpu()
+            if self.beta > 0:
+                out = get_response_log_probs(self._reference[0], tensors["input_ids"], tensors["labels"], chunk_size=self.logprob_chunk_size)
+                mb["ref_log_probs"] = out["log_probs"].float().cpu()
+
+    def _train_on_rollouts(self, microbatches: list[dict]) -> dict[str, float]:
+        accum = self.gradient_accumulation_steps
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def add(name: str, value) -> None:
+            sums[name] = sums.get(name, 0.0) + float(value)
+            counts[name] = counts.get(name, 0) + 1
+
+        update_metrics: dict[str, float] = {}
+        loss_sum = 0.0
+        for epoch in range(self.epochs_per_rollout_batch):
+            for k, mb in enumerate(microbatches):
+                t = self._to_device(mb)
+                out = get_response_log_probs(
+                    self.policy, t["input_ids"], t["labels"], return_token_entropy=True, chunk_size=self.logprob_chunk_size
+                )
+                log_probs, mask = out["log_probs"], t["response_mask"]
+                loss, meta = grpo_microbatch_loss(
+                    log_probs, mask, accum, self.loss_type,
+                    raw_rewards=t["raw_rewards"], advantages=t["advantages"],
+                    old_log_probs=t.get("old_log_probs"), cliprange=self.cliprange,
+                    cliprange_high=self.cliprange_high, importance_level=self.importance_level,
+                    ref_log_probs=t.get("ref_log_probs"), beta=self.beta,
+                    rollout_log_probs=t.get("rollout_log_probs") if self.tis_cap is not None else None,
+                    tis_cap=self.tis_cap, loss_agg=self.loss_agg,
+                    normalize_constant=self._normalize_constant(t),
+                )
+                self.manual_backward(loss)
+                loss_sum += float(loss.detach())  # microbatch losses sum to the update's objective
+                add("train/entropy", masked_mean(out["token_entropy"].detach(), mask) if mask.any() else 0.0)
+                for name, value in meta.items():
+                    if isinstance(value, torch.Tensor) and value.numel() == 1:
+                        add(f"train/{name}", value)
+                # Before the first update the trainer's policy is the one that sampled: the gap
+                # between its log-probs and the engine's is the weight-sync alarm.
+                if epoch == 0 and k < accum and "rollout_log_probs" in t and mask.any():
+                    gap = masked_mean((log_probs.detach().float() - t["rollout_log_probs"]).abs(), mask)
+                    add("train/engine_logprob_gap", gap)
+                if (k + 1) % accum == 0:
+                    update_metrics = self.optimizer_update()
+        metrics = {name: sums[name] / counts[name] for name in sums}
+        metrics["train/loss"] = loss_sum / self.updates_per_rollout
+        metrics.update(update_metrics)
+        return metrics
+
+    def _normalize_constant(self, microbatch: dict) -> float | None:
+        if self.loss_agg == "token_mean":
+            return float(max(1, microbatch["train_batch_response_tokens"]))
+        if self.loss_agg == "seq_mean_token_sum_norm":
+            return self.loss_normalize_constant
+        return None

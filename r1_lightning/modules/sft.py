@@ -1,0 +1,178 @@
+"""Supervised fine-tuning on (prompt, response) pairs: masked NLL on the response tokens."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from r1_lightning.evaluation import grade_completions
+from r1_lightning.functional import get_response_log_probs, sft_microbatch_loss, tokenize_prompt_and_output
+from r1_lightning.modules.base import PolicyModule, RolloutModule
+
+
+def truncate_batch(tokens: dict[str, torch.Tensor], max_length: int | None) -> dict[str, torch.Tensor]:
+    """Keep the first `max_length` tokens of each sequence (prompt first, then response).
+
+    The `(B, L-1)` tensors are shifted by one, so `max_length` tokens are `max_length - 1` columns;
+    slicing columns keeps `response_mask` aligned with `labels`.
+    """
+    if max_length is None or tokens["input_ids"].shape[1] <= max_length - 1:
+        return tokens
+    return {k: v[:, : max_length - 1] for k, v in tokens.items()}
+
+
+def sft_update(
+    module: PolicyModule,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    gradient_accumulation_steps: int,
+    max_length: int | None,
+    normalize_constant: float,
+) -> dict[str, float]:
+    """One optimizer update of masked-NLL SFT over `prompts`/`responses`, split into
+    `gradient_accumulation_steps` microbatches. Shared by `SFTModule` and expert iteration."""
+    n = len(prompts)
+    if n % gradient_accumulation_steps:
+        raise ValueError(
+            f"the batch of {n} examples is not divisible by gradient_accumulation_steps="
+            f"{gradient_accumulation_steps}; change data.init_args.batch_size or "
+            f"model.init_args.gradient_accumulation_steps"
+        )
+    micro = n // gradient_accumulation_steps
+    start = time.perf_counter()
+    total_loss, n_tokens, n_response_tokens = 0.0, 0, 0
+    for k in range(gradient_accumulation_steps):
+        chunk = slice(k * micro, (k + 1) * micro)
+        tokens = tokenize_prompt_and_output(list(prompts[chunk]), list(responses[chunk]), module.tokenizer)
+        tokens = {key: value.to(module.device) for key, value in truncate_batch(tokens, max_length).items()}
+        out = get_response_log_probs(
+            module.policy, tokens["input_ids"], tokens["labels"], chunk_size=module.logprob_chunk_size
+        )
+        loss, _ = sft_microbatch_loss(
+            out["log_probs"], tokens["response_mask"], gradient_accumulation_steps, normalize_constant
+        )
+        module.manual_backward(loss)
+        total_loss += float(loss.detach())
+        n_tokens += tokens["input_ids"].numel()
+        n_response_tokens += int(tokens["response_mask"].sum())
+    metrics = module.optimizer_update()
+    seconds = time.perf_counter() - start
+    metrics.update({
+        "train/loss": total_loss,
+        "train/response_tokens": float(n_response_tokens),
+        "perf/train_tokens_per_s": n_tokens / max(seconds, 1e-9),
+    })
+    return metrics
+
+
+class SFTModule(PolicyModule):
+    """SFT with manual optimization: each training batch is one optimizer update.
+
+    Args (beyond `PolicyModule`'s):
+        gradient_accumulation_steps: microbatches per update (the data batch is split evenly).
+        max_length: truncate prompt+response to this many tokens (None: no truncation).
+        normalize_constant: the masked NLL sum is divided by it (CS336 semantics; 1.0 = sum over
+            response tokens, averaged over examples).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        gradient_accumulation_steps: int = 1,
+        max_length: int | None = 2048,
+        normalize_constant: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        if gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}")
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.max_length = max_length
+        self.normalize_constant = normalize_constant
+        self.save_hyperparameters()
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        metrics = sft_update(
+            self, batch["prompt"], batch["response"], self.gradient_accumulation_steps,
+            self.max_length, self.normalize_constant,
+        )
+        metrics.update(self.peak_memory_metrics())
+        self.log_metrics(metrics, prog_bar=("train/loss",))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Mean NLL per response token on held-out pairs."""
+        tokens = tokenize_prompt_and_output(batch["prompt"], batch["response"], self.tokenizer)
+        tokens = {key: value.to(self.device) for key, value in truncate_batch(tokens, self.max_length).items()}
+        out = get_response_log_probs(self.policy, tokens["input_ids"], tokens["labels"], chunk_size=self.logprob_chunk_size)
+        mask = tokens["response_mask"]
+        nll = -(out["log_probs"] * mask).sum() / mask.sum().clamp(min=1)
+        self.log("val/loss", nll, batch_size=len(batch["prompt"]), prog_bar=True)
+
+
+class ExpertIterationModule(RolloutModule):
+    """Expert iteration: each training batch of questions is one EI step — sample `group_size`
+    answers per question with the engine, keep the correct ones, then run `sft_epochs` passes of
+    SFT over them in updates of `sft_batch_size` examples.
+
+    `trainer.max_steps` counts optimizer updates (Lightning's global step), so an EI step takes a
+    variable number of them; bound a run by `max_epochs`/`limit_train_batches` or by max_steps.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        group_size: int = 4,
+        sampling_temperature: float = 1.0,
+        sampling_min_tokens: int = 4,
+        sampling_max_tokens: int = 1024,
+        sft_epochs: int = 1,
+        sft_batch_size: int = 32,
+        gradient_accumulation_steps: int = 16,
+        max_length: int | None = 2048,
+        normalize_constant: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        if sft_batch_size % gradient_accumulation_steps:
+            raise ValueError(
+                f"model.init_args.sft_batch_size ({sft_batch_size}) must be divisible by "
+                f"model.init_args.gradient_accumulation_steps ({gradient_accumulation_steps})"
+            )
+        self.group_size = group_size
+        self.sampling = dict(temperature=sampling_temperature, min_tokens=sampling_min_tokens, max_tokens=sampling_max_tokens)
+        self.sft_epochs = sft_epochs
+        self.sft_batch_size = sft_batch_size
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.max_length = max_length
+        self.normalize_constant = normalize_constant
+        self.save_hyperparameters(ignore=["engine"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        from r1_lightning.rollout import SamplingConfig
+
+        sampling = SamplingConfig(n=self.group_size, stop=self.stop, seed=self.seed + self.global_step, **self.sampling)
+        completions, metrics = self.rollout(batch["prompt"], sampling)
+        records = grade_completions(batch, completions, self.reward_fn)
+        kept = [r for r in records if r["reward"] >= 1.0]
+        kept_prompts, kept_responses = [r["prompt"] for r in kept], [r["response"] for r in kept]
+        self.last_rollout_records = records
+        metrics.update({
+            "train/reward_mean": sum(r["reward"] for r in records) / len(records),
+            "ei/kept": float(len(kept)),
+            "ei/kept_fraction": len(kept) / len(records),
+        })
+        # Whole updates only: the remainder that does not fill an update is dropped (it is a
+        # random subset, since the order is shuffled with a step-derived seed).
+        generator = torch.Generator().manual_seed(self.seed + self.global_step)
+        for _ in range(self.sft_epochs):
+            order = torch.randperm(len(kept_prompts), generator=generator).tolist()
+            for start in range(0, len(order) - self.sft_batch_size + 1, self.sft_batch_size):
+                idx = order[start : start + self.sft_batch_size]
+                metrics.update(sft_update(
+                    self, [kept_prompts[i] for i in idx], [kept_responses[i] for i in idx],
+                    self.gradient_accumulation_steps, self.max_length, self.normalize_constant,
+                ))
+        metrics.update(self.peak_memory_metrics())
+        self.log_metrics(metrics, prog_bar=("train/reward_mean", "ei/kept"))

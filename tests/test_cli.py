@@ -1,0 +1,211 @@
+"""The `r1-lightning` CLI: every config parses, bad input fails early and clearly, and SFT, expert
+iteration and GRPO run end to end on a tiny model through the real entry point."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
+ABLATIONS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
+
+
+def run_cli(args: list[str]) -> None:
+    """Run the CLI in-process (the console script calls the same `main`)."""
+    main([str(a) for a in args])
+
+
+def parsed_config(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args + ["--print_config"])
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_prints(capsys, config):
+    subcommand = "validate" if config.name == "eval.yaml" else "fit"
+    out = parsed_config(capsys, [subcommand, "--config", config])
+    assert "class_path: r1_lightning." in out
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=lambda p: p.name)
+def test_every_ablation_overlays_grpo(capsys, ablation):
+    out = parsed_config(capsys, ["fit", "--config", ROOT / "configs/grpo.yaml", "--config", ablation])
+    assert "GRPOModule" in out
+    overlay = ablation.read_text()
+    for key in ("loss_type", "use_std_normalization", "loss_agg", "epochs_per_rollout_batch", "template"):
+        if f"{key}:" in overlay:
+            value = overlay.split(f"{key}:")[1].split()[0]
+            assert f"{key}: {value}" in out, f"{ablation.name}: {key} not applied"
+
+
+def test_grpo_config_has_the_cs336_defaults(capsys):
+    out = parsed_config(capsys, ["fit", "--config", ROOT / "configs/grpo.yaml"])
+    for expected in ("max_steps: 200", "learning_rate: 1.0e-05", "rollout_batch_size: 256", "group_size: 8",
+                     "sampling_temperature: 1.0", "sampling_min_tokens: 4", "sampling_max_tokens: 1024",
+                     "epochs_per_rollout_batch: 1", "train_batch_size: 256", "gradient_accumulation_steps: 128",
+                     "loss_type: reinforce_with_baseline", "use_std_normalization: true",
+                     "class_path: r1_lightning.rollout.VLLMEngine", "gpu_memory_utilization: 0.85"):
+        assert expected in out, expected
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--model.init_args.learning_rat", "1e-5"], "learning_rat"),
+        (["--model.init_args.group_size", "eight"], "group_size"),
+        (["--model.init_args.engine.class_path", "NoSuchEngine"], "NoSuchEngine"),
+    ],
+)
+def test_bad_option_fails_before_any_model_loads(capsys, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", ROOT / "configs/grpo.yaml", *override])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_inconsistent_grpo_batch_sizes_name_the_options(tiny_model_dir):
+    from r1_lightning.modules import GRPOModule
+
+    with pytest.raises(ValueError, match="rollout_batch_size .* must be divisible by group_size"):
+        GRPOModule(tiny_model_dir, rollout_batch_size=10, group_size=4, train_batch_size=10, gradient_accumulation_steps=1)
+    with pytest.raises(ValueError, match="train_batch_size .* divisible by gradient_accumulation_steps"):
+        GRPOModule(tiny_model_dir, rollout_batch_size=8, group_size=4, train_batch_size=8, gradient_accumulation_steps=3)
+
+
+# ----------------------------------------------------------------------------- tiny runs
+def tiny_grpo_args(model_dir, task_dir, out_dir, max_steps, extra=()) -> list:
+    return [
+        "fit", "--config", ROOT / "configs/grpo.yaml",
+        "--model.init_args.model_name_or_path", model_dir,
+        "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
+        "--model.init_args.reward_fn", "toy_rewards.digit_fraction_reward",
+        "--model.init_args.rollout_batch_size", 8, "--model.init_args.group_size", 4,
+        "--model.init_args.train_batch_size", 8, "--model.init_args.gradient_accumulation_steps", 2,
+        "--model.init_args.sampling_max_tokens", 12, "--model.init_args.eval_max_tokens", 12,
+        "--model.init_args.gradient_checkpointing", "false", "--model.init_args.learning_rate", 1e-2,
+        "--data.init_args.train_path", task_dir / "train.jsonl", "--data.init_args.val_path", task_dir / "val.jsonl",
+        "--data.init_args.batch_size", 2, "--data.init_args.val_batch_size", 10,
+        "--data.init_args.max_val_examples", 10,
+        "--trainer.max_steps", max_steps, "--trainer.default_root_dir", out_dir,
+        "--trainer.logger.init_args.save_dir", out_dir,
+        "--trainer.callbacks.dirpath", out_dir / "ckpt", "--trainer.callbacks.save_last", "true",
+        "--trainer.callbacks.every_n_train_steps", 1, "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]
+
+
+def logged(out_dir: Path, metric: str) -> list[float]:
+    (metrics_csv,) = out_dir.glob("logs/version_*/metrics.csv")
+    with open(metrics_csv) as f:
+        return [float(row[metric]) for row in csv.DictReader(f) if row.get(metric)]
+
+
+def policy_state(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_grpo_fit_runs_logs_and_exports(tiny_model_dir, toy_task_dir, tmp_path):
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=2))
+    for metric in ("train/reward_mean", "train/loss", "train/entropy", "train/grad_norm", "train/response_length",
+                   "perf/rollout_tokens_per_s", "val/answer_accuracy"):
+        assert logged(tmp_path, metric), metric
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    exported = tmp_path / "ckpt" / "last_hf"
+    assert (exported / "model.safetensors").is_file() and (exported / "tokenizer.json").is_file()
+    assert list((tmp_path / "logs").glob("version_*/eval/eval_step_2_summary.json"))
+    # The export is the trained policy, not the initial weights.
+    start, end = policy_state(Path(tiny_model_dir)), policy_state(exported)
+    assert any(not torch.equal(start[k], end[k]) for k in end)
+
+
+def test_grpo_resume_is_exact(tiny_model_dir, toy_task_dir, tmp_path):
+    """4 GRPO steps straight == 2 steps, stop, `--ckpt_path last`, 2 more (bitwise, on the CPU)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=4))
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, resumed, max_steps=2))
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, resumed, max_steps=4, extra=["--ckpt_path", "last"]))
+    a, b = policy_state(straight / "ckpt" / "last_hf"), policy_state(resumed / "ckpt" / "last_hf")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # and the run really moved: 4 steps differ from 2
+    two = torch.load(resumed / "ckpt" / "step=2.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert any(not torch.equal(two[f"policy.{k}"], a[k]) for k in a if f"policy.{k}" in two)
+
+
+def test_grpo_learns_a_dense_toy_reward(tiny_model_dir, toy_task_dir, tmp_path):
+    """GRPO with the HF engine raises a random tiny model's mean reward by a clear margin."""
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=25, extra=[
+        "--model.init_args.rollout_batch_size", 32, "--model.init_args.group_size", 8,
+        "--model.init_args.train_batch_size", 32, "--model.init_args.gradient_accumulation_steps", 1,
+        "--model.init_args.learning_rate", 1e-2, "--data.init_args.batch_size", 4,
+        "--model.init_args.sampling_max_tokens", 8,
+        "--trainer.callbacks.every_n_train_steps", 100,
+    ]))
+    rewards = logged(tmp_path, "train/reward_mean")
+    assert len(rewards) == 25
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.4, (first, last)
+
+
+def test_sft_fit_lowers_the_loss(tiny_model_dir, toy_task_dir, tmp_path):
+    run_cli([
+        "fit", "--config", ROOT / "configs/sft.yaml",
+        "--model.init_args.model_name_or_path", tiny_model_dir,
+        "--model.init_args.learning_rate", 3e-3, "--model.init_args.gradient_accumulation_steps", 2,
+        "--model.init_args.gradient_checkpointing", "true", "--model.init_args.warmup_steps", 0,
+        "--data.init_args.train_path", toy_task_dir / "sft.jsonl", "--data.init_args.batch_size", 8,
+        "--trainer.max_epochs", 2, "--trainer.default_root_dir", tmp_path,
+        "--trainer.logger.init_args.save_dir", tmp_path, "--trainer.callbacks.dirpath", tmp_path / "ckpt",
+        "--trainer.enable_progress_bar", "false",
+    ])
+    losses = logged(tmp_path, "train/loss")
+    assert len(losses) == 20  # 80 examples / 8 per step x 2 epochs
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
+    assert (tmp_path / "ckpt" / "last_hf" / "model.safetensors").is_file()
+
+
+def test_expert_iteration_fit_runs(tiny_model_dir, toy_task_dir, tmp_path):
+    run_cli([
+        "fit", "--config", ROOT / "configs/ei.yaml",
+        "--model.init_args.model_name_or_path", tiny_model_dir,
+        "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
+        "--model.init_args.group_size", 2, "--model.init_args.sampling_max_tokens", 12,
+        "--model.init_args.eval_max_tokens", 12, "--model.init_args.sft_batch_size", 2,
+        "--model.init_args.gradient_accumulation_steps", 1, "--model.init_args.gradient_checkpointing", "false",
+        "--data.init_args.train_path", toy_task_dir / "train.jsonl", "--data.init_args.val_path", toy_task_dir / "val.jsonl",
+        "--data.init_args.batch_size", 4, "--data.init_args.val_batch_size", 10, "--data.init_args.max_val_examples", 10,
+        "--trainer.limit_train_batches", 2, "--trainer.default_root_dir", tmp_path,
+        "--trainer.logger.init_args.save_dir", tmp_path, "--trainer.callbacks.dirpath", tmp_path / "ckpt",
+        "--trainer.enable_progress_bar", "false",
+    ])
+    kept = logged(tmp_path, "ei/kept")
+    assert len(kept) == 2 and all(k >= 0 for k in kept)
+    assert (tmp_path / "generations.jsonl").exists() or list(tmp_path.glob("logs/version_*/generations.jsonl"))
+
+
+def test_console_script_runs_validate(tiny_model_dir, toy_task_dir, tmp_path):
+    """The installed `r1-lightning` script, in a subprocess: zero-shot evaluation writes its files."""
+    out = tmp_path / "eval"
+    args = [sys.executable, "-m", "r1_lightning.cli", "validate", "--config", ROOT / "configs/eval.yaml",
+         "--model.init_args.model_name_or_path", tiny_model_dir,
+         "--model.init_args.engine", "r1_lightning.rollout.HFEngine", "--model.init_args.eval_max_tokens", 8,
+         "--model.init_args.eval_output_dir", out,
+         "--data.init_args.train_path", toy_task_dir / "train.jsonl", "--data.init_args.val_path", toy_task_dir / "val.jsonl",
+         "--data.init_args.val_batch_size", 10, "--trainer.default_root_dir", tmp_path,
+         "--trainer.logger.init_args.save_dir", tmp_path]
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "eval_step_0.jsonl").read_text().count("\n") == 20
+    assert "answer_accuracy" in (out / "eval_step_0_summary.json").read_text()
