@@ -309,10 +309,13 @@ class GRPOModule(RolloutModule):
                     self.policy, t["input_ids"], t["labels"], return_token_entropy=True, chunk_size=self.logprob_chunk_size
                 )
                 log_probs, mask = out["log_probs"], t["response_mask"]
+                old_log_probs = t.get("old_log_probs")
+                if old_log_probs is None and self.loss_type == "grpo_clip":
+                    old_log_probs = log_probs.detach()  # on-policy: the sampling policy is this one
                 loss, meta = grpo_microbatch_loss(
                     log_probs, mask, accum, self.loss_type,
                     raw_rewards=t["raw_rewards"], advantages=t["advantages"],
-                    old_log_probs=t.get("old_log_probs"), cliprange=self.cliprange,
+                    old_log_probs=old_log_probs, cliprange=self.cliprange,
                     cliprange_high=self.cliprange_high, importance_level=self.importance_level,
                     ref_log_probs=t.get("ref_log_probs"), beta=self.beta,
                     rollout_log_probs=t.get("rollout_log_probs") if self.tis_cap is not None else None,

@@ -1,0 +1,178 @@
+"""The modules and callbacks in isolation: microbatching invariances, when old log-probs are
+computed, weight sync, crash checkpoints, evaluation summaries, LR schedule."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import lightning as L
+import pytest
+import torch
+
+from r1_lightning.callbacks import HFExportCheckpoint, RolloutWeightSync
+from r1_lightning.data import PromptDataModule
+from r1_lightning.evaluation import summarize
+from r1_lightning.modules import GRPOModule
+from r1_lightning.modules.base import lr_multiplier
+from r1_lightning.modules.grpo import scatter_response_values
+from r1_lightning.rollout import Completion
+
+
+class FixedEngine:
+    """Returns the same made-up completions for given prompts: response lengths 1..7, digits or
+    letters, so the dense toy reward varies within each group. Records weight loads."""
+
+    def __init__(self, shares_policy_weights: bool = True):
+        self._shares = shares_policy_weights
+        self.loads: list[dict[str, torch.Tensor]] = []
+
+    @property
+    def shares_policy_weights(self) -> bool:
+        return self._shares
+
+    def attach(self, policy, tokenizer):
+        self.tokenizer = tokenizer
+
+    def generate(self, prompts, sampling):
+        out = []
+        for i, prompt in enumerate(prompts):
+            rng = random.Random(prompt)
+            for _ in range(sampling.n):
+                text = "".join(rng.choice("0123456789abc ") for _ in range(rng.randint(1, 7)))
+                out.append(Completion(i, self.tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                                      self.tokenizer(text, add_special_tokens=False)["input_ids"], text, "length"))
+        return out
+
+    def load_weights(self, named_tensors):
+        self.loads.append({name: t.detach().clone() for name, t in named_tensors})
+
+    def sleep(self):
+        pass
+
+    def wake_up(self):
+        pass
+
+
+def fit_grpo(model_dir, task_dir, tmp_path, steps=1, callbacks=(), engine=None, ckpt_path=None, **module_kwargs):
+    kwargs = dict(rollout_batch_size=8, group_size=4, train_batch_size=8, gradient_accumulation_steps=1,
+                  reward_fn="toy_rewards.digit_fraction_reward", learning_rate=1e-2, seed=0)
+    kwargs.update(module_kwargs)
+    module = GRPOModule(model_dir, engine=engine or FixedEngine(), **kwargs)
+    data = PromptDataModule(str(task_dir / "train.jsonl"), batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"])
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=bool(callbacks),
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module
+
+
+def params(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.policy.named_parameters()}
+
+
+@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch, loss_agg):
+    """The accumulated gradient of one update over 8 rollouts is the same in 1 microbatch as in 4
+    microbatches of 2 (sorted and padded differently): the loss aggregation is exact across
+    microbatches. (Gradients, not parameters: Adam's first step is nearly sign(g), blind to scale.)"""
+    from r1_lightning.modules.base import PolicyModule
+
+    grads = []
+    original = PolicyModule.optimizer_update
+
+    def recording_update(self):
+        grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
+        return original(self)
+
+    monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
+    fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_agg=loss_agg, gradient_accumulation_steps=1)
+    fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_agg=loss_agg, gradient_accumulation_steps=4)
+    one, four = grads
+    assert any(g.abs().max() > 0 for g in one.values())
+    for name in one:
+        torch.testing.assert_close(one[name], four[name], rtol=1e-4, atol=1e-7)
+
+
+def test_old_log_probs_only_when_the_policy_moves_between_updates(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
+    calls = []
+    original = GRPOModule._add_frozen_log_probs
+    monkeypatch.setattr(GRPOModule, "_add_frozen_log_probs", lambda self, mbs: (calls.append(len(mbs)), original(self, mbs)))
+    fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_type="grpo_clip")  # 1 update per rollout batch
+    assert calls == []
+    module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_type="grpo_clip", epochs_per_rollout_batch=2, steps=2)
+    assert calls == [1] and module.global_step == 2  # one rollout batch, two optimizer updates
+
+
+def test_lr_schedule_warmup_cosine_and_constant():
+    assert lr_multiplier(0, 4, 100, "cosine", 0.0) == pytest.approx(0.25)
+    assert lr_multiplier(3, 4, 100, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_multiplier(52, 4, 100, "cosine", 0.0) == pytest.approx(0.5)  # halfway through the decay
+    assert lr_multiplier(100, 4, 100, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_multiplier(52, 4, 100, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_multiplier(77, 0, 100, "constant", 0.0) == 1.0
+    assert lr_multiplier(28, 4, 100, "cosine", 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_scatter_response_values_lands_on_label_positions():
+    # prompt of 3 tokens: response token j is predicted at label column 2 + j
+    out = scatter_response_values([[-1.0, -2.0], [], [-3.0]], [3, 2, 1], (3, 5))
+    assert out.tolist() == [[0, 0, -1, -2, 0], [0, 0, 0, 0, 0], [-3, 0, 0, 0, 0]]
+
+
+def test_weight_sync_pushes_only_changed_weights_and_resyncs_on_resume(tiny_model_dir, toy_task_dir, tmp_path):
+    engine = FixedEngine(shares_policy_weights=False)
+    checkpoint = HFExportCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1, export_hf=False)
+    module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=3, engine=engine,
+                      callbacks=[RolloutWeightSync(), checkpoint])
+    # at the start, then before steps 2 and 3 (the weights changed after each update)
+    assert len(engine.loads) == 3
+    resumed_engine = FixedEngine(shares_policy_weights=False)
+    resumed = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=4, engine=resumed_engine,
+                       callbacks=[RolloutWeightSync(), HFExportCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, export_hf=False)],
+                       ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    # the first push after resuming carries the restored (step-3) weights, not the initial ones
+    first = resumed_engine.loads[0]
+    final_of_first_run = {k: v for k, v in params(module).items()}
+    for name, tensor in first.items():
+        torch.testing.assert_close(tensor, final_of_first_run[name], rtol=0, atol=0)
+    assert resumed.global_step == 4
+
+
+class CrashAt(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_crash_saves_last_checkpoint_and_resume_continues(tiny_model_dir, toy_task_dir, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=5,
+                 callbacks=[HFExportCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=100, export_hf=False),
+                            CrashAt(2)])
+    saved = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2
+    assert not list(ckpt_dir.glob("*.partial"))
+    resumed = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=4,
+                       callbacks=[HFExportCheckpoint(dirpath=ckpt_dir, save_last=True, export_hf=False)],
+                       ckpt_path=str(ckpt_dir / "last.ckpt"))
+    assert resumed.global_step == 4
+
+
+def test_summarize_counts_accuracy_by_level_and_subject():
+    records = [
+        {"answer_reward": 1.0, "format_reward": 1.0, "reward": 1.0, "response_tokens": 10, "finish_reason": "stop", "level": 1, "subject": "Algebra"},
+        {"answer_reward": 0.0, "format_reward": 1.0, "reward": 0.0, "response_tokens": 20, "finish_reason": "stop", "level": 1, "subject": "Geometry"},
+        {"answer_reward": 0.0, "format_reward": 0.0, "reward": 0.0, "response_tokens": 30, "finish_reason": "length", "level": 2, "subject": "Algebra"},
+    ]
+    summary = summarize(records)
+    assert summary["answer_accuracy"] == pytest.approx(1 / 3)
+    assert summary["format_rate"] == pytest.approx(2 / 3)
+    assert summary["response_tokens_mean"] == pytest.approx(20.0)
+    assert summary["truncated_rate"] == pytest.approx(1 / 3)
+    assert summary["accuracy_by_level"] == {"1": 0.5, "2": 0.0}
+    assert summary["accuracy_by_subject"] == {"Algebra": 0.5, "Geometry": 0.0}
