@@ -12,20 +12,52 @@ Models and data modules are chosen by `class_path` (subclass mode), so a config 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 # Imported so that short class names in configs resolve (jsonargparse finds imported subclasses).
-import r1_lightning.callbacks  # noqa: F401
-import r1_lightning.data  # noqa: F401
+import r1_lightning.callbacks
+import r1_lightning.data
 import r1_lightning.rollout  # noqa: F401
 from r1_lightning.modules import PolicyModule
 
 
+def wandb_offline_without_key(logger_config) -> bool:
+    """Switch configured W&B loggers to offline mode when no API key is set up (no
+    `WANDB_API_KEY`, no `wandb login` entry in ~/.netrc), so a run never stalls asking for one.
+    Returns whether any logger was switched."""
+    if os.environ.get("WANDB_API_KEY") or "api.wandb.ai" in _read_netrc():
+        return False
+    loggers = logger_config if isinstance(logger_config, list) else [logger_config]
+    switched = False
+    for logger in loggers:
+        if isinstance(logger, dict) or hasattr(logger, "get"):
+            class_path = str(logger.get("class_path", ""))
+            init_args = logger.get("init_args")
+            if class_path.endswith("WandbLogger") and init_args is not None and not init_args.get("offline"):
+                init_args["offline"] = True
+                switched = True
+    if switched:
+        print("r1-lightning: no W&B API key found, logging to W&B in offline mode (sync later with `wandb sync`)")
+    return switched
+
+
+def _read_netrc() -> str:
+    path = os.path.expanduser("~/.netrc")
+    return open(path).read() if os.path.exists(path) else ""
+
+
 class R1LightningCLI(LightningCLI):
     """LightningCLI with our module/data base classes; the modules configure their own optimizers."""
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        logger = config.get("trainer", {}).get("logger")
+        if logger:
+            wandb_offline_without_key(logger)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -68,7 +68,6 @@ def write_eval_outputs(records: Sequence[dict], summary: dict, folder: str | Pat
     examples_path = folder / f"eval_{tag}.jsonl"
     summary_path = folder / f"eval_{tag}_summary.json"
     with open(examples_path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+        f.writelines(json.dumps(record) + "\n" for record in records)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return {"examples": examples_path, "summary": summary_path}

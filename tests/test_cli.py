@@ -209,3 +209,17 @@ def test_console_script_runs_validate(tiny_model_dir, toy_task_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "eval_step_0.jsonl").read_text().count("\n") == 20
     assert "answer_accuracy" in (out / "eval_step_0_summary.json").read_text()
+
+
+def test_wandb_logger_goes_offline_without_an_api_key(monkeypatch, tmp_path):
+    from r1_lightning.cli import wandb_offline_without_key
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}},
+               {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "r1"}}]
+    assert wandb_offline_without_key(loggers)
+    assert loggers[1]["init_args"]["offline"] is True and "offline" not in loggers[0]["init_args"]
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    loggers[1]["init_args"]["offline"] = False
+    assert not wandb_offline_without_key(loggers)

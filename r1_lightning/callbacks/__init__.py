@@ -5,4 +5,4 @@ from r1_lightning.callbacks.evaluation import MathEvalCallback
 from r1_lightning.callbacks.generations import GenerationLogger
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync, sync_engine
 
-__all__ = ["HFExportCheckpoint", "MathEvalCallback", "GenerationLogger", "RolloutWeightSync", "sync_engine"]
+__all__ = ["GenerationLogger", "HFExportCheckpoint", "MathEvalCallback", "RolloutWeightSync", "sync_engine"]

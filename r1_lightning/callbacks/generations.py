@@ -29,8 +29,7 @@ class GenerationLogger(L.Callback):
         path = Path(trainer.log_dir or ".") / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            for row in rows:
-                f.write(json.dumps(dict(zip(COLUMNS, row))) + "\n")
+            f.writelines(json.dumps(dict(zip(COLUMNS, row))) + "\n" for row in rows)
         for logger in trainer.loggers:
             if hasattr(logger, "log_table"):  # WandbLogger
                 logger.log_table(key="generations", columns=list(COLUMNS), data=rows, step=step)

@@ -11,4 +11,4 @@ class EvalModule(RolloutModule):
     format rate and accuracy by level and subject."""
 
 
-__all__ = ["PolicyModule", "RolloutModule", "SFTModule", "ExpertIterationModule", "GRPOModule", "EvalModule"]
+__all__ = ["EvalModule", "ExpertIterationModule", "GRPOModule", "PolicyModule", "RolloutModule", "SFTModule"]
