@@ -7,13 +7,21 @@ written once as a normal Hugging Face folder under `R1_LIGHTNING_CACHE` (default
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 BUILTIN_PREFIX = "builtin:"
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -43,7 +51,17 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    path = resolve_model_path(name_or_path)
+    config_file = Path(path) / "tokenizer_config.json"
+    tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if tokenizer_class in GENERIC_TOKENIZER_CLASSES:
+        # A tokenizer built with the `tokenizers` library (e.g. the quickstart's). transformers 5's
+        # AutoTokenizer picks the class from the model type (qwen2 -> Qwen2Tokenizer) and rebuilds
+        # its pre-tokenizer and decoder from the vocabulary, which silently changes splitting and
+        # drops spaces on decode; the generic class loads tokenizer.json exactly as saved.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         # Masks are built from lengths, never from pad ids, so reusing EOS as padding is safe.
         tokenizer.pad_token = tokenizer.eos_token

@@ -223,3 +223,16 @@ def test_wandb_logger_goes_offline_without_an_api_key(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", "k")
     loggers[1]["init_args"]["offline"] = False
     assert not wandb_offline_without_key(loggers)
+
+
+def test_a_tokenizers_library_tokenizer_reloads_exactly(tiny_model_dir):
+    """transformers 5's AutoTokenizer would load the tiny Qwen2 folder's tokenizer as a byte-level
+    Qwen2Tokenizer that drops spaces; `load_tokenizer` must give back the tokenizer as saved."""
+    from r1_lightning.models import load_tokenizer
+    from r1_lightning.quickstart.tokenizer import build_tokenizer
+
+    text = "What is 347 + 285? </think> <answer> 632 </answer>"
+    loaded, built = load_tokenizer(tiny_model_dir), build_tokenizer()
+    ids = loaded(text, add_special_tokens=False)["input_ids"]
+    assert ids == built(text, add_special_tokens=False)["input_ids"]
+    assert loaded.decode(ids) == text
