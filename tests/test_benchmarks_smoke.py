@@ -1,0 +1,135 @@
+"""CPU smoke runs of the GPU benchmarks in their `--tiny` mode (2-layer model, a few steps).
+
+They check that every code path the GPU run takes works and that the JSON reports what it should;
+the numbers themselves mean nothing on a CPU. The TRL variant and the vLLM engine run only where
+their packages (and, for vLLM, a GPU) are present: on the GPU machine, with PYTHONPATH=/tmp/site.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+GSM8K_FIXTURE = Path(__file__).parent / "fixtures" / "data" / "gsm8k_small.jsonl"
+
+
+def load_script(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory):
+    policy_update, rollouts = load_script("policy_update"), load_script("rollouts")
+    import common
+
+    previous_root, previous_threads = common.CACHE_ROOT, torch.get_num_threads()
+    common.CACHE_ROOT = tmp_path_factory.mktemp("bench_cache")
+    yield policy_update, rollouts, common
+    common.CACHE_ROOT = previous_root
+    torch.set_num_threads(previous_threads)  # the tiny runs use one thread
+
+
+def has_modules(*names: str) -> bool:
+    return all(importlib.util.find_spec(n) is not None for n in names)
+
+
+TINY = ["--tiny", "--device", "cpu", "--dtype", "float32", "--peak-tflops", "1.0"]
+
+
+@pytest.mark.parametrize("variant", ["r1", "hf"])
+@pytest.mark.parametrize("phase", ["grpo", "sft"])
+def test_policy_update_tiny(scripts, variant, phase, tmp_path, capsys):
+    policy_update = scripts[0]
+    out = tmp_path / "result.json"
+    result = policy_update.main(["--variant", variant, "--phase", phase, *TINY, "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
+    assert json.loads(capsys.readouterr().out)["variant"] == variant  # stdout is one JSON object
+    assert result["steps_timed"] == 2 and all(s > 0 for s in result["step_seconds"])
+    # 8 sequences a step, prompt 4-12 and response 4-24 tokens: the real (unpadded) token counts
+    assert all(8 * 8 <= t <= 8 * 36 for t in result["tokens_per_step"])
+    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] and result["mfu_causal"] < result["mfu"]
+    assert result["config"]["gradient_accumulation_steps"] == 4 and result["config"]["gradient_checkpointing"]
+    assert result["environment"]["versions"]["torch"] == torch.__version__
+    assert result["environment"]["command"].startswith("python ")
+
+
+def test_same_batches_for_every_variant(scripts):
+    policy_update = scripts[0]
+    args = policy_update.parse_args(["--tiny"])
+    _, first = policy_update.prepare(args)
+    _, again = policy_update.prepare(args)
+    assert [[(r.prompt_ids, r.response_ids, r.reward) for r in b] for b in first] == \
+           [[(r.prompt_ids, r.response_ids, r.reward) for r in b] for b in again]
+    groups = [b[i:i + 4] for b in first for i in range(0, 8, 4)]
+    assert all(len({tuple(r.prompt_ids) for r in g}) == 1 for g in groups)  # a group shares its prompt
+
+
+def test_word_tokenizer_round_trips_filler_and_stops(scripts):
+    common = scripts[2]
+    tokenizer = common.build_word_tokenizer(2048, ["Janet", "eggs"], stop_fraction=0.01)
+    assert len(tokenizer) == 2048
+    low, high = common.filler_range(tokenizer)
+    ids = list(range(low, low + 5)) + [high - 1]
+    assert tokenizer(tokenizer.decode(ids), add_special_tokens=False)["input_ids"] == ids
+    assert tokenizer.decode([high]).endswith("</answer>")  # the first stop token follows the filler
+    assert tokenizer(" Janet eggs", add_special_tokens=False)["input_ids"] == tokenizer.convert_tokens_to_ids([" Janet", " eggs"])
+
+
+def test_run_child_filters_options(scripts, tmp_path):
+    common = scripts[2]
+    child = tmp_path / "child.py"
+    child.write_text("import json, sys\nout = sys.argv[sys.argv.index('--out') + 1]\n"
+                     "json.dump({'argv': sys.argv[1:-2]}, open(out, 'w'))\n")
+    result = common.run_child(child, ["--variant", "all", "--tiny", "--out=x.json", "--phase", "sft"],
+                              ("--variant", "--phase", "--out"), ["--variant", "r1"])
+    assert result == {"argv": ["--tiny", "--variant", "r1"]}
+    assert "error" in common.run_child(tmp_path / "missing.py", [], (), [])
+
+
+def test_rollouts_hf_engine_tiny(scripts, tmp_path):
+    rollouts = scripts[1]
+    result = rollouts.main(["--model", "qwen1.5b-shape", "--engine", "hf", "--tiny", "--device", "cpu",
+                            "--stop-token-fraction", "0.2", "--gsm8k", str(GSM8K_FIXTURE), "--out", str(tmp_path / "r.json")])
+    hf = result["results"]["hf"]
+    assert hf["completions"] == 4 * 2 and hf["generated_tokens"] > 0 and hf["tokens_per_s"] > 0
+    assert 4 <= hf["min_length"] and hf["max_length"] <= 16  # min_tokens 4, max_tokens 16
+    assert hf["finished_by_stop_string"] > 0  # a fifth of the ids end in </answer>
+    total = hf["finished_by_stop_string"] + hf["finished_by_eos"] + hf["truncated_at_max_tokens"]
+    assert total == pytest.approx(1.0)
+    assert json.loads((tmp_path / "r.json").read_text())["results"]["hf"]["completions"] == 8
+
+
+def test_rollouts_vllm_without_gpu_fails_clearly(scripts):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the vLLM engine is exercised by the real benchmark run")
+    rollouts = scripts[1]
+    with pytest.raises(SystemExit, match="vllm engine: the vLLM engine needs a CUDA GPU"):
+        rollouts.main(["--model", "qwen1.5b-shape", "--engine", "vllm", "--tiny", "--device", "cpu",
+                       "--gsm8k", str(GSM8K_FIXTURE)])
+
+
+@pytest.mark.skipif(not has_modules("trl", "datasets", "accelerate"),
+                    reason="the TRL variant needs trl==1.16.0, datasets and accelerate (on the GPU machine: "
+                           "PYTHONPATH=/tmp/site); run benchmarks/policy_update.py --variant trl there")
+@pytest.mark.parametrize("phase", ["grpo", "sft"])
+def test_policy_update_trl_tiny(scripts, phase):
+    result = scripts[0].main(["--variant", "trl", "--phase", phase, *TINY])
+    assert result["steps_timed"] == 2 and result["config"]["gradient_checkpointing"]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_modules("vllm")),
+                    reason="the vLLM engine needs a CUDA GPU and vllm==0.26.0: run benchmarks/rollouts.py on the GPU machine")
+def test_rollouts_vllm_tiny(scripts):
+    result = scripts[1].main(["--model", "qwen1.5b-shape", "--engine", "both", "--tiny", "--sync-repeats", "2",
+                              "--gpu-memory-utilization", "0.3", "--enforce-eager"])
+    assert "tokens_per_s" in result["results"]["vllm"], result["results"]["vllm"]
