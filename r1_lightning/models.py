@@ -7,6 +7,7 @@ written once as a normal Hugging Face folder under `R1_LIGHTNING_CACHE` (default
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,10 +33,13 @@ def resolve_model_path(name_or_path: str) -> str:
     name = name_or_path[len(BUILTIN_PREFIX):]
     if name != "quickstart":
         raise ValueError(f"unknown built-in model {name_or_path!r}; the built-in models are: builtin:quickstart")
-    from r1_lightning.quickstart import materialize
+    from r1_lightning.quickstart import MODEL_CONFIG, build_tokenizer, materialize
 
+    # Keyed by the config and vocabulary, so a changed built-in model is never served stale.
+    recipe = json.dumps(MODEL_CONFIG, sort_keys=True) + build_tokenizer().backend_tokenizer.to_str()
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     cache = Path(os.environ.get("R1_LIGHTNING_CACHE", Path.home() / ".cache" / "r1_lightning"))
-    folder = cache / "models" / name
+    folder = cache / "models" / f"{name}-{digest}"
     if not (folder / "config.json").exists():
         materialize(folder)
     return str(folder)
