@@ -33,10 +33,14 @@ def resolve_model_path(name_or_path: str) -> str:
     name = name_or_path[len(BUILTIN_PREFIX):]
     if name != "quickstart":
         raise ValueError(f"unknown built-in model {name_or_path!r}; the built-in models are: builtin:quickstart")
-    from r1_lightning.quickstart import MODEL_CONFIG, build_tokenizer, materialize
+    from r1_lightning.quickstart import build_model, build_tokenizer, materialize
 
-    # Keyed by the config and vocabulary, so a changed built-in model is never served stale.
-    recipe = json.dumps(MODEL_CONFIG, sort_keys=True) + build_tokenizer().backend_tokenizer.to_str()
+    # Keyed by the model's config (architecture included) and the vocabulary, so a changed
+    # built-in model is never served stale from the cache. Building the tiny model is cheap.
+    tokenizer = build_tokenizer()
+    with torch.random.fork_rng(devices=[]):  # build_model seeds torch; leave the caller's RNG alone
+        config = build_model(tokenizer).config
+    recipe = config.to_json_string() + tokenizer.backend_tokenizer.to_str()
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     cache = Path(os.environ.get("R1_LIGHTNING_CACHE", Path.home() / ".cache" / "r1_lightning"))
     folder = cache / "models" / f"{name}-{digest}"

@@ -18,16 +18,16 @@ from r1_lightning.quickstart.tokenizer import build_tokenizer
 # four-layer model costs ~1.7x as much per step on the CPU.
 # Llama rather than Qwen2: for a `qwen2` folder, transformers 5's AutoTokenizer loads Qwen2Tokenizer,
 # which replaces this tokenizer's pre-tokenizer and decoder with Qwen's byte-level ones.
-MODEL_CONFIG = dict(
-    hidden_size=128,
-    intermediate_size=512,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    max_position_embeddings=512,  # the full R1-Zero prompt (~105 tokens) + a response, with room
-    rope_theta=10_000.0,
-    tie_word_embeddings=True,
-)
+MODEL_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,  # the full R1-Zero prompt (~105 tokens) + a response, with room
+    "rope_theta": 10_000.0,
+    "tie_word_embeddings": True,
+}
 
 
 def build_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides) -> LlamaForCausalLM:

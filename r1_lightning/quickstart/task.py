@@ -146,5 +146,4 @@ def _distinct_problems(rng: random.Random, n: int, n_digits: int, exclude: set[s
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in rows)
