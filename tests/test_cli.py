@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from r1_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
+# every full config (ablations are overlays, tested on top of grpo.yaml below)
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "ablations")
 ABLATIONS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
 
 
@@ -31,7 +32,7 @@ def parsed_config(capsys, args: list[str]) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_config_prints(capsys, config):
     subcommand = "validate" if config.name == "eval.yaml" else "fit"
     out = parsed_config(capsys, [subcommand, "--config", config])
