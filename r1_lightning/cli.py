@@ -34,7 +34,7 @@ def wandb_offline_without_key(logger_config) -> bool:
     loggers = logger_config if isinstance(logger_config, list) else [logger_config]
     switched = False
     for logger in loggers:
-        if isinstance(logger, dict) or hasattr(logger, "get"):
+        if hasattr(logger, "get"):  # a dict, or jsonargparse's Namespace
             class_path = str(logger.get("class_path", ""))
             init_args = logger.get("init_args")
             if class_path.endswith("WandbLogger") and init_args is not None and not init_args.get("offline"):

@@ -61,6 +61,12 @@ def summarize(records: Sequence[dict]) -> dict:
     return summary
 
 
+def val_metrics(summary: dict) -> dict[str, float]:
+    """The summary's scalar entries as `val/<name>` metrics for loggers (nested breakdowns stay in
+    the written summary file)."""
+    return {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+
+
 def write_eval_outputs(records: Sequence[dict], summary: dict, folder: str | Path, tag: str) -> dict[str, Path]:
     """Write `eval_{tag}.jsonl` (one line per example) and `eval_{tag}_summary.json`."""
     folder = Path(folder)

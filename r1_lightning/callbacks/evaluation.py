@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from r1_lightning.callbacks.weight_sync import sync_engine
-from r1_lightning.evaluation import summarize, write_eval_outputs
+from r1_lightning.evaluation import summarize, val_metrics, write_eval_outputs
 
 
 class MathEvalCallback(L.Callback):
@@ -41,9 +41,8 @@ class MathEvalCallback(L.Callback):
         step = trainer.global_step
         folder = f"{trainer.log_dir or '.'}/eval"
         write_eval_outputs(records, summary, folder, tag=f"step_{step}")
-        scalars = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics(val_metrics(summary), step=step)
         self.history.append({"step": step, **summary})
         self._last_step = step
         rank_zero_info(

@@ -218,10 +218,10 @@ class RolloutModule(PolicyModule):
         self._eval_records = []
 
     def on_validation_epoch_end(self) -> None:
-        from r1_lightning.evaluation import summarize, write_eval_outputs
+        from r1_lightning.evaluation import summarize, val_metrics, write_eval_outputs
 
         summary = summarize(self._eval_records)
-        self.log_dict({f"val/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+        self.log_dict(val_metrics(summary))
         folder = self.eval_output_dir or (self.trainer.log_dir or ".")
         write_eval_outputs(self._eval_records, summary, folder, tag=f"step_{self.global_step}")
 

@@ -10,6 +10,7 @@ import torch
 from r1_lightning.evaluation import grade_completions
 from r1_lightning.functional import get_response_log_probs, sft_microbatch_loss, tokenize_prompt_and_output
 from r1_lightning.modules.base import PolicyModule, RolloutModule
+from r1_lightning.rollout import SamplingConfig
 
 
 def truncate_batch(tokens: dict[str, torch.Tensor], max_length: int | None) -> dict[str, torch.Tensor]:
@@ -150,8 +151,6 @@ class ExpertIterationModule(RolloutModule):
         self.save_hyperparameters(ignore=["engine"])
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        from r1_lightning.rollout import SamplingConfig
-
         sampling = SamplingConfig(n=self.group_size, stop=self.stop, seed=self.seed + self.global_step, **self.sampling)
         completions, metrics = self.rollout(batch["prompt"], sampling)
         records = grade_completions(batch, completions, self.reward_fn)
