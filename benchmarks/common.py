@@ -206,6 +206,18 @@ def random_model_folder(shape: dict, tokenizer, name: str, seed: int = 0, root: 
     return _finish(tmp, folder)
 
 
+def qwen_shape_rollout_folder(questions: list[str], tiny: bool, stop_fraction: float) -> tuple[Path, str]:
+    """The 1.5B shape (or the tiny one) with random weights and a word tokenizer that knows the
+    R1-Zero template's and the questions' words, `stop_fraction` of its ids ending in `</answer>`
+    (shared by rollouts.py and grpo_step.py). Returns (folder, description)."""
+    shape = TINY_SHAPE if tiny else QWEN_15B_SHAPE
+    tokenizer = build_word_tokenizer(shape["vocab_size"], template_and_question_words(questions), stop_fraction)
+    name = "tiny-qwen2-rollouts" if tiny else "qwen2.5-math-1.5b-shape-rollouts"
+    note = (f"Qwen2.5-Math-1.5B shape{' (tiny: 2 layers)' if tiny else ''}, random weights; word-level "
+            f"tokenizer, {stop_fraction:.5f} of its ids end in `</answer>`")
+    return random_model_folder(shape, tokenizer, name), note
+
+
 def load_bench_tokenizer(folder: str | Path):
     """The folder's tokenizer, exactly as built: from `folder/tokenizer` when there is one (see
     `random_model_folder`), else from the folder; pad = EOS when unset (as r1-lightning does)."""

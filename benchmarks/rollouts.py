@@ -53,6 +53,9 @@ def parse_args(argv):
     p.add_argument("--stop", nargs="*", default=["</answer>"])
     p.add_argument("--seed", type=int, default=0, help="per-step sampling seed, as GRPOModule passes it")
     p.add_argument("--hf-max-batch-size", type=int, default=64, help="HFEngine prompts per generate call")
+    p.add_argument("--hf-num-prompts", type=int, default=None,
+                   help="HFEngine generates for the first N prompts only (default: all): its throughput is "
+                        "per generate call of --hf-max-batch-size prompts, so a whole number of calls measures it")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.7, help="vLLM's share of the GPU")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs / torch.compile")
@@ -76,13 +79,7 @@ def parse_args(argv):
 def model_folder(args, questions) -> tuple[Path, str]:
     if args.model == "smollm2-gsm8k":
         return C.smollm2_hf_folder(args.gguf), f"SmolLM2-135M-Instruct, dequantized from {Path(args.gguf).name}"
-    shape = C.TINY_SHAPE if args.tiny else C.QWEN_15B_SHAPE
-    tokenizer = C.build_word_tokenizer(shape["vocab_size"], C.template_and_question_words(questions),
-                                       args.stop_token_fraction)
-    name = "tiny-qwen2-rollouts" if args.tiny else "qwen2.5-math-1.5b-shape-rollouts"
-    note = (f"Qwen2.5-Math-1.5B shape{' (tiny: 2 layers)' if args.tiny else ''}, random weights; word-level "
-            f"tokenizer, {args.stop_token_fraction:.5f} of its ids end in `</answer>`")
-    return C.random_model_folder(shape, tokenizer, name), note
+    return C.qwen_shape_rollout_folder(questions, args.tiny, args.stop_token_fraction)
 
 
 def completion_stats(completions, seconds: float, stop: list[str]) -> dict:
@@ -116,7 +113,9 @@ def run_hf(out, args, folder, policy, tokenizer, prompts, sampling, device) -> N
 
     engine = HFEngine(max_batch_size=args.hf_max_batch_size)
     engine.attach(policy, tokenizer)
+    prompts = prompts[: args.hf_num_prompts]
     out["engine"] = f"HFEngine(max_batch_size={args.hf_max_batch_size})"
+    out["prompts"] = len(prompts)
     out.update(timed_generate(engine, prompts, sampling, device))
 
 
@@ -152,6 +151,7 @@ def run_vllm(out, args, folder, policy, tokenizer, prompts, sampling, device) ->
     out.update(engine=f"VLLMEngine(device={device.index or 0}, gpu_memory_utilization={args.gpu_memory_utilization}, "
                       f"max_model_len={args.max_model_len}, enforce_eager={args.enforce_eager}) in this process",
                engine_build_seconds=time.perf_counter() - start)
+    out["prompts"] = len(prompts)
     out.update(timed_generate(engine, prompts, dataclasses.replace(sampling, logprobs=args.vllm_logprobs), device))
     if args.vllm_unseeded:
         unseeded = dataclasses.replace(sampling, logprobs=args.vllm_logprobs, seed=None)

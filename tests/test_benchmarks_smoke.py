@@ -109,6 +109,29 @@ def test_rollouts_hf_engine_tiny(scripts, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["results"]["hf"]["completions"] == 8
 
 
+def test_rollouts_hf_engine_on_a_prefix_of_the_prompts(scripts):
+    result = scripts[1].main(["--model", "qwen1.5b-shape", "--engine", "hf", "--tiny", "--device", "cpu",
+                              "--hf-num-prompts", "2", "--gsm8k", str(GSM8K_FIXTURE)])
+    hf = result["results"]["hf"]
+    assert hf["prompts"] == 2 and hf["completions"] == 2 * 2
+
+
+def test_grpo_step_tiny_reports_every_part(scripts, tmp_path):
+    """The end-to-end benchmark runs `r1-lightning fit` on a derived configs/grpo.yaml and reads the
+    breakdown back from the CSV log."""
+    grpo_step = load_script("grpo_step")
+    result = grpo_step.main(["--tiny", "--device", "cpu", "--steps", "2", "--gsm8k", str(GSM8K_FIXTURE),
+                             "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "g.json")])
+    assert result["fit_exit_code"] == 0 and [row["step"] for row in result["steps"]] == [0, 1]
+    for row in result["steps"]:
+        parts = sum(row[f"{part}_s"] for part in grpo_step.PARTS)
+        assert row["rollout_s"] > 0 and row["update_s"] > 0 and 0 <= parts <= row["step_s"]
+        assert row["response_length_mean"] <= 16
+    assert result["shape"]["group_size"] == 2 and result["engine"]["class_path"].endswith("HFEngine")
+    derived = (tmp_path / "run" / "grpo_step.yaml").read_text()
+    assert "tokenizer_name_or_path" in derived and "enable_checkpointing: false" in derived
+
+
 def test_rollouts_vllm_without_gpu_fails_clearly(scripts):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the vLLM engine is exercised by the real benchmark run")

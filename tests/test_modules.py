@@ -71,6 +71,21 @@ def params(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.policy.named_parameters()}
 
 
+def test_tokenizer_from_its_own_folder(tiny_model_dir, tmp_path):
+    import shutil
+
+    from r1_lightning.models import load_tokenizer
+
+    model_only = tmp_path / "model"
+    model_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(f"{tiny_model_dir}/{name}", model_only / name)
+    module = GRPOModule(str(model_only), tokenizer_name_or_path=tiny_model_dir, engine=FixedEngine())
+    assert module.tokenizer.name_or_path == tiny_model_dir  # what a vLLM engine is given too
+    assert module.tokenizer.get_vocab() == load_tokenizer(tiny_model_dir).get_vocab()
+    assert module.hparams["tokenizer_name_or_path"] == tiny_model_dir
+
+
 @pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
 def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch, loss_agg):
     """The accumulated gradient of one update over 8 rollouts is the same in 1 microbatch as in 4

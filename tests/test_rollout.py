@@ -353,6 +353,21 @@ def test_attach_without_vllm_says_how_to_install_it(monkeypatch):
         VLLMEngine().attach(make_policy(), make_tokenizer())
 
 
+@pytest.mark.parametrize("per_request_seeds", [True, False])
+def test_per_request_seeds_can_be_turned_off(monkeypatch, per_request_seeds):
+    """With per_request_seeds=False the engine ignores SamplingConfig.seed (vLLM then samples from
+    its own generator, without the per-request path); with True every prompt gets its seed."""
+    made = []
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kwargs: made.append(kwargs)))
+    engine = VLLMEngine(per_request_seeds=per_request_seeds)
+    engine.tokenizer = make_tokenizer()
+    engine.llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: [SimpleNamespace(outputs=[]) for _ in prompts])
+    engine.device_index = -1  # torch.cuda.device(-1) is a no-op: no GPU here
+    engine.generate(["ab", "cd", "ef"], SamplingConfig(n=4, seed=10))
+    seeds = [kwargs.get("seed") for kwargs in made]
+    assert seeds == ([10, 14, 18] if per_request_seeds else [None, None, None])
+
+
 def test_engine_device_resolution():
     assert resolve_engine_device("auto", colocate=False, num_gpus=2, policy_device_index=0) == 1
     assert resolve_engine_device("auto", colocate=True, num_gpus=1, policy_device_index=0) == 0

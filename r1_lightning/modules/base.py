@@ -34,6 +34,8 @@ class PolicyModule(L.LightningModule):
 
     Args:
         model_name_or_path: a hub id, a local Hugging Face folder, or `builtin:quickstart`.
+        tokenizer_name_or_path: where the tokenizer lives, if not with the model (as TRL's
+            `processing_class`); the rollout engine loads it from there too.
         learning_rate, weight_decay, betas, adam_eps: AdamW (CS336 GRPO: 1e-5, 0.0, (0.9, 0.95)).
         lr_schedule: "constant", "cosine" or "linear" after `warmup_steps` of linear warmup; the
             total is the trainer's `max_steps` (optimizer updates).
@@ -64,6 +66,7 @@ class PolicyModule(L.LightningModule):
         logprob_chunk_size: int | None = None,
         fused_adamw: bool = True,
         seed: int = 0,
+        tokenizer_name_or_path: str | None = None,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -88,7 +91,8 @@ class PolicyModule(L.LightningModule):
         self.seed = seed
         self.policy: torch.nn.Module | None = None
         # The tokenizer is cheap and needed before the model (e.g. to validate data), so load it now.
-        self.tokenizer = load_tokenizer(model_name_or_path)
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
         # Bumped after every optimizer update; the weight-sync callback compares it to what the
         # engine last received.
         self.policy_version = 0

@@ -182,6 +182,7 @@ class GRPOModule(RolloutModule):
 
     # ----------------------------------------------------------------------------- the step
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        step_start = time.perf_counter()
         prompts, ground_truths = batch["prompt"], batch["ground_truth"]
         if len(prompts) != self.prompts_per_step:
             raise ValueError(
@@ -223,6 +224,7 @@ class GRPOModule(RolloutModule):
         metrics["perf/update_seconds"] = time.perf_counter() - start
         n_tokens = sum(int(mb["input_ids"].numel()) for mb in microbatches) * self.epochs_per_rollout_batch
         metrics["perf/train_tokens_per_s"] = n_tokens / max(metrics["perf/update_seconds"], 1e-9)
+        metrics["perf/step_seconds"] = time.perf_counter() - step_start  # rollout to update (the sync is before)
         metrics["train/grpo_step"] = float(batch_idx)
         metrics.update(train_metrics)
         metrics.update(self.peak_memory_metrics())

@@ -25,10 +25,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from r1_lightning.rollout.base import Completion, SamplingConfig
 
@@ -56,7 +58,11 @@ class VLLMEngine:
     gpu_memory_utilization: share of the engine GPU's memory vLLM may take (weights + KV cache).
         With `colocate`, it shares that memory with training: use a small value (e.g. 0.3).
     max_model_len: prompt + response token budget; None = the model's maximum.
-    seed: the engine's base seed (samples with `SamplingConfig.seed` set use per-request seeds).
+    seed: the engine's base seed.
+    per_request_seeds: honour `SamplingConfig.seed` with one seed per request, so a rollout is the
+        same whatever else is in the batch (a resumed run samples what the straight run did). vLLM
+        0.26 draws seeded requests' noise one request at a time; False samples from the engine's
+        own generator instead (faster; reproducible only for the same sequence of calls).
     enforce_eager: skip CUDA graphs and torch.compile (faster start, slower decoding).
     colocate: single-GPU mode with vLLM's sleep mode (the engine sleeps after every rollout).
     """
@@ -72,6 +78,7 @@ class VLLMEngine:
         seed: int = 0,
         enforce_eager: bool = False,
         colocate: bool = False,
+        per_request_seeds: bool = True,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -84,6 +91,7 @@ class VLLMEngine:
         self.seed = seed
         self.enforce_eager = enforce_eager
         self.colocate = colocate
+        self.per_request_seeds = per_request_seeds
 
         self.llm = None  # vllm.LLM, built by attach()
         self.tokenizer = None
@@ -121,7 +129,12 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self._tie_word_embeddings = bool(getattr(policy.config, "tie_word_embeddings", False))
         tokenizer_path = getattr(tokenizer, "name_or_path", None) or model_path
+        start = time.perf_counter()
         self.llm = self._build_llm(vllm, model_path, tokenizer_path)
+        rank_zero_info(
+            f"VLLMEngine: {model_path} on cuda:{self.device_index} (policy on {policy_device}"
+            f"{', colocated: sleep mode' if self.colocate else ''}), built in {time.perf_counter() - start:.0f} s"
+        )
         self._sleeping = False
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]:
@@ -131,6 +144,8 @@ class VLLMEngine:
         if not prompts:
             return []
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        if not self.per_request_seeds:
+            sampling = dataclasses.replace(sampling, seed=None)
         params = [SamplingParams(**sampling_params_kwargs(sampling, i)) for i in range(len(prompts))]
         self.wake_up()
         with self._on_engine_device():
@@ -159,6 +174,7 @@ class VLLMEngine:
             # LLM.apply_model(func) -> [func(model) per worker]; in-process there is one worker and
             # `func` runs right here. Qwen2ForCausalLM.load_weights returns the names it loaded.
             loaded = self.llm.apply_model(lambda model: model.load_weights(weights))
+            torch.cuda.synchronize()  # the copies are done when we return (and a timer around us is honest)
         if all(isinstance(names, set) and not names for names in loaded):
             raise RuntimeError(
                 "vLLM's load_weights loaded no parameter: do the tensor names match the model?"

@@ -1,0 +1,144 @@
+"""End to end: wall time of GRPO steps of the `configs/grpo.yaml` shape, split into its parts.
+
+Runs the real thing: `r1-lightning fit` on a copy of `configs/grpo.yaml` (rollout batch 256 = 32
+questions x group 8, up to 1024 new tokens, 128 microbatches of 2, one update per step, gradient
+checkpointing, chunked log-probs, policy on cuda:0 and `VLLMEngine` on cuda:1 with its config
+options) with only these changes: the model is the Qwen2.5-Math-1.5B architecture with random
+weights and a word-level tokenizer (`common.qwen_shape_rollout_folder`, as in rollouts.py: samples
+end on the real `</answer>` stop string after ~512 tokens on average, ~13% reach 1024), the questions
+are GSM8K's, no evaluation, no checkpoint. The breakdown comes from what the module logs every step:
+`perf/rollout_seconds`, `perf/reward_seconds`, `perf/old_logprob_seconds` (0 here: one update per
+rollout batch needs no old log-probs), `perf/update_seconds`, `perf/step_seconds` (rollout to
+update) and the `RolloutWeightSync` time `perf/weight_sync_seconds` before each step after the
+first. Random weights earn no reward, so every advantage is 0: the update still runs every forward,
+backward and optimizer step (nothing is skipped for zero advantages).
+
+    python benchmarks/grpo_step.py --steps 3 --out benchmarks/results/grpo_step_2gpu.json   # 2 GPUs
+    python benchmarks/grpo_step.py --tiny --device cpu                                      # CPU smoke run
+Other options are passed on to `r1-lightning fit`, e.g. `--model.init_args.engine.init_args.per_request_seeds false`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, r1_lightning
+import common as C
+
+PARTS = ("rollout", "reward", "old_logprob", "update", "weight_sync")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=3, help="GRPO steps (the first one also warms up)")
+    p.add_argument("--tiny", action="store_true", help="2-layer model, 2 questions x 2 samples x 16 tokens, HF engine")
+    p.add_argument("--device", default="auto", help="auto | cpu (cpu: --tiny with the HF engine)")
+    p.add_argument("--config", default=str(C.REPO_ROOT / "configs" / "grpo.yaml"))
+    p.add_argument("--gsm8k", help="GSM8K jsonl for the questions (default: ../shared/data/gsm8k/test.jsonl)")
+    p.add_argument("--stop-token-fraction", type=float, default=1 / 512)
+    p.add_argument("--workdir", help="logs go here (default: a temporary folder)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds before the fit is stopped")
+    p.add_argument("--out", help="also write the JSON here")
+    args, args.fit_overrides = p.parse_known_args(argv)  # the rest goes to `r1-lightning fit` as given
+    return args
+
+
+def derived_config(args, folder: Path, gsm8k: Path, workdir: Path) -> dict:
+    config = yaml.safe_load(Path(args.config).read_text())
+    trainer, init, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
+    trainer.update(max_steps=args.steps, default_root_dir=str(workdir), enable_checkpointing=False,
+                   enable_progress_bar=False, callbacks=[{"class_path": "r1_lightning.callbacks.RolloutWeightSync"}],
+                   logger=[{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                            "init_args": {"save_dir": str(workdir), "name": "logs"}}])
+    init.update(model_name_or_path=str(folder), tokenizer_name_or_path=str(folder / "tokenizer"))
+    data.update(train_path=str(gsm8k), val_path=str(gsm8k), dataset="gsm8k")
+    if args.tiny:
+        trainer.update(accelerator="cpu" if args.device == "cpu" else "auto")
+        init.update(engine={"class_path": "r1_lightning.rollout.HFEngine"}, rollout_batch_size=4, group_size=2,
+                    train_batch_size=4, gradient_accumulation_steps=2, sampling_max_tokens=16, dtype="float32")
+        data.update(batch_size=2)
+    return config
+
+
+def read_metrics(log_dir: Path) -> dict[int, dict[str, float]]:
+    """{global step: {metric: value}} from the CSVLogger's metrics.csv (rows of one step merged)."""
+    steps: dict[int, dict[str, float]] = {}
+    with open(log_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            values = {k: float(v) for k, v in row.items() if k != "step" and v not in (None, "")}
+            steps.setdefault(int(row["step"]), {}).update(values)
+    return steps
+
+
+def breakdown(steps: dict[int, dict[str, float]]) -> list[dict]:
+    rows = []
+    for step, m in sorted(steps.items()):
+        if "perf/step_seconds" not in m:
+            continue
+        row = {"step": step, **{f"{part}_s": m.get(f"perf/{part}_seconds", 0.0) for part in PARTS}}
+        row["step_s"] = m["perf/step_seconds"] + row["weight_sync_s"]
+        row["other_s"] = row["step_s"] - sum(row[f"{part}_s"] for part in PARTS)  # packing, logging
+        row.update(response_length_mean=m.get("train/response_length"),
+                   truncated_fraction=m.get("train/truncated_fraction"),
+                   rollout_tokens_per_s=m.get("perf/rollout_tokens_per_s"),
+                   train_tokens_per_s=m.get("perf/train_tokens_per_s"),
+                   policy_gpu_peak_memory_gb=m.get("perf/gpu_peak_memory_gb"),
+                   engine_logprob_gap=m.get("train/engine_logprob_gap"))
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    gsm8k = C.find_gsm8k(args.gsm8k)
+    folder, model_note = C.qwen_shape_rollout_folder(C.gsm8k_questions(gsm8k), args.tiny, args.stop_token_fraction)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="grpo-step-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = derived_config(args, folder, gsm8k, workdir)
+    config_path = workdir / "grpo_step.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    command = [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(config_path), *args.fit_overrides]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=C.REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=args.timeout, check=False)
+    wall = time.perf_counter() - start
+    (workdir / "fit.log").write_text(proc.stdout)
+    result = {"benchmark": "grpo_step", "environment": C.environment(), "model_note": model_note,
+              "model_folder": str(folder), "config": str(config_path), "fit_command": " ".join(command),
+              "fit_exit_code": proc.returncode, "fit_wall_seconds": wall, "workdir": str(workdir)}
+    import torch
+
+    if torch.cuda.is_available():
+        result["environment"] = C.environment(torch.device("cuda", 0))
+    metrics_files = sorted(workdir.glob("logs/version_*/metrics.csv"))
+    if proc.returncode != 0 or not metrics_files:
+        result["error"] = proc.stdout[-4000:]
+        C.emit(result, args.out)
+        raise SystemExit(f"r1-lightning fit failed (exit {proc.returncode}); log: {workdir / 'fit.log'}")
+    rows = breakdown(read_metrics(metrics_files[-1].parent))
+    timed = rows[1:] or rows  # the first step also warms up (allocator, kernels)
+    init = config["model"]["init_args"]
+    result.update(
+        shape={k: init[k] for k in ("rollout_batch_size", "group_size", "sampling_max_tokens", "train_batch_size",
+                                    "gradient_accumulation_steps", "gradient_checkpointing", "logprob_chunk_size")},
+        engine=init["engine"], steps=rows,
+        median_after_first={key: C.median([r[key] for r in timed])
+                            for key in ("step_s", *(f"{part}_s" for part in PARTS), "other_s")},
+    )
+    result["acceptance"] = {"step_under_60_s": result["median_after_first"]["step_s"] < 60}
+    return C.emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
