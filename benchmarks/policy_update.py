@@ -10,6 +10,7 @@ in its own process (peak memory is per variant); warm-up steps, then timed steps
     python benchmarks/policy_update.py --variant r1 --phase sft --tiny --device cpu   # CPU smoke run
 
 What is timed (device synchronized at both ends), per optimizer step:
+  r1-packed: the same with token-budget microbatches (GRPOModule.microbatch_max_tokens, GRPO only).
   r1  : GRPOModule._train_on_rollouts (forward, backward of all microbatches, clip, AdamW step) inside a
         real lightning.Trainer.fit, rollouts replayed by ReplayEngine; SFT: SFTModule.training_step.
   trl : GRPOTrainer / SFTTrainer in trainer.train(): on_step_begin -> on_step_end (all microbatches'
@@ -31,7 +32,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, r1_lightning
 import common as C
 
-VARIANTS, PHASES = ("r1", "trl", "hf"), ("grpo", "sft")
+VARIANTS, PHASES = ("r1", "r1-packed", "trl", "hf"), ("grpo", "sft")
 
 
 def parse_args(argv):
@@ -54,6 +55,8 @@ def parse_args(argv):
     p.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True, help="r1 optimizer")
     p.add_argument("--r1-loss-type", default="reinforce_with_baseline")
     p.add_argument("--r1-loss-agg", default="seq_mean_token_mean")
+    p.add_argument("--r1-microbatch-max-tokens", type=int, default=16384,
+                   help="variant r1-packed (GRPO): GRPOModule(microbatch_max_tokens=...) token-budget microbatches")
     p.add_argument("--trl-loss-type", default="dapo", help="GRPOConfig.loss_type (TRL's default: dapo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, help="MFU denominator; default: measured bf16 matmul rate")
@@ -131,6 +134,9 @@ def run_r1(args, folder, batches, device) -> dict:
 
     timer = C.StepTimer(device)
     n, accum = args.sequences, args.sequences // args.microbatch
+    packed = args.r1_microbatch_max_tokens if args.variant == "r1-packed" else None
+    if packed and args.phase != "grpo":
+        raise SystemExit("the r1-packed variant is GRPO only (SFTModule has no token-budget microbatches)")
     common = {"learning_rate": 1e-6, "max_grad_norm": 1.0, "dtype": args.dtype,
               "attn_implementation": args.attn_implementation, "gradient_checkpointing": args.gradient_checkpointing,
               "fused_adamw": args.fused_adamw, "logprob_chunk_size": args.logprob_chunk_size or None}
@@ -145,12 +151,13 @@ def run_r1(args, folder, batches, device) -> dict:
         module = TimedGRPO(str(folder), engine=ReplayEngine(batches, args.group_size), rollout_batch_size=n,
                            group_size=args.group_size, train_batch_size=n, gradient_accumulation_steps=accum,
                            sampling_max_tokens=args.response_len[1], loss_type=args.r1_loss_type,
-                           loss_agg=args.r1_loss_agg, **common)
+                           loss_agg=args.r1_loss_agg, microbatch_max_tokens=packed, **common)
         module.reward_fn = replay_reward
         module.tokenizer = C.load_bench_tokenizer(folder)  # see common.random_model_folder
         prompts = n // args.group_size
         data = [{"prompt": [f"q{s}.{k}" for k in range(prompts)], "ground_truth": ["1"] * prompts} for s in range(len(batches))]
-        loss = {"loss_type": args.r1_loss_type, "loss_agg": args.r1_loss_agg, "sort_by_length_in_train_batch": True}
+        loss = {"loss_type": args.r1_loss_type, "loss_agg": args.r1_loss_agg, "sort_by_length_in_train_batch": True,
+                "microbatch_max_tokens": packed}
     else:
         class TimedSFT(SFTModule):
             def training_step(self, batch, batch_idx):
@@ -337,7 +344,7 @@ def run_single(args) -> dict:
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
     result = {"variant": args.variant, "phase": args.phase}
-    result.update({"r1": run_r1, "trl": run_trl, "hf": run_hf}[args.variant](args, folder, batches, device))
+    result.update({"r1": run_r1, "r1-packed": run_r1, "trl": run_trl, "hf": run_hf}[args.variant](args, folder, batches, device))
     result.update(C.peak_memory(device))
     result["config"].update(microbatch=args.microbatch, gradient_accumulation_steps=args.sequences // args.microbatch,
                             sequences_per_step=args.sequences, group_size=args.group_size)
@@ -357,8 +364,14 @@ def run_all(args, argv: list[str]) -> dict:
     prepare(args)  # build the cached model folder once, before the children
     phases = PHASES if args.phase == "both" else (args.phase,)
     variants = VARIANTS if args.variant == "all" else (args.variant,)
-    results = {p: {v: C.run_child(__file__, argv, ("--variant", "--phase", "--out"),
-                                  ["--variant", v, "--phase", p, "--no-peak-measure"]) for v in variants} for p in phases}
+    results: dict[str, dict] = {}
+    for p in phases:
+        for v in variants:
+            if v == "r1-packed" and p != "grpo":
+                continue
+            results.setdefault(p, {})[v] = C.run_child(__file__, argv, ("--variant", "--phase", "--out"),
+                                                       ["--variant", v, "--phase", p, "--no-peak-measure"])
+            C.write_partial({"benchmark": "policy_update", "partial": True, "results": results}, args.out)
     peak = args.peak_tflops or C.measure_matmul_tflops(device, torch_dtype(args))
     ratios, acceptance = {}, {}
     for phase, by_variant in results.items():
@@ -367,17 +380,18 @@ def run_all(args, argv: list[str]) -> dict:
             r.update(C.mfu_fields(r["model_flops_per_step"], r["model_flops_per_step_causal"], r["step_seconds"], peak))
             for key in ("environment", "matmul_peak_tflops", "mfu_formula", "benchmark", "data"):
                 r.pop(key, None)
-        for peer in ("trl", "hf"):
-            if "r1" in ok and peer in ok:
-                mem = ok["r1"]["peak_memory_gb"], ok[peer]["peak_memory_gb"]
-                ratios[f"{phase}_r1_over_{peer}_tokens_per_s"] = ok["r1"]["tokens_per_s"] / ok[peer]["tokens_per_s"]
-                ratios[f"{phase}_r1_over_{peer}_peak_memory"] = mem[0] / mem[1] if None not in mem else None
-        if "r1" in ok and "trl" in ok:
-            acceptance[f"{phase}_tokens_per_s_at_least_1.5x_trl"] = ratios[f"{phase}_r1_over_trl_tokens_per_s"] >= 1.5
-            mem_ratio = ratios[f"{phase}_r1_over_trl_peak_memory"]
-            acceptance[f"{phase}_peak_memory_not_above_trl"] = None if mem_ratio is None else mem_ratio <= 1.0
-        if "r1" in ok:
-            acceptance[f"{phase}_r1_mfu_at_least_0.40"] = ok["r1"]["mfu"] >= 0.40
+        for mine in ("r1", "r1-packed"):
+            for peer in ("trl", "hf"):
+                if mine in ok and peer in ok:
+                    mem = ok[mine]["peak_memory_gb"], ok[peer]["peak_memory_gb"]
+                    ratios[f"{phase}_{mine}_over_{peer}_tokens_per_s"] = ok[mine]["tokens_per_s"] / ok[peer]["tokens_per_s"]
+                    ratios[f"{phase}_{mine}_over_{peer}_peak_memory"] = mem[0] / mem[1] if None not in mem else None
+            if mine in ok and "trl" in ok:
+                acceptance[f"{phase}_{mine}_tokens_per_s_at_least_1.5x_trl"] = ratios[f"{phase}_{mine}_over_trl_tokens_per_s"] >= 1.5
+                mem_ratio = ratios[f"{phase}_{mine}_over_trl_peak_memory"]
+                acceptance[f"{phase}_{mine}_peak_memory_not_above_trl"] = None if mem_ratio is None else mem_ratio <= 1.0
+            if mine in ok:
+                acceptance[f"{phase}_{mine}_mfu_at_least_0.40"] = ok[mine]["mfu"] >= 0.40
     return {"benchmark": "policy_update", "environment": C.environment(device), "matmul_peak_tflops": peak,
             "mfu_formula": C.MFU_FORMULA, "data": data_info(args), "results": results, "ratios": ratios,
             "acceptance": acceptance}

@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        C.write_partial({"benchmark": "rollouts", "partial": True, "model": args.model, "results": results}, args.out)
     ratios, acceptance = {}, {}
     hf, vllm = results.get("hf", {}), results.get("vllm", {})
     if "tokens_per_s" in hf and "tokens_per_s" in vllm:

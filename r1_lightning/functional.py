@@ -71,6 +71,30 @@ def pack_prompt_and_output_ids(
     return {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:], "response_mask": is_output[:, 1:]}
 
 
+def split_by_token_budget(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Cut length-sorted sequences into consecutive microbatches of at most `max_tokens` padded tokens.
+
+    lengths: the sequences' token counts, in the order they will be packed (ascending, so each
+    microbatch pads to its own last and longest one). Returns lists of indices into `lengths`;
+    a microbatch's cost is len(microbatch) * max(length in it). A sequence longer than the budget
+    gets a microbatch of its own. Fewer, fuller microbatches mean fewer forward/backward passes.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, length in enumerate(lengths):
+        if current and (len(current) + 1) * max(longest, length) > max_tokens:
+            groups.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length)
+    if current:
+        groups.append(current)
+    return groups
+
+
 def tokenize_prompt_and_output(
     prompt_strs: Sequence[str], output_strs: Sequence[str], tokenizer
 ) -> dict[str, torch.Tensor]:
@@ -647,7 +671,7 @@ _TOKEN_METRICS = {
 def grpo_microbatch_loss(
     policy_log_probs: torch.Tensor,
     response_mask: torch.Tensor,
-    gradient_accumulation_steps: int,
+    gradient_accumulation_steps: float,
     loss_type: str,
     raw_rewards: torch.Tensor | None = None,
     advantages: torch.Tensor | None = None,

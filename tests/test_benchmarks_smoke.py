@@ -63,6 +63,14 @@ def test_policy_update_tiny(scripts, variant, phase, tmp_path, capsys):
     assert result["environment"]["command"].startswith("python ")
 
 
+def test_policy_update_r1_packed_tiny(scripts):
+    """Token-budget microbatches: same sequences, fewer microbatches than micro 2 x accumulation 4."""
+    result = scripts[0].main(["--variant", "r1-packed", "--phase", "grpo", *TINY, "--r1-microbatch-max-tokens", "64"])
+    assert result["config"]["microbatch_max_tokens"] == 64 and result["steps_timed"] == 2
+    with pytest.raises(SystemExit, match="GRPO only"):
+        scripts[0].main(["--variant", "r1-packed", "--phase", "sft", *TINY])
+
+
 def test_same_batches_for_every_variant(scripts):
     policy_update = scripts[0]
     args = policy_update.parse_args(["--tiny"])

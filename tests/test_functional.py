@@ -28,6 +28,7 @@ from r1_lightning.functional import (
     response_log_probs_from_hidden,
     sft_microbatch_loss,
     sft_microbatch_train_step,
+    split_by_token_budget,
     tokenize_prompt_and_output,
 )
 
@@ -688,3 +689,14 @@ def test_grpo_microbatch_errors():
         grpo_microbatch_loss(x, mask, 1, "no_baseline", raw_rewards=torch.zeros(1, 1), loss_agg="mean")
     with pytest.raises(ValueError, match="unknown loss_type"):
         grpo_microbatch_train_step(x, mask, 1, "dpo")
+
+
+# ---------------------------------------------------------------------------------- token budget
+def test_split_by_token_budget_counts_padded_tokens():
+    # [3, 3] -> 2 x 3 = 6; adding 4 would pad to 3 x 4 = 12 > 10; [4, 5] -> 2 x 5 = 10; 9 alone
+    assert split_by_token_budget([3, 3, 4, 5, 9], 10) == [[0, 1], [2, 3], [4]]
+    assert split_by_token_budget([2, 2, 2, 2, 2], 10) == [[0, 1, 2, 3, 4]]
+    assert split_by_token_budget([12, 13], 10) == [[0], [1]]  # longer than the budget: alone
+    assert split_by_token_budget([], 10) == []
+    with pytest.raises(ValueError, match="max_tokens"):
+        split_by_token_budget([1], 0)

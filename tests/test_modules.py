@@ -100,13 +100,29 @@ def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_
         grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
         return original(self)
 
+    sizes, row_lengths = [], []
+    original_pack = GRPOModule._pack_microbatches
+
+    def recording_pack(self, *args):
+        microbatches = original_pack(self, *args)
+        sizes.append([len(mb["input_ids"]) for mb in microbatches])
+        # a row ends with its response: its packed length is one past the last response position
+        row_lengths.append(sorted(int(row.nonzero().max()) + 1 for mb in microbatches for row in mb["response_mask"]))
+        return microbatches
+
     monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
+    monkeypatch.setattr(GRPOModule, "_pack_microbatches", recording_pack)
     fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_agg=loss_agg, gradient_accumulation_steps=1)
     fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_agg=loss_agg, gradient_accumulation_steps=4)
-    one, four = grads
+    # token-budget microbatches: the 3 shortest rows fit the budget, then pairs (or fewer) of longer ones
+    fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_agg=loss_agg, gradient_accumulation_steps=4,
+             microbatch_max_tokens=3 * row_lengths[0][2])
+    one, four, budget = grads
+    assert sizes[:2] == [[8], [2, 2, 2, 2]] and sizes[2][0] == 3 and sum(sizes[2]) == 8, sizes
     assert any(g.abs().max() > 0 for g in one.values())
     for name in one:
         torch.testing.assert_close(one[name], four[name], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(one[name], budget[name], rtol=1e-4, atol=1e-7)
 
 
 def test_old_log_probs_only_when_the_policy_moves_between_updates(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):

@@ -14,11 +14,12 @@ start=$(date +%s)
 python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; print(common.smollm2_hf_folder(out_dir='/tmp/smollm2'))" \
   >"$out/convert.log" 2>&1 || { cat "$out/convert.log"; exit 1; }
 echo "[smollm2] GGUF -> /tmp/smollm2 in $(( $(date +%s) - start )) s" | tee "$out/fit.log"
+# The run's CSV logs and evaluations land in OUT_DIR/logs as they are written (kept if the run is cut short).
+mkdir -p runs/smollm2_gsm8k "$out/logs" && rm -rf runs/smollm2_gsm8k/logs && ln -s "$(realpath "$out/logs")" runs/smollm2_gsm8k/logs
 python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_grpo.yaml \
   --model.init_args.model_name_or_path /tmp/smollm2 \
   --data.init_args.train_path "$data/train.jsonl" --data.init_args.val_path "$data/test.jsonl" \
   --trainer.max_steps 500 --trainer.max_time "$max_time" "$@" >>"$out/fit.log" 2>&1
 status=$?
-cp -r runs/smollm2_gsm8k/logs "$out/" 2>/dev/null
 echo "[smollm2] fit exit $status after $(( $(date +%s) - start )) s" | tee -a "$out/fit.log"
 exit $status

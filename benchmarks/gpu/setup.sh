@@ -12,6 +12,6 @@ fi
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export R1L_GSM8K=/tmp/data/gsm8k/test.jsonl
-pip install -q --no-deps --no-build-isolation -e . >/tmp/pip-install.log 2>&1 \
+python -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip-install.log 2>&1 \
   || echo "[setup] pip install -e . failed (see /tmp/pip-install.log); r1_lightning still imports from PYTHONPATH"
 python -c "import vllm, torch, transformers, lightning; print('[setup] vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__, 'GPUs', torch.cuda.device_count())"

@@ -21,8 +21,8 @@ from r1_lightning.functional import (
     compute_group_normalized_rewards,
     get_response_log_probs,
     grpo_microbatch_loss,
-    masked_mean,
     pack_prompt_and_output_ids,
+    split_by_token_budget,
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.base import RolloutModule
@@ -63,6 +63,10 @@ class GRPOModule(RolloutModule):
         engine_logprobs: ask the engine for log-probs of sampled tokens (to log the
             engine/trainer gap, the alarm for a broken weight sync). None = when TIS needs them
             or the engine holds its own copy of the weights.
+        microbatch_max_tokens: token-budget microbatches: cut each length-sorted train batch into
+            microbatches of at most this many padded tokens instead of `train_batch_size /
+            gradient_accumulation_steps` sequences each. Same gradient (each microbatch's loss is
+            weighted by its share of the train batch), fewer and fuller forward/backward passes.
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -89,6 +93,7 @@ class GRPOModule(RolloutModule):
         beta: float = 0.0,
         tis_cap: float | None = None,
         engine_logprobs: bool | None = None,
+        microbatch_max_tokens: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -116,6 +121,9 @@ class GRPOModule(RolloutModule):
         self.beta = beta
         self.tis_cap = tis_cap
         self.engine_logprobs = engine_logprobs
+        if microbatch_max_tokens is not None and microbatch_max_tokens < 1:
+            raise ValueError(f"GRPOModule: microbatch_max_tokens must be >= 1 or None, got {microbatch_max_tokens}")
+        self.microbatch_max_tokens = microbatch_max_tokens
         self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
@@ -213,7 +221,9 @@ class GRPOModule(RolloutModule):
             for c, r in zip(completions, reward_dicts)
         ]
 
-        microbatches = self._pack_microbatches(completions, advantages, raw_rewards)
+        # All microbatches go to the GPU now, once: a copy from pageable memory waits for the GPU,
+        # so copying inside the update loop would stall it at every microbatch.
+        microbatches = [self._to_device(mb) for mb in self._pack_microbatches(completions, advantages, raw_rewards)]
         start = time.perf_counter()
         if self.needs_old_log_probs or self.beta > 0:
             self._add_frozen_log_probs(microbatches)
@@ -253,23 +263,34 @@ class GRPOModule(RolloutModule):
         return metrics
 
     def _pack_microbatches(self, completions, advantages, raw_rewards) -> list[dict]:
-        """Split the rollouts into train batches, sort each by length (less padding; every loss
-        aggregation here is invariant to the order within a train batch), and pack microbatches
-        padded to their own longest sequence. Returns CPU tensors, in update order."""
+        """Split the rollouts into train batches (one optimizer update each), sort each by length
+        (less padding; every loss aggregation here is invariant to the order within a train batch)
+        and cut it into microbatches padded to their own longest sequence: `train_batch_size /
+        gradient_accumulation_steps` sequences each, or as many as fit `microbatch_max_tokens`.
+        Each carries `loss_divisor` (train batch size / its size: the microbatch losses then sum to
+        the train batch's loss however it was cut) and `ends_update`. CPU tensors, in update order."""
         micro = self.train_batch_size // self.gradient_accumulation_steps
         pad = self.tokenizer.pad_token_id
         microbatches = []
         for start in range(0, len(completions), self.train_batch_size):
             indices = list(range(start, start + self.train_batch_size))
-            indices.sort(key=lambda i: len(completions[i].prompt_token_ids) + len(completions[i].token_ids))
+            lengths = {i: len(completions[i].prompt_token_ids) + len(completions[i].token_ids) for i in indices}
+            indices.sort(key=lengths.__getitem__)
             n_response_tokens = sum(len(completions[i].token_ids) for i in indices)
-            for m in range(0, len(indices), micro):
-                idx = indices[m : m + micro]
+            if self.microbatch_max_tokens:
+                # packed rows are one shorter than the sequence (inputs and labels are shifted)
+                groups = split_by_token_budget([lengths[i] - 1 for i in indices], self.microbatch_max_tokens)
+                groups = [[indices[j] for j in group] for group in groups]
+            else:
+                groups = [indices[m : m + micro] for m in range(0, len(indices), micro)]
+            for g, idx in enumerate(groups):
                 prompt_ids = [completions[i].prompt_token_ids for i in idx]
                 tokens = pack_prompt_and_output_ids(prompt_ids, [completions[i].token_ids for i in idx], pad)
                 tokens["advantages"] = advantages[idx].unsqueeze(1).float()
                 tokens["raw_rewards"] = raw_rewards[idx].unsqueeze(1).float()
                 tokens["train_batch_response_tokens"] = n_response_tokens
+                tokens["loss_divisor"] = self.train_batch_size / len(idx)
+                tokens["ends_update"] = g == len(groups) - 1
                 if completions[idx[0]].logprobs is not None:
                     tokens["rollout_log_probs"] = scatter_response_values(
                         [completions[i].logprobs for i in idx], [len(p) for p in prompt_ids], tuple(tokens["labels"].shape)
@@ -288,25 +309,29 @@ class GRPOModule(RolloutModule):
             tensors = self._to_device(mb)
             if self.needs_old_log_probs:
                 out = get_response_log_probs(self.policy, tensors["input_ids"], tensors["labels"], chunk_size=self.logprob_chunk_size)
-                mb["old_log_probs"] = out["log_probs"].float().cpu()
+                mb["old_log_probs"] = out["log_probs"].float()
             if self.beta > 0:
                 out = get_response_log_probs(self._reference[0], tensors["input_ids"], tensors["labels"], chunk_size=self.logprob_chunk_size)
-                mb["ref_log_probs"] = out["log_probs"].float().cpu()
+                mb["ref_log_probs"] = out["log_probs"].float()
 
     def _train_on_rollouts(self, microbatches: list[dict]) -> dict[str, float]:
-        accum = self.gradient_accumulation_steps
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        # Metrics stay on the GPU until the end: reading one back (`float(x)`, `mask.any()`) makes
+        # the CPU wait for the GPU, which then idles while the CPU queues the next microbatch.
+        totals: dict[str, torch.Tensor] = {}
+        weights: dict[str, torch.Tensor | float] = {}
 
-        def add(name: str, value) -> None:
-            sums[name] = sums.get(name, 0.0) + float(value)
-            counts[name] = counts.get(name, 0) + 1
+        def add(name: str, value: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
+            totals[name] = totals.get(name, 0.0) + value
+            weights[name] = weights.get(name, 0.0) + weight
+
+        def add_token_mean(name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+            add(name, (values * mask).sum(), mask.sum())
 
         update_metrics: dict[str, float] = {}
-        loss_sum = 0.0
-        for epoch in range(self.epochs_per_rollout_batch):
-            for k, mb in enumerate(microbatches):
-                t = self._to_device(mb)
+        loss_sum = torch.zeros((), device=self.device)
+        sampler_is_current = True  # until the first update, the trainer's policy is the one that sampled
+        for _ in range(self.epochs_per_rollout_batch):
+            for t in microbatches:
                 out = get_response_log_probs(
                     self.policy, t["input_ids"], t["labels"], return_token_entropy=True, chunk_size=self.logprob_chunk_size
                 )
@@ -315,7 +340,7 @@ class GRPOModule(RolloutModule):
                 if old_log_probs is None and self.loss_type == "grpo_clip":
                     old_log_probs = log_probs.detach()  # on-policy: the sampling policy is this one
                 loss, meta = grpo_microbatch_loss(
-                    log_probs, mask, accum, self.loss_type,
+                    log_probs, mask, t["loss_divisor"], self.loss_type,
                     raw_rewards=t["raw_rewards"], advantages=t["advantages"],
                     old_log_probs=old_log_probs, cliprange=self.cliprange,
                     cliprange_high=self.cliprange_high, importance_level=self.importance_level,
@@ -325,20 +350,23 @@ class GRPOModule(RolloutModule):
                     normalize_constant=self._normalize_constant(t),
                 )
                 self.manual_backward(loss)
-                loss_sum += float(loss.detach())  # microbatch losses sum to the update's objective
-                add("train/entropy", masked_mean(out["token_entropy"].detach(), mask) if mask.any() else 0.0)
+                loss_sum += loss.detach()  # microbatch losses sum to the update's objective
+                add_token_mean("train/entropy", out["token_entropy"].detach(), mask)
                 for name, value in meta.items():
                     if isinstance(value, torch.Tensor) and value.numel() == 1:
-                        add(f"train/{name}", value)
-                # Before the first update the trainer's policy is the one that sampled: the gap
-                # between its log-probs and the engine's is the weight-sync alarm.
-                if epoch == 0 and k < accum and "rollout_log_probs" in t and mask.any():
-                    gap = masked_mean((log_probs.detach().float() - t["rollout_log_probs"]).abs(), mask)
-                    add("train/engine_logprob_gap", gap)
-                if (k + 1) % accum == 0:
+                        add(f"train/{name}", value.detach().float())
+                if sampler_is_current and "rollout_log_probs" in t:
+                    # the engine/trainer log-prob gap: the weight-sync alarm
+                    add_token_mean("train/engine_logprob_gap", (log_probs.detach().float() - t["rollout_log_probs"]).abs(), mask)
+                if t["ends_update"]:
                     update_metrics = self.optimizer_update()
-        metrics = {name: sums[name] / counts[name] for name in sums}
-        metrics["train/loss"] = loss_sum / self.updates_per_rollout
+                    sampler_is_current = False
+        names = list(totals)
+        sums = torch.stack([torch.as_tensor(totals[n], dtype=torch.float32, device=self.device) for n in names] + [loss_sum])
+        counts = torch.stack([torch.as_tensor(weights[n], dtype=torch.float32, device=self.device) for n in names])
+        sums, counts = sums.tolist(), counts.clamp(min=1).tolist()  # the one read-back of the update
+        metrics = {name: total / count for name, total, count in zip(names, sums, counts)}
+        metrics["train/loss"] = sums[-1] / self.updates_per_rollout
         metrics.update(update_metrics)
         return metrics
 

@@ -16,7 +16,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +36,10 @@ STEPS, RESUMED_STEPS = 10, 12
 
 
 def fit_command() -> list[str]:
-    exe = shutil.which("r1-lightning")
-    return [exe] if exe else [sys.executable, "-m", "r1_lightning.cli"]
+    """`r1-lightning` of this interpreter's environment (a `r1-lightning` elsewhere on PATH may belong
+    to another Python), else the same CLI through `python -m`."""
+    script = Path(sys.executable).with_name("r1-lightning")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "r1_lightning.cli"]
 
 
 def write_config(tmp: Path, model: Path, data: dict[str, Path]) -> Path:
