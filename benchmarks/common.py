@@ -304,18 +304,38 @@ def synchronize(device: torch.device) -> None:
 
 
 class StepTimer:
-    """Wall-clock seconds of regions, with the device synchronized at both ends."""
+    """Wall-clock seconds of regions, with the device synchronized at both ends.
 
-    def __init__(self, device: torch.device) -> None:
+    profile_step: run `torch.profiler` over that region (0 = the first) and keep, in `self.profile`,
+    its busiest operators and the total time kernels kept the GPU busy: a step whose kernel time is
+    far below its wall time is waiting on the CPU (Python, launches, syncs), not on the GPU.
+    """
+
+    def __init__(self, device: torch.device, profile_step: int | None = None) -> None:
         self.device, self.seconds, self._start = device, [], None
+        self.profile_step, self.profile, self._profiler = profile_step, None, None
 
     def start(self) -> None:
         synchronize(self.device)
+        if self.profile_step == len(self.seconds):
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self._profiler = profile(activities=activities)
+            self._profiler.__enter__()
         self._start = time.perf_counter()
 
     def stop(self) -> float:
         synchronize(self.device)
         self.seconds.append(time.perf_counter() - self._start)
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            events = self._profiler.key_averages()
+            device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+            sort_by = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+            self.profile = {"step": self.profile_step, "wall_s_profiled": self.seconds[-1],
+                            "kernel_time_s": device_us / 1e6, "table": events.table(sort_by=sort_by, row_limit=25)}
+            self._profiler = None
         return self.seconds[-1]
 
 

@@ -59,6 +59,8 @@ def parse_args(argv):
                    help="variant r1-packed (GRPO): GRPOModule(microbatch_max_tokens=...) token-budget microbatches")
     p.add_argument("--trl-loss-type", default="dapo", help="GRPOConfig.loss_type (TRL's default: dapo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile-step", type=int, help="torch.profiler over this warm-up step (< --warmup): "
+                   "kernel time vs wall time and the busiest operators, in the JSON's `profile`")
     p.add_argument("--peak-tflops", type=float, help="MFU denominator; default: measured bf16 matmul rate")
     p.add_argument("--no-peak-measure", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help="also write the JSON here")
@@ -68,6 +70,8 @@ def parse_args(argv):
                               ("prompt_len", [100, 300], [4, 12]), ("response_len", [200, 1024], [4, 24])]:
         if getattr(args, name) is None:
             setattr(args, name, small if tiny else full)
+    if args.profile_step is not None and not 0 <= args.profile_step < args.warmup:
+        p.error("--profile-step must be a warm-up step (0 <= step < --warmup): profiling slows the step it watches")
     if args.sequences % args.group_size or args.sequences % args.microbatch:
         p.error("--sequences must be divisible by --group-size and by --microbatch")
     return args
@@ -132,7 +136,7 @@ def run_r1(args, folder, batches, device) -> dict:
 
     from r1_lightning.modules import GRPOModule, SFTModule
 
-    timer = C.StepTimer(device)
+    timer = C.StepTimer(device, args.profile_step)
     n, accum = args.sequences, args.sequences // args.microbatch
     packed = args.r1_microbatch_max_tokens if args.variant == "r1-packed" else None
     if packed and args.phase != "grpo":
@@ -178,7 +182,7 @@ def run_r1(args, folder, batches, device) -> dict:
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
     config = {**common, **loss, "optimizer": optimizer_info(trainer.optimizers[0]), "lightning_precision": "32-true",
               "pad": "right, per microbatch, no attention mask (causal SDPA)"}
-    return {"config": config, "seconds": timer.seconds}
+    return {"config": config, "seconds": timer.seconds, "profile": timer.profile}
 
 
 # ------------------------------------------------------------------------------------- TRL
@@ -191,7 +195,7 @@ def run_trl(args, folder, batches, device) -> dict:
     except ImportError as error:
         raise SystemExit(f"the trl variant needs trl==1.16.0, datasets and accelerate importable "
                          f"(on the GPU machine: PYTHONPATH=/tmp/site): {error}")
-    timer, replay_timer = C.StepTimer(device), C.StepTimer(device)
+    timer, replay_timer = C.StepTimer(device, args.profile_step), C.StepTimer(device)
 
     class Timing(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -269,7 +273,7 @@ def run_trl(args, folder, batches, device) -> dict:
                                                      "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm")}
     config.update(optimizer=optimizer_info(trainer.optimizer), attn_implementation=args.attn_implementation,
                   weights_dtype=args.dtype, lm_head="TRL fused chunked log-prob head (fused_lm_head=True)")
-    out = {"config": config, "seconds": seconds}
+    out = {"config": config, "seconds": seconds, "profile": timer.profile}
     if args.phase == "grpo":
         out["replay_and_scoring_seconds"] = replay_timer.seconds
         config["pad"] = "prompts left / completions right to the longest of the whole generation batch, attention mask"
@@ -285,7 +289,7 @@ def run_hf(args, folder, batches, device) -> dict:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    pad, mb, accum, timer = model.config.pad_token_id or 0, args.microbatch, args.sequences // args.microbatch, C.StepTimer(device)
+    pad, mb, accum, timer = model.config.pad_token_id or 0, args.microbatch, args.sequences // args.microbatch, C.StepTimer(device, args.profile_step)
     for batch in batches:
         rewards = torch.tensor([r.reward for r in batch]).view(-1, args.group_size)
         advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)).flatten()
@@ -315,7 +319,7 @@ def run_hf(args, folder, batches, device) -> dict:
               "attn_implementation": args.attn_implementation, "weights_dtype": args.dtype, "max_grad_norm": 1.0,
               "loss": "per-sequence masked mean, batch mean (GRPO) / token mean (SFT)",
               "pad": "right, to the longest in the microbatch, attention mask", "lm_head": "full logits, float32 log_softmax"}
-    return {"config": config, "seconds": timer.seconds}
+    return {"config": config, "seconds": timer.seconds, "profile": timer.profile}
 
 
 # ------------------------------------------------------------------------------------- summary

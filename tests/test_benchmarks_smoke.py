@@ -71,6 +71,14 @@ def test_policy_update_r1_packed_tiny(scripts):
         scripts[0].main(["--variant", "r1-packed", "--phase", "sft", *TINY])
 
 
+def test_policy_update_profile_of_a_warmup_step(scripts):
+    result = scripts[0].main(["--variant", "hf", "--phase", "grpo", *TINY, "--profile-step", "0"])
+    profile = result["profile"]
+    assert profile["step"] == 0 and profile["wall_s_profiled"] > 0 and "Self CPU" in profile["table"]
+    with pytest.raises(SystemExit):
+        scripts[0].parse_args(["--tiny", "--profile-step", "1"])  # tiny has 1 warm-up step: 1 is timed
+
+
 def test_same_batches_for_every_variant(scripts):
     policy_update = scripts[0]
     args = policy_update.parse_args(["--tiny"])

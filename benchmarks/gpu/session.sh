@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One GPU command (under 10 minutes, 2 GPUs) of a planned session, after the device pack's parts
+# reached /tmp/parts (../shared/device/README.md):
+#   bash benchmarks/gpu/session.sh PLAN $OUT [extra options for the plan's main run]
+# Plans (run them in this order; each fits one command):
+#   tests    the GPU test suite alone (policy on GPU 0, engines on GPU 1), then the rollouts benchmarks:
+#            SmolLM2 on GPU 1 (vLLM seeded and unseeded vs HF) beside the 1.5B shape on GPU 0
+#   smollm2  GRPO on GSM8K with SmolLM2-135M, policy on GPU 0 and engine on GPU 1, 7.5 min of training
+#   update   the GRPO policy-update benchmark (r1, r1-packed, TRL, plain HF; step 0 profiled) on GPU 0,
+#            then the end-to-end step on both GPUs with token-budget microbatches
+# Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
+# plan's log and its JSON summaries. Every step has its own time limit, so the archive is always written.
+plan=${1:?PLAN}; out=${2:?OUT}; shift 2
+work=/tmp/r1l-$plan; mkdir -p "$work"
+source benchmarks/gpu/setup.sh >"$work/setup.log" 2>&1; tail -1 "$work/setup.log"
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$work/nvidia_smi.csv"
+case $plan in
+  tests)
+    timeout 270 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1
+    tail -1 "$work/gpu_tests.log"
+    (CUDA_VISIBLE_DEVICES=0 timeout 240 python benchmarks/rollouts.py --model qwen1.5b-shape --engine both \
+      --hf-num-prompts 64 --gpu-memory-utilization 0.6 --out "$work/rollouts_qwen1.5b.json" >"$work/rollouts_qwen1.5b.log" 2>&1) &
+    CUDA_VISIBLE_DEVICES=1 timeout 240 python benchmarks/rollouts.py --model smollm2-gsm8k --engine both \
+      --hf-num-prompts 64 --gpu-memory-utilization 0.6 --out "$work/rollouts_smollm2.json" >"$work/rollouts_smollm2.log" 2>&1
+    wait
+    cp "$work"/gpu_tests.log "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
+  smollm2)
+    timeout 560 bash benchmarks/gpu/run_smollm2_gsm8k.sh "$work/smollm2_gsm8k" 00:00:07:30 \
+      --model.init_args.engine.init_args.device 1 --model.init_args.engine.init_args.gpu_memory_utilization 0.6 "$@" \
+      >"$work/smollm2_track.log" 2>&1
+    tail -3 "$work/smollm2_track.log"; grep "\[eval\]" "$work/smollm2_gsm8k/fit.log"
+    cp "$work"/smollm2_gsm8k/logs/version_*/metrics.csv "$out"/ 2>/dev/null ;;
+  update)
+    CUDA_VISIBLE_DEVICES=0 timeout 330 python benchmarks/policy_update.py --variant all --phase grpo --warmup 2 --steps 3 \
+      --profile-step 1 --out "$work/policy_update_grpo.json" >"$work/policy_update_grpo.log" 2>&1
+    timeout 200 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_2gpu_packed.json" \
+      --model.init_args.microbatch_max_tokens 16384 "$@" >"$work/grpo_step.log" 2>&1
+    cp "$work"/policy_update_grpo.json "$work"/grpo_step_2gpu_packed.json "$out"/ 2>/dev/null ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update)"; exit 2 ;;
+esac
+tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
+echo "[session] $plan done in $SECONDS s"; ls -la "$out"
