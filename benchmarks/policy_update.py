@@ -10,7 +10,7 @@ in its own process (peak memory is per variant); warm-up steps, then timed steps
     python benchmarks/policy_update.py --variant r1 --phase sft --tiny --device cpu   # CPU smoke run
 
 What is timed (device synchronized at both ends), per optimizer step:
-  r1-packed: the same with token-budget microbatches (GRPOModule.microbatch_max_tokens, GRPO only).
+  r1-packed: the same with token-budget microbatches (the modules' `microbatch_max_tokens`).
   r1  : GRPOModule._train_on_rollouts (forward, backward of all microbatches, clip, AdamW step) inside a
         real lightning.Trainer.fit, rollouts replayed by ReplayEngine; SFT: SFTModule.training_step.
   trl : GRPOTrainer / SFTTrainer in trainer.train(): on_step_begin -> on_step_end (all microbatches'
@@ -56,7 +56,7 @@ def parse_args(argv):
     p.add_argument("--r1-loss-type", default="reinforce_with_baseline")
     p.add_argument("--r1-loss-agg", default="seq_mean_token_mean")
     p.add_argument("--r1-microbatch-max-tokens", type=int, default=16384,
-                   help="variant r1-packed (GRPO): GRPOModule(microbatch_max_tokens=...) token-budget microbatches")
+                   help="variant r1-packed: token-budget microbatches (the modules' microbatch_max_tokens)")
     p.add_argument("--trl-loss-type", default="dapo", help="GRPOConfig.loss_type (TRL's default: dapo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile-step", type=int, help="torch.profiler over this warm-up step (< --warmup): "
@@ -139,8 +139,6 @@ def run_r1(args, folder, batches, device) -> dict:
     timer = C.StepTimer(device, args.profile_step)
     n, accum = args.sequences, args.sequences // args.microbatch
     packed = args.r1_microbatch_max_tokens if args.variant == "r1-packed" else None
-    if packed and args.phase != "grpo":
-        raise SystemExit("the r1-packed variant is GRPO only (SFTModule has no token-budget microbatches)")
     common = {"learning_rate": 1e-6, "max_grad_norm": 1.0, "dtype": args.dtype,
               "attn_implementation": args.attn_implementation, "gradient_checkpointing": args.gradient_checkpointing,
               "fused_adamw": args.fused_adamw, "logprob_chunk_size": args.logprob_chunk_size or None}
@@ -169,13 +167,15 @@ def run_r1(args, folder, batches, device) -> dict:
                 super().training_step(batch, batch_idx)
                 timer.stop()
 
-        module = TimedSFT(str(folder), gradient_accumulation_steps=accum, max_length=None, **common)
+        module = TimedSFT(str(folder), gradient_accumulation_steps=accum, max_length=None, microbatch_max_tokens=packed,
+                          **common)
         tok = module.tokenizer = C.load_bench_tokenizer(folder)  # see common.random_model_folder
         data = [{"prompt": [tok.decode(r.prompt_ids) for r in b], "response": [tok.decode(r.response_ids) for r in b]}
                 for b in batches]
         if tok(data[0]["response"][0], add_special_tokens=False)["input_ids"] != batches[0][0].response_ids:
             raise RuntimeError("the tokenizer does not round-trip the synthetic ids: SFT would train on other tokens")
-        loss = {"loss": "masked NLL sum / batch / accumulation (CS336 sft_microbatch_train_step)"}
+        loss = {"loss": "masked NLL sum / batch / accumulation (CS336 sft_microbatch_train_step)",
+                "microbatch_max_tokens": packed}
     trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=len(batches),
                         precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
@@ -371,8 +371,6 @@ def run_all(args, argv: list[str]) -> dict:
     results: dict[str, dict] = {}
     for p in phases:
         for v in variants:
-            if v == "r1-packed" and p != "grpo":
-                continue
             results.setdefault(p, {})[v] = C.run_child(__file__, argv, ("--variant", "--phase", "--out"),
                                                        ["--variant", v, "--phase", p, "--no-peak-measure"])
             C.write_partial({"benchmark": "policy_update", "partial": True, "results": results}, args.out)

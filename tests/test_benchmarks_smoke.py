@@ -65,10 +65,9 @@ def test_policy_update_tiny(scripts, variant, phase, tmp_path, capsys):
 
 def test_policy_update_r1_packed_tiny(scripts):
     """Token-budget microbatches: same sequences, fewer microbatches than micro 2 x accumulation 4."""
-    result = scripts[0].main(["--variant", "r1-packed", "--phase", "grpo", *TINY, "--r1-microbatch-max-tokens", "64"])
-    assert result["config"]["microbatch_max_tokens"] == 64 and result["steps_timed"] == 2
-    with pytest.raises(SystemExit, match="GRPO only"):
-        scripts[0].main(["--variant", "r1-packed", "--phase", "sft", *TINY])
+    for phase in ("grpo", "sft"):
+        result = scripts[0].main(["--variant", "r1-packed", "--phase", phase, *TINY, "--r1-microbatch-max-tokens", "64"])
+        assert result["config"]["microbatch_max_tokens"] == 64 and result["steps_timed"] == 2
 
 
 def test_policy_update_profile_of_a_warmup_step(scripts):

@@ -3,6 +3,7 @@ computed, weight sync, crash checkpoints, evaluation summaries, LR schedule."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -119,6 +120,49 @@ def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_
              microbatch_max_tokens=3 * row_lengths[0][2])
     one, four, budget = grads
     assert sizes[:2] == [[8], [2, 2, 2, 2]] and sizes[2][0] == 3 and sum(sizes[2]) == 8, sizes
+    assert any(g.abs().max() > 0 for g in one.values())
+    for name in one:
+        torch.testing.assert_close(one[name], four[name], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(one[name], budget[name], rtol=1e-4, atol=1e-7)
+
+
+def test_sft_token_budget_microbatches_give_the_same_gradient(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
+    """One SFT update over 8 examples: 1 microbatch, 4 equal ones, and length-sorted token-budget
+    microbatches of uneven sizes accumulate the same gradient."""
+    from r1_lightning.data import SFTDataModule
+    from r1_lightning.modules import SFTModule
+    from r1_lightning.modules.base import PolicyModule
+    from r1_lightning.modules.sft import sft_microbatches
+
+    grads, groups = [], []
+    original_update, original_split = PolicyModule.optimizer_update, sft_microbatches
+
+    def recording_update(self):
+        grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
+        return original_update(self)
+
+    def recording_split(*args):
+        groups.append(original_split(*args))
+        return groups[-1]
+
+    monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
+    monkeypatch.setattr("r1_lightning.modules.sft.sft_microbatches", recording_split)
+
+    def fit_sft(**kwargs):
+        module = SFTModule(tiny_model_dir, learning_rate=1e-2, **kwargs)
+        data = SFTDataModule(str(toy_task_dir / "sft.jsonl"), batch_size=8, shuffle=False)
+        L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=tmp_path).fit(module, datamodule=data)
+
+    fit_sft(gradient_accumulation_steps=1)
+    fit_sft(gradient_accumulation_steps=4)
+    tokenizer = SFTModule(tiny_model_dir).tokenizer
+    rows = [json.loads(line) for line in (toy_task_dir / "sft.jsonl").read_text().splitlines()[:8]]
+    lengths = sorted(len(tokenizer(r["prompt"] + r["response"], add_special_tokens=False)["input_ids"]) - 1 for r in rows)
+    fit_sft(gradient_accumulation_steps=4, microbatch_max_tokens=3 * lengths[2])
+    sizes = [[len(g) for g in gs] for gs in groups]
+    assert sizes[:2] == [[8], [2, 2, 2, 2]] and sizes[2][0] == 3 and sum(sizes[2]) == 8, sizes
+    one, four, budget = grads
     assert any(g.abs().max() > 0 for g in one.values())
     for name in one:
         torch.testing.assert_close(one[name], four[name], rtol=1e-4, atol=1e-7)

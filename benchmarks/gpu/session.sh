@@ -6,8 +6,9 @@
 #   tests    the GPU test suite alone (policy on GPU 0, engines on GPU 1), then the rollouts benchmarks:
 #            SmolLM2 on GPU 1 (vLLM seeded and unseeded vs HF) beside the 1.5B shape on GPU 0
 #   smollm2  GRPO on GSM8K with SmolLM2-135M, policy on GPU 0 and engine on GPU 1, 7.5 min of training
-#   update   the GRPO policy-update benchmark (r1, r1-packed, TRL, plain HF; step 0 profiled) on GPU 0,
+#   update   the GRPO policy-update benchmark (r1, r1-packed, TRL, plain HF; step 1 profiled) on GPU 0,
 #            then the end-to-end step on both GPUs with token-budget microbatches
+#   sft      the SFT policy-update benchmark (r1, r1-packed, TRL SFTTrainer, plain HF) on GPU 0
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
 # plan's log and its JSON summaries. Every step has its own time limit, so the archive is always written.
 plan=${1:?PLAN}; out=${2:?OUT}; shift 2
@@ -36,7 +37,11 @@ case $plan in
     timeout 200 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_2gpu_packed.json" \
       --model.init_args.microbatch_max_tokens 16384 "$@" >"$work/grpo_step.log" 2>&1
     cp "$work"/policy_update_grpo.json "$work"/grpo_step_2gpu_packed.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update)"; exit 2 ;;
+  sft)
+    CUDA_VISIBLE_DEVICES=0 timeout 540 python benchmarks/policy_update.py --variant all --phase sft --warmup 2 --steps 3 \
+      --profile-step 1 --out "$work/policy_update_sft.json" >"$work/policy_update_sft.log" 2>&1
+    cp "$work"/policy_update_sft.json "$out"/ 2>/dev/null ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"

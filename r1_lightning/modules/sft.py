@@ -8,7 +8,13 @@ from collections.abc import Sequence
 import torch
 
 from r1_lightning.evaluation import grade_completions
-from r1_lightning.functional import get_response_log_probs, sft_microbatch_loss, tokenize_prompt_and_output
+from r1_lightning.functional import (
+    get_response_log_probs,
+    pack_prompt_and_output_ids,
+    sft_microbatch_loss,
+    split_by_token_budget,
+    tokenize_prompt_and_output,
+)
 from r1_lightning.modules.base import PolicyModule, RolloutModule
 from r1_lightning.rollout import SamplingConfig
 
@@ -24,17 +30,25 @@ def truncate_batch(tokens: dict[str, torch.Tensor], max_length: int | None) -> d
     return {k: v[:, : max_length - 1] for k, v in tokens.items()}
 
 
-def sft_update(
-    module: PolicyModule,
-    prompts: Sequence[str],
-    responses: Sequence[str],
+def sft_microbatches(
+    prompt_ids: Sequence[list[int]],
+    response_ids: Sequence[list[int]],
     gradient_accumulation_steps: int,
     max_length: int | None,
-    normalize_constant: float,
-) -> dict[str, float]:
-    """One optimizer update of masked-NLL SFT over `prompts`/`responses`, split into
-    `gradient_accumulation_steps` microbatches. Shared by `SFTModule` and expert iteration."""
-    n = len(prompts)
+    microbatch_max_tokens: int | None = None,
+) -> list[list[int]]:
+    """Index lists of the microbatches of one SFT update: `gradient_accumulation_steps` equal
+    slices in data order, or, with `microbatch_max_tokens`, the length-sorted examples cut into
+    microbatches of at most that many padded tokens (after truncation to `max_length`)."""
+    n = len(prompt_ids)
+    if microbatch_max_tokens:
+        lengths = {i: len(prompt_ids[i]) + len(response_ids[i]) for i in range(n)}
+        if max_length is not None:
+            lengths = {i: min(length, max_length) for i, length in lengths.items()}
+        order = sorted(range(n), key=lengths.__getitem__)
+        # packed rows are one shorter than the sequence (inputs and labels are shifted)
+        groups = split_by_token_budget([lengths[i] - 1 for i in order], microbatch_max_tokens)
+        return [[order[j] for j in group] for group in groups]
     if n % gradient_accumulation_steps:
         raise ValueError(
             f"the batch of {n} examples is not divisible by gradient_accumulation_steps="
@@ -42,26 +56,48 @@ def sft_update(
             f"model.init_args.gradient_accumulation_steps"
         )
     micro = n // gradient_accumulation_steps
+    return [list(range(k * micro, (k + 1) * micro)) for k in range(gradient_accumulation_steps)]
+
+
+def sft_update(
+    module: PolicyModule,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    gradient_accumulation_steps: int,
+    max_length: int | None,
+    normalize_constant: float,
+    microbatch_max_tokens: int | None = None,
+) -> dict[str, float]:
+    """One optimizer update of masked-NLL SFT over `prompts`/`responses` (microbatches from
+    `sft_microbatches`). Each microbatch's loss is divided by (examples / its size), so the losses
+    sum to the update's mean over examples however the batch was cut. Shared by `SFTModule` and
+    expert iteration."""
     start = time.perf_counter()
-    total_loss, n_tokens, n_response_tokens = 0.0, 0, 0
-    for k in range(gradient_accumulation_steps):
-        chunk = slice(k * micro, (k + 1) * micro)
-        tokens = tokenize_prompt_and_output(list(prompts[chunk]), list(responses[chunk]), module.tokenizer)
+    tokenizer = module.tokenizer
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    groups = sft_microbatches(prompt_ids, response_ids, gradient_accumulation_steps, max_length, microbatch_max_tokens)
+    total_loss = torch.zeros((), device=module.device)  # on the device: no host sync per microbatch
+    n_response_tokens = torch.zeros((), device=module.device, dtype=torch.long)
+    n_tokens = 0
+    for group in groups:
+        tokens = pack_prompt_and_output_ids([prompt_ids[i] for i in group], [response_ids[i] for i in group],
+                                            tokenizer.pad_token_id)
         tokens = {key: value.to(module.device) for key, value in truncate_batch(tokens, max_length).items()}
         out = get_response_log_probs(
             module.policy, tokens["input_ids"], tokens["labels"], chunk_size=module.logprob_chunk_size
         )
         loss, _ = sft_microbatch_loss(
-            out["log_probs"], tokens["response_mask"], gradient_accumulation_steps, normalize_constant
+            out["log_probs"], tokens["response_mask"], len(prompts) / len(group), normalize_constant
         )
         module.manual_backward(loss)
-        total_loss += float(loss.detach())
+        total_loss += loss.detach()
         n_tokens += tokens["input_ids"].numel()
-        n_response_tokens += int(tokens["response_mask"].sum())
+        n_response_tokens += tokens["response_mask"].sum()
     metrics = module.optimizer_update()
     seconds = time.perf_counter() - start
     metrics.update({
-        "train/loss": total_loss,
+        "train/loss": float(total_loss),
         "train/response_tokens": float(n_response_tokens),
         "perf/train_tokens_per_s": n_tokens / max(seconds, 1e-9),
     })
@@ -76,6 +112,8 @@ class SFTModule(PolicyModule):
         max_length: truncate prompt+response to this many tokens (None: no truncation).
         normalize_constant: the masked NLL sum is divided by it (CS336 semantics; 1.0 = sum over
             response tokens, averaged over examples).
+        microbatch_max_tokens: token-budget microbatches (length-sorted, at most this many padded
+            tokens each) instead of `gradient_accumulation_steps` equal slices; same gradient.
     """
 
     def __init__(
@@ -84,6 +122,7 @@ class SFTModule(PolicyModule):
         gradient_accumulation_steps: int = 1,
         max_length: int | None = 2048,
         normalize_constant: float = 1.0,
+        microbatch_max_tokens: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -92,12 +131,15 @@ class SFTModule(PolicyModule):
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.max_length = max_length
         self.normalize_constant = normalize_constant
+        if microbatch_max_tokens is not None and microbatch_max_tokens < 1:
+            raise ValueError(f"microbatch_max_tokens must be >= 1 or None, got {microbatch_max_tokens}")
+        self.microbatch_max_tokens = microbatch_max_tokens
         self.save_hyperparameters()
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         metrics = sft_update(
             self, batch["prompt"], batch["response"], self.gradient_accumulation_steps,
-            self.max_length, self.normalize_constant,
+            self.max_length, self.normalize_constant, self.microbatch_max_tokens,
         )
         metrics.update(self.peak_memory_metrics())
         self.log_metrics(metrics, prog_bar=("train/loss",))
