@@ -100,3 +100,15 @@ def load_causal_lm(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def compile_decoder_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """`torch.compile` each decoder layer in place (`nn.Module.compile`: parameter names and
+    checkpoints are unchanged). All layers share one compiled graph, sequence lengths are dynamic,
+    and gradient checkpointing still wraps each layer. Models without a `model.layers` list are
+    compiled whole. Returns the number of modules compiled."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    modules = list(layers) if isinstance(layers, torch.nn.ModuleList) and len(layers) else [model]
+    for module in modules:
+        module.compile(backend=backend, dynamic=True)
+    return len(modules)

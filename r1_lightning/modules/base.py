@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from r1_lightning.models import load_causal_lm, load_tokenizer
+from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -42,6 +42,8 @@ class PolicyModule(L.LightningModule):
         max_grad_norm: global-norm gradient clipping; None or <= 0 turns it off.
         dtype: "auto" (bf16 where the GPU has it, else fp32), "bfloat16", "float32".
         gradient_checkpointing: trade compute for activation memory.
+        compile: torch.compile the decoder layers (True: inductor; or a backend name, e.g.
+            "aot_eager"). An option to measure, not a default.
         logprob_chunk_size: compute log-probs from hidden states in chunks of this many tokens so
             the (B, T, vocab) float32 log-softmax is never materialized; None = naive.
         fused_adamw: use the fused CUDA AdamW kernel (ignored on the CPU).
@@ -67,6 +69,7 @@ class PolicyModule(L.LightningModule):
         fused_adamw: bool = True,
         seed: int = 0,
         tokenizer_name_or_path: str | None = None,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -92,6 +95,7 @@ class PolicyModule(L.LightningModule):
         self.policy: torch.nn.Module | None = None
         # The tokenizer is cheap and needed before the model (e.g. to validate data), so load it now.
         self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.compile_backend = ("inductor" if compile is True else compile) or None
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
         # Bumped after every optimizer update; the weight-sync callback compares it to what the
         # engine last received.
@@ -104,6 +108,8 @@ class PolicyModule(L.LightningModule):
         self.policy = load_causal_lm(
             self.model_name_or_path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing
         )
+        if self.compile_backend:
+            compile_decoder_layers(self.policy, self.compile_backend)
         self.policy.train()
 
     def configure_optimizers(self):
