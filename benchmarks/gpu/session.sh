@@ -5,7 +5,7 @@
 # Plans (run them in this order; each fits one command):
 #   tests    the GPU test suite alone (policy on GPU 0, engines on GPU 1), then the rollouts benchmarks:
 #            SmolLM2 on GPU 1 (vLLM seeded and unseeded vs HF) beside the 1.5B shape on GPU 0
-#   smollm2  GRPO on GSM8K with SmolLM2-135M, policy on GPU 0 and engine on GPU 1, 7.5 min of training
+#   smollm2  GRPO on GSM8K with SmolLM2-135M, policy on GPU 0 and engine on GPU 1, 7 min of training
 #   update   the GRPO policy-update benchmark (r1, r1-packed, TRL, plain HF; step 1 profiled) on GPU 0,
 #            then the end-to-end step on both GPUs with token-budget microbatches
 #   sft      the SFT policy-update benchmark (r1, r1-packed, TRL SFTTrainer, plain HF) on GPU 0
@@ -26,7 +26,7 @@ case $plan in
     wait
     cp "$work"/gpu_tests.log "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
   smollm2)
-    timeout 560 bash benchmarks/gpu/run_smollm2_gsm8k.sh "$work/smollm2_gsm8k" 00:00:07:30 \
+    timeout 560 bash benchmarks/gpu/run_smollm2_gsm8k.sh "$work/smollm2_gsm8k" 00:00:07:00 \
       --model.init_args.engine.init_args.device 1 --model.init_args.engine.init_args.gpu_memory_utilization 0.6 "$@" \
       >"$work/smollm2_track.log" 2>&1
     tail -3 "$work/smollm2_track.log"; grep "\[eval\]" "$work/smollm2_gsm8k/fit.log"
