@@ -114,13 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
                           text=True, timeout=args.timeout, check=False)
     wall = time.perf_counter() - start
     (workdir / "fit.log").write_text(proc.stdout)
-    result = {"benchmark": "grpo_step", "environment": C.environment(), "model_note": model_note,
-              "model_folder": str(folder), "config": str(config_path), "fit_command": " ".join(command),
-              "fit_exit_code": proc.returncode, "fit_wall_seconds": wall, "workdir": str(workdir)}
     import torch
 
-    if torch.cuda.is_available():
-        result["environment"] = C.environment(torch.device("cuda", 0))
+    environment = C.environment(torch.device("cuda", 0) if torch.cuda.is_available() else None)
+    result = {"benchmark": "grpo_step", "environment": environment, "model_note": model_note,
+              "model_folder": str(folder), "config": str(config_path), "fit_command": " ".join(command),
+              "fit_exit_code": proc.returncode, "fit_wall_seconds": wall, "workdir": str(workdir)}
     metrics_files = sorted(workdir.glob("logs/version_*/metrics.csv"))
     if proc.returncode != 0 or not metrics_files:
         result["error"] = proc.stdout[-4000:]

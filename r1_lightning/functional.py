@@ -95,6 +95,21 @@ def split_by_token_budget(lengths: Sequence[int], max_tokens: int) -> list[list[
     return groups
 
 
+def microbatch_groups(
+    lengths: Sequence[int], micro_size: int, max_tokens: int | None = None, sort_by_length: bool = True
+) -> list[list[int]]:
+    """The microbatches of one optimizer update, as lists of indices into `lengths`.
+
+    lengths: each sequence's packed row length (prompt + response - 1). With `max_tokens`, the
+    length-sorted sequences are cut by `split_by_token_budget`; otherwise into consecutive slices of
+    `micro_size`, in length order if `sort_by_length` (less padding) or in the given order.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__) if sort_by_length or max_tokens else list(range(len(lengths)))
+    if max_tokens:
+        return [[order[j] for j in group] for group in split_by_token_budget([lengths[i] for i in order], max_tokens)]
+    return [order[m : m + micro_size] for m in range(0, len(order), micro_size)]
+
+
 def tokenize_prompt_and_output(
     prompt_strs: Sequence[str], output_strs: Sequence[str], tokenizer
 ) -> dict[str, torch.Tensor]:

@@ -102,13 +102,12 @@ def load_causal_lm(
     return model
 
 
-def compile_decoder_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
+def compile_decoder_layers(model: torch.nn.Module, backend: str = "inductor") -> None:
     """`torch.compile` each decoder layer in place (`nn.Module.compile`: parameter names and
     checkpoints are unchanged). All layers share one compiled graph, sequence lengths are dynamic,
     and gradient checkpointing still wraps each layer. Models without a `model.layers` list are
-    compiled whole. Returns the number of modules compiled."""
+    compiled whole."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     modules = list(layers) if isinstance(layers, torch.nn.ModuleList) and len(layers) else [model]
     for module in modules:
         module.compile(backend=backend, dynamic=True)
-    return len(modules)

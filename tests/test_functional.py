@@ -24,6 +24,7 @@ from r1_lightning.functional import (
     grpo_microbatch_train_step,
     masked_mean,
     masked_normalize,
+    microbatch_groups,
     pack_prompt_and_output_ids,
     response_log_probs_from_hidden,
     sft_microbatch_loss,
@@ -700,3 +701,12 @@ def test_split_by_token_budget_counts_padded_tokens():
     assert split_by_token_budget([], 10) == []
     with pytest.raises(ValueError, match="max_tokens"):
         split_by_token_budget([1], 0)
+
+
+def test_microbatch_groups_fixed_slices_or_token_budget():
+    lengths = [5, 3, 4, 3]
+    assert microbatch_groups(lengths, 2) == [[1, 3], [2, 0]]  # length order (ties keep their order)
+    assert microbatch_groups(lengths, 2, sort_by_length=False) == [[0, 1], [2, 3]]
+    # budget 8: [3, 3] -> 6; + 4 would pad to 12; [4] + 5 would pad to 10; [5]
+    assert microbatch_groups(lengths, 2, max_tokens=8) == [[1, 3], [2], [0]]
+    assert microbatch_groups(lengths, 2, max_tokens=8, sort_by_length=False) == [[1, 3], [2], [0]]  # budgets sort

@@ -47,6 +47,10 @@ class PolicyModule(L.LightningModule):
         logprob_chunk_size: compute log-probs from hidden states in chunks of this many tokens so
             the (B, T, vocab) float32 log-softmax is never materialized; None = naive.
         fused_adamw: use the fused CUDA AdamW kernel (ignored on the CPU).
+        microbatch_max_tokens: token-budget microbatches (GRPO, SFT, expert iteration): cut each
+            update's length-sorted sequences into microbatches of at most this many padded tokens
+            instead of equal slices of `gradient_accumulation_steps`. Same gradient (each
+            microbatch's loss is weighted by its share of the update), fewer and fuller passes.
         seed: base seed for rollouts (sampling seed = seed + global step, so a resumed run samples
             exactly what the straight run did).
     """
@@ -70,10 +74,13 @@ class PolicyModule(L.LightningModule):
         seed: int = 0,
         tokenizer_name_or_path: str | None = None,
         compile: bool | str = False,
+        microbatch_max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if microbatch_max_tokens is not None and microbatch_max_tokens < 1:
+            raise ValueError(f"microbatch_max_tokens must be >= 1 or None, got {microbatch_max_tokens}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         self.automatic_optimization = False
@@ -96,6 +103,7 @@ class PolicyModule(L.LightningModule):
         # The tokenizer is cheap and needed before the model (e.g. to validate data), so load it now.
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.compile_backend = ("inductor" if compile is True else compile) or None
+        self.microbatch_max_tokens = microbatch_max_tokens
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
         # Bumped after every optimizer update; the weight-sync callback compares it to what the
         # engine last received.

@@ -21,8 +21,8 @@ from r1_lightning.functional import (
     compute_group_normalized_rewards,
     get_response_log_probs,
     grpo_microbatch_loss,
+    microbatch_groups,
     pack_prompt_and_output_ids,
-    split_by_token_budget,
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.base import RolloutModule
@@ -63,10 +63,6 @@ class GRPOModule(RolloutModule):
         engine_logprobs: ask the engine for log-probs of sampled tokens (to log the
             engine/trainer gap, the alarm for a broken weight sync). None = when TIS needs them
             or the engine holds its own copy of the weights.
-        microbatch_max_tokens: token-budget microbatches: cut each length-sorted train batch into
-            microbatches of at most this many padded tokens instead of `train_batch_size /
-            gradient_accumulation_steps` sequences each. Same gradient (each microbatch's loss is
-            weighted by its share of the train batch), fewer and fuller forward/backward passes.
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -93,7 +89,6 @@ class GRPOModule(RolloutModule):
         beta: float = 0.0,
         tis_cap: float | None = None,
         engine_logprobs: bool | None = None,
-        microbatch_max_tokens: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -121,9 +116,6 @@ class GRPOModule(RolloutModule):
         self.beta = beta
         self.tis_cap = tis_cap
         self.engine_logprobs = engine_logprobs
-        if microbatch_max_tokens is not None and microbatch_max_tokens < 1:
-            raise ValueError(f"GRPOModule: microbatch_max_tokens must be >= 1 or None, got {microbatch_max_tokens}")
-        self.microbatch_max_tokens = microbatch_max_tokens
         self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
@@ -273,17 +265,13 @@ class GRPOModule(RolloutModule):
         pad = self.tokenizer.pad_token_id
         microbatches = []
         for start in range(0, len(completions), self.train_batch_size):
-            indices = list(range(start, start + self.train_batch_size))
-            lengths = {i: len(completions[i].prompt_token_ids) + len(completions[i].token_ids) for i in indices}
-            indices.sort(key=lengths.__getitem__)
-            n_response_tokens = sum(len(completions[i].token_ids) for i in indices)
-            if self.microbatch_max_tokens:
-                # packed rows are one shorter than the sequence (inputs and labels are shifted)
-                groups = split_by_token_budget([lengths[i] - 1 for i in indices], self.microbatch_max_tokens)
-                groups = [[indices[j] for j in group] for group in groups]
-            else:
-                groups = [indices[m : m + micro] for m in range(0, len(indices), micro)]
-            for g, idx in enumerate(groups):
+            batch = completions[start : start + self.train_batch_size]
+            n_response_tokens = sum(len(c.token_ids) for c in batch)
+            # packed rows are one shorter than the sequence (inputs and labels are shifted)
+            lengths = [len(c.prompt_token_ids) + len(c.token_ids) - 1 for c in batch]
+            groups = microbatch_groups(lengths, micro, self.microbatch_max_tokens)
+            for g, group in enumerate(groups):
+                idx = [start + i for i in group]
                 prompt_ids = [completions[i].prompt_token_ids for i in idx]
                 tokens = pack_prompt_and_output_ids(prompt_ids, [completions[i].token_ids for i in idx], pad)
                 tokens["advantages"] = advantages[idx].unsqueeze(1).float()
@@ -305,13 +293,12 @@ class GRPOModule(RolloutModule):
     def _add_frozen_log_probs(self, microbatches: list[dict]) -> None:
         """Log-probs of the rollouts under the policy before any update ("old") and under the
         reference model, computed once per rollout batch."""
-        for mb in microbatches:
-            tensors = self._to_device(mb)
+        for mb in microbatches:  # already on the device
             if self.needs_old_log_probs:
-                out = get_response_log_probs(self.policy, tensors["input_ids"], tensors["labels"], chunk_size=self.logprob_chunk_size)
+                out = get_response_log_probs(self.policy, mb["input_ids"], mb["labels"], chunk_size=self.logprob_chunk_size)
                 mb["old_log_probs"] = out["log_probs"].float()
             if self.beta > 0:
-                out = get_response_log_probs(self._reference[0], tensors["input_ids"], tensors["labels"], chunk_size=self.logprob_chunk_size)
+                out = get_response_log_probs(self._reference[0], mb["input_ids"], mb["labels"], chunk_size=self.logprob_chunk_size)
                 mb["ref_log_probs"] = out["log_probs"].float()
 
     def _train_on_rollouts(self, microbatches: list[dict]) -> dict[str, float]:

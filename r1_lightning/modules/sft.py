@@ -11,8 +11,8 @@ from r1_lightning.evaluation import grade_completions
 from r1_lightning.functional import (
     get_response_log_probs,
     pack_prompt_and_output_ids,
+    microbatch_groups,
     sft_microbatch_loss,
-    split_by_token_budget,
     tokenize_prompt_and_output,
 )
 from r1_lightning.modules.base import PolicyModule, RolloutModule
@@ -41,22 +41,15 @@ def sft_microbatches(
     slices in data order, or, with `microbatch_max_tokens`, the length-sorted examples cut into
     microbatches of at most that many padded tokens (after truncation to `max_length`)."""
     n = len(prompt_ids)
-    if microbatch_max_tokens:
-        lengths = {i: len(prompt_ids[i]) + len(response_ids[i]) for i in range(n)}
-        if max_length is not None:
-            lengths = {i: min(length, max_length) for i, length in lengths.items()}
-        order = sorted(range(n), key=lengths.__getitem__)
-        # packed rows are one shorter than the sequence (inputs and labels are shifted)
-        groups = split_by_token_budget([lengths[i] - 1 for i in order], microbatch_max_tokens)
-        return [[order[j] for j in group] for group in groups]
-    if n % gradient_accumulation_steps:
+    if not microbatch_max_tokens and n % gradient_accumulation_steps:
         raise ValueError(
             f"the batch of {n} examples is not divisible by gradient_accumulation_steps="
             f"{gradient_accumulation_steps}; change data.init_args.batch_size or "
             f"model.init_args.gradient_accumulation_steps"
         )
-    micro = n // gradient_accumulation_steps
-    return [list(range(k * micro, (k + 1) * micro)) for k in range(gradient_accumulation_steps)]
+    # packed rows are one shorter than the (truncated) sequence: inputs and labels are shifted
+    lengths = [min(len(p) + len(r), max_length or len(p) + len(r)) - 1 for p, r in zip(prompt_ids, response_ids)]
+    return microbatch_groups(lengths, n // gradient_accumulation_steps, microbatch_max_tokens, sort_by_length=False)
 
 
 def sft_update(
@@ -112,8 +105,6 @@ class SFTModule(PolicyModule):
         max_length: truncate prompt+response to this many tokens (None: no truncation).
         normalize_constant: the masked NLL sum is divided by it (CS336 semantics; 1.0 = sum over
             response tokens, averaged over examples).
-        microbatch_max_tokens: token-budget microbatches (length-sorted, at most this many padded
-            tokens each) instead of `gradient_accumulation_steps` equal slices; same gradient.
     """
 
     def __init__(
@@ -122,7 +113,6 @@ class SFTModule(PolicyModule):
         gradient_accumulation_steps: int = 1,
         max_length: int | None = 2048,
         normalize_constant: float = 1.0,
-        microbatch_max_tokens: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -131,9 +121,6 @@ class SFTModule(PolicyModule):
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.max_length = max_length
         self.normalize_constant = normalize_constant
-        if microbatch_max_tokens is not None and microbatch_max_tokens < 1:
-            raise ValueError(f"microbatch_max_tokens must be >= 1 or None, got {microbatch_max_tokens}")
-        self.microbatch_max_tokens = microbatch_max_tokens
         self.save_hyperparameters()
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -214,6 +201,7 @@ class ExpertIterationModule(RolloutModule):
                 metrics.update(sft_update(
                     self, [kept_prompts[i] for i in idx], [kept_responses[i] for i in idx],
                     self.gradient_accumulation_steps, self.max_length, self.normalize_constant,
+                    self.microbatch_max_tokens,
                 ))
         metrics.update(self.peak_memory_metrics())
         self.log_metrics(metrics, prog_bar=("train/reward_mean", "ei/kept"))
