@@ -4,11 +4,15 @@
 #   bash benchmarks/gpu/session.sh PLAN $OUT [extra options for the plan's main run]
 # Plans (run them in this order; each fits one command):
 #   tests    the GPU test suite alone (policy on GPU 0, engines on GPU 1), then the rollouts benchmarks:
-#            SmolLM2 on GPU 1 (vLLM seeded and unseeded vs HF) beside the 1.5B shape on GPU 0
+#            SmolLM2 on GPU 1 (vLLM unseeded, then seeded, then HF) beside the 1.5B shape on GPU 0
 #   smollm2  GRPO on GSM8K with SmolLM2-135M, policy on GPU 0 and engine on GPU 1, 7 min of training
 #   update   the GRPO policy-update benchmark (r1, r1-packed, TRL, plain HF; step 1 profiled) on GPU 0,
 #            then the end-to-end step on both GPUs with token-budget microbatches
 #   sft      the SFT policy-update benchmark (r1, r1-packed, TRL SFTTrainer, plain HF) on GPU 0
+#   final    SmolLM2 GRPO on GSM8K on GPU 0 (policy and engine share it, 5 min of training) beside the GRPO
+#            policy update on GPU 1: TRL, then r1-lightning with token-budget microbatches (16k, 8k tokens)
+#   profile  one GPU: where the GRPO update's time goes -- every variant with warm-up step 1 under
+#            torch.profiler, then r1 with the naive LM head (each variant takes 60-120 s with start-up)
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
 # plan's log and its JSON summaries. Every step has its own time limit, so the archive is always written.
 plan=${1:?PLAN}; out=${2:?OUT}; shift 2
@@ -17,11 +21,11 @@ source benchmarks/gpu/setup.sh >"$work/setup.log" 2>&1; tail -1 "$work/setup.log
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$work/nvidia_smi.csv"
 case $plan in
   tests)
-    timeout 270 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1
+    timeout 260 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1
     tail -1 "$work/gpu_tests.log"
-    (CUDA_VISIBLE_DEVICES=0 timeout 240 python benchmarks/rollouts.py --model qwen1.5b-shape --engine both \
+    (CUDA_VISIBLE_DEVICES=0 timeout 290 python benchmarks/rollouts.py --model qwen1.5b-shape --engine both \
       --hf-num-prompts 64 --gpu-memory-utilization 0.6 --out "$work/rollouts_qwen1.5b.json" >"$work/rollouts_qwen1.5b.log" 2>&1) &
-    CUDA_VISIBLE_DEVICES=1 timeout 240 python benchmarks/rollouts.py --model smollm2-gsm8k --engine both \
+    CUDA_VISIBLE_DEVICES=1 timeout 290 python benchmarks/rollouts.py --model smollm2-gsm8k --engine both \
       --hf-num-prompts 64 --gpu-memory-utilization 0.6 --out "$work/rollouts_smollm2.json" >"$work/rollouts_smollm2.log" 2>&1
     wait
     cp "$work"/gpu_tests.log "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
@@ -41,7 +45,24 @@ case $plan in
     CUDA_VISIBLE_DEVICES=0 timeout 540 python benchmarks/policy_update.py --variant all --phase sft --warmup 2 --steps 3 \
       --profile-step 1 --out "$work/policy_update_sft.json" >"$work/policy_update_sft.log" 2>&1
     cp "$work"/policy_update_sft.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update | sft)"; exit 2 ;;
+  final)
+    (CUDA_VISIBLE_DEVICES=0 timeout 450 bash benchmarks/gpu/run_smollm2_gsm8k.sh "$work/smollm2_gsm8k" 00:00:05:00 \
+      --model.init_args.microbatch_max_tokens 16384 "$@" >"$work/smollm2_track.log" 2>&1) &
+    for spec in "trl 220 --variant trl" "r1_packed_16k 110 --variant r1-packed" \
+                "r1_packed_8k 110 --variant r1-packed --r1-microbatch-max-tokens 8192"; do
+      set -- $spec; name=$1; limit=$2; shift 2
+      CUDA_VISIBLE_DEVICES=1 timeout "$limit" python benchmarks/policy_update.py "$@" --phase grpo --warmup 1 --steps 3 \
+        --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[final] $name rc=$?"
+    done
+    wait; tail -3 "$work/smollm2_track.log"; grep "\[eval\]" "$work/smollm2_gsm8k/fit.log"
+    cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
+  profile)
+    bench() { name=$1; shift; timeout "$@" --phase grpo --warmup 2 --steps 2 --profile-step 1 --out "$work/$name.json" \
+      >"$work/$name.log" 2>&1; echo "[profile] $name rc=$?"; }
+    bench all 420 python benchmarks/policy_update.py --variant all
+    bench r1_naive_head 140 python benchmarks/policy_update.py --variant r1 --logprob-chunk-size 0 --no-peak-measure
+    cp "$work"/*.json "$out"/ 2>/dev/null ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | profile)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"
