@@ -2,10 +2,12 @@
 
 A GRPO rollout batch: GSM8K test questions in the R1-Zero template (256 prompts x 8 samples by default),
 temperature 1, at most 512 (SmolLM2) / 1024 (1.5B shape) new tokens, stopping at `</answer>` or EOS,
-through the engines' `generate` exactly as `GRPOModule` calls it: a per-step seed, and engine log-probs
-for the vLLM engine (which holds its own weights). One process, one GPU: the bf16 policy (which
-`HFEngine` generates with, and which `VLLMEngine.load_weights` copies from) and the vLLM engine
-(`--gpu-memory-utilization` of the GPU) share it; HF runs first, then vLLM is built.
+through the engines' `generate` as `GRPOModule` calls it (engine log-probs for the vLLM engine, which
+holds its own weights). One process, one GPU: the bf16 policy (which `HFEngine` generates with, and
+which `VLLMEngine.load_weights` copies from) and the vLLM engine (`--gpu-memory-utilization` of the GPU)
+share it. Order, so that a run cut by a time limit keeps the figures that matter most (the JSON is
+rewritten after each): vLLM with the engine's seed only, vLLM with one seed per request (vLLM 0.26
+samples such requests one at a time), HF, then the weight sync (it perturbs the policy first).
 
     python benchmarks/rollouts.py --model smollm2-gsm8k --engine both --out benchmarks/results/rollouts_smollm2.json
     python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --out benchmarks/results/rollouts_qwen1.5b.json
@@ -61,8 +63,8 @@ def parse_args(argv):
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs / torch.compile")
     p.add_argument("--vllm-logprobs", action=argparse.BooleanOptionalAction, default=True,
                    help="ask vLLM for sampled-token log-probs, as GRPOModule does for an engine with its own weights")
-    p.add_argument("--vllm-unseeded", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time vLLM without per-request seeds (its seeded sampling runs one RNG call per request)")
+    p.add_argument("--vllm-seeded", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time vLLM with per-request seeds (VLLMEngine(per_request_seeds=True))")
     p.add_argument("--sync-repeats", type=int, default=5, help="timed weight syncs (after one untimed)")
     p.add_argument("--stop-token-fraction", type=float, default=1 / 512, help="1.5B shape: see above")
     p.add_argument("--gsm8k", help="GSM8K test.jsonl (default: ../shared/data/gsm8k/test.jsonl, $R1L_GSM8K)")
@@ -136,14 +138,13 @@ def logprob_gap(engine, policy, tokenizer, prompts, sampling, device) -> float:
     return float(((ours.float().cpu() - theirs).abs() * mask).sum() / mask.sum())
 
 
-def run_vllm(out, args, folder, policy, tokenizer, prompts, sampling, device) -> None:
-    """Fills `out` step by step, so that a failure late (e.g. in the sync check) keeps the earlier numbers."""
+def build_vllm(out, args, folder, policy, tokenizer, device):
     if device.type != "cuda":
         raise EngineUnavailable("the vLLM engine needs a CUDA GPU (and vllm==0.26.0 importable, e.g. PYTHONPATH=/tmp/site)")
     from r1_lightning.rollout import VLLMEngine
 
     gc.collect()
-    torch.cuda.empty_cache()  # give the HF run's cached blocks back before vLLM sizes its KV cache
+    torch.cuda.empty_cache()
     engine = VLLMEngine(model=str(folder), device=device.index or 0, gpu_memory_utilization=args.gpu_memory_utilization,
                         max_model_len=args.max_model_len, enforce_eager=args.enforce_eager, seed=args.seed)
     start = time.perf_counter()
@@ -151,13 +152,22 @@ def run_vllm(out, args, folder, policy, tokenizer, prompts, sampling, device) ->
     out.update(engine=f"VLLMEngine(device={device.index or 0}, gpu_memory_utilization={args.gpu_memory_utilization}, "
                       f"max_model_len={args.max_model_len}, enforce_eager={args.enforce_eager}) in this process",
                engine_build_seconds=time.perf_counter() - start)
+    return engine
+
+
+def run_vllm(out, engine, args, prompts, sampling, device, save) -> None:
+    """Unseeded (the engine's own seed) first, then one seed per request, as GRPOModule asks by default."""
     out["prompts"] = len(prompts)
-    out.update(timed_generate(engine, prompts, dataclasses.replace(sampling, logprobs=args.vllm_logprobs), device))
-    if args.vllm_unseeded:
-        unseeded = dataclasses.replace(sampling, logprobs=args.vllm_logprobs, seed=None)
-        out["unseeded"] = timed_generate(engine, prompts, unseeded, device)
-    # Weight sync, as RolloutWeightSync does it: the policy's named parameters, GPU -> GPU. The policy
-    # is perturbed first, so the log-prob gap measured after the syncs is small only if they worked.
+    with_logprobs = dataclasses.replace(sampling, logprobs=args.vllm_logprobs)
+    out.update(timed_generate(engine, prompts, dataclasses.replace(with_logprobs, seed=None), device))
+    save()
+    if args.vllm_seeded:
+        out["seeded"] = timed_generate(engine, prompts, with_logprobs, device)
+
+
+def measure_weight_sync(out, engine, args, policy, tokenizer, prompts, sampling, device) -> None:
+    """As RolloutWeightSync does it: the policy's named parameters, GPU -> GPU. The policy is perturbed
+    first, so the log-prob gap measured after the syncs is small only if they worked."""
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.1 * p.float().std().to(p.dtype))
@@ -191,26 +201,43 @@ def main(argv: list[str] | None = None) -> dict:
     policy = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
     sampling = SamplingConfig(n=args.samples, temperature=args.temperature, max_tokens=args.max_tokens,
                               min_tokens=args.min_tokens, stop=args.stop, seed=args.seed)
-    engines = ["hf", "vllm"] if args.engine == "both" else [args.engine]
+    engines = ["vllm", "hf"] if args.engine == "both" else [args.engine]
     results = {name: {} for name in engines}
-    for name in engines:
+
+    def save() -> None:
+        C.write_partial({"benchmark": "rollouts", "partial": True, "model": args.model, "results": results}, args.out)
+
+    def attempt(name: str, stage, *stage_args):
+        """Run one stage and return its result; on failure record the error, keep what was measured
+        (and the other engine's numbers) and return None."""
         try:
-            (run_hf if name == "hf" else run_vllm)(results[name], args, folder, policy, tokenizer, prompts, sampling, device)
-        except Exception as error:  # keep what was measured (and, with both engines, the other engine's numbers)
+            return stage(*stage_args)
+        except Exception as error:
             if len(engines) == 1 and isinstance(error, (EngineUnavailable, ImportError)):
                 raise SystemExit(f"{name} engine: {error}") from error
             results[name].update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-3000:])
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        C.write_partial({"benchmark": "rollouts", "partial": True, "model": args.model, "results": results}, args.out)
+            return None
+        finally:
+            save()
+
+    engine = attempt("vllm", build_vllm, results["vllm"], args, folder, policy, tokenizer, device) if "vllm" in engines else None
+    if engine is not None:
+        attempt("vllm", run_vllm, results["vllm"], engine, args, prompts, sampling, device, save)
+    if "hf" in engines:
+        attempt("hf", run_hf, results["hf"], args, folder, policy, tokenizer, prompts, sampling, device)
+    if engine is not None:
+        attempt("vllm", measure_weight_sync, results["vllm"], engine, args, policy, tokenizer, prompts, sampling, device)
     ratios, acceptance = {}, {}
     hf, vllm = results.get("hf", {}), results.get("vllm", {})
     if "tokens_per_s" in hf and "tokens_per_s" in vllm:
         ratios["vllm_over_hf_tokens_per_s"] = vllm["tokens_per_s"] / hf["tokens_per_s"]
         acceptance["vllm_at_least_3x_hf"] = ratios["vllm_over_hf_tokens_per_s"] >= 3.0
-        if "unseeded" in vllm:
-            ratios["vllm_unseeded_over_hf_tokens_per_s"] = vllm["unseeded"]["tokens_per_s"] / hf["tokens_per_s"]
+        if "seeded" in vllm:
+            ratios["vllm_seeded_over_hf_tokens_per_s"] = vllm["seeded"]["tokens_per_s"] / hf["tokens_per_s"]
+            ratios["vllm_unseeded_over_seeded_tokens_per_s"] = vllm["tokens_per_s"] / vllm["seeded"]["tokens_per_s"]
     if "weight_sync_median_seconds" in vllm:
         acceptance["weight_sync_under_0.1_s"] = vllm["weight_sync_median_seconds"] < 0.1
     result = {"benchmark": "rollouts", "environment": C.environment(device), "model": args.model, "model_note": model_note,

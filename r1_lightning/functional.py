@@ -179,6 +179,22 @@ def compute_entropy(logits: torch.Tensor) -> torch.Tensor:
     return _entropy_given_logsumexp(logits, torch.logsumexp(logits, dim=-1))
 
 
+def _addmm_into_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b in place, with no (rows, cols) temporary and, for a float32 `acc` and bf16/fp16
+    factors, without rounding each chunk's product to 16 bits before it is summed (chunks of a bf16
+    head add up to the float32 accumulator as one float32 sum would)."""
+    if acc.dtype == a.dtype:
+        acc.addmm_(a, b)
+        return
+    if acc.is_cuda:
+        try:  # cuBLAS: 16-bit inputs, float32 output (torch >= 2.8; CPU has no such kernel)
+            torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            return
+        except (RuntimeError, TypeError, NotImplementedError):
+            pass  # an older torch or an unsupported layout: the upcast below gives the same sum
+    acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
 class _ChunkedLinearLogProbs(torch.autograd.Function):
     """log p(label) and entropy of softmax(hidden @ W.T + b), chunk by chunk over tokens.
 
@@ -248,10 +264,8 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
             grad_logits = grad_logits.to(weight.dtype)
             if need_hidden:
                 grad_hidden[rows] = grad_logits @ weight
-            if need_weight and grad_weight.dtype == grad_logits.dtype:
-                grad_weight.addmm_(grad_logits.T, hidden[rows])  # in place: no (V, H) temporary
-            elif need_weight:
-                grad_weight += grad_logits.T @ hidden[rows]
+            if need_weight:
+                _addmm_into_(grad_weight, grad_logits.T, hidden[rows])
             if need_bias:
                 grad_bias += grad_logits.sum(0)
             del grad_logits  # before the next chunk's buffers exist, not after

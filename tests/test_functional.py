@@ -219,6 +219,27 @@ def test_chunked_head_bf16_matches_bf16_head_upcast():
     close(out["token_entropy"], compute_entropy(logits))
 
 
+def test_chunked_head_bf16_weight_gradient_is_summed_in_float32():
+    # A bf16 head's gradient is the sum of every chunk's (V, H) product. Summed in float32 and
+    # rounded to bf16 once, it does not depend on the chunking; rounding each chunk's product to
+    # bf16 first (what a plain `grad += a @ b` does) drifts with the number of chunks.
+    torch.manual_seed(4)
+    n_tokens, hidden_size, vocab = 256, 16, 32
+    hidden = torch.randn(1, n_tokens, hidden_size).bfloat16()
+    weight = torch.randn(vocab, hidden_size).bfloat16()
+    labels = torch.randint(0, vocab, (1, n_tokens))
+
+    def weight_grad(chunk_size: int) -> torch.Tensor:
+        w = weight.clone().requires_grad_(True)
+        response_log_probs_from_hidden(hidden, w, labels, chunk_size)["log_probs"].sum().backward()
+        return w.grad
+
+    one_chunk, per_token = weight_grad(n_tokens), weight_grad(1)
+    assert per_token.dtype == torch.bfloat16
+    same = (one_chunk == per_token).float().mean()
+    assert same > 0.95, f"only {same:.0%} of the entries agree between 1 and {n_tokens} chunks"
+
+
 def test_chunked_head_saves_no_full_logits():
     B, L, H, V = 4, 16, 8, 100  # N·V = 6400 > V·H = 800: the weight is not the largest saved tensor
     hidden = torch.randn(B, L, H, requires_grad=True)
