@@ -193,6 +193,43 @@ def test_compiled_decoder_layers_give_the_same_gradient(tiny_model_dir, toy_task
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
 
 
+def test_sdpa_backends_hold_in_forward_and_in_the_checkpoint_recomputes(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
+    """`sdpa_backends` limits PyTorch's attention kernels for every training pass, the gradient
+    checkpointing recomputes inside backward included, and changes no gradient."""
+    import torch.nn.functional as F
+
+    from r1_lightning.modules.base import PolicyModule
+
+    grads, flash_allowed = [], []
+    original_update, original_sdpa = PolicyModule.optimizer_update, F.scaled_dot_product_attention
+
+    def recording_update(self):
+        grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
+        return original_update(self)
+
+    def recording_sdpa(*args, **kwargs):
+        flash_allowed.append(torch.backends.cuda.flash_sdp_enabled())
+        return original_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    common = dict(gradient_accumulation_steps=2, gradient_checkpointing=True)
+    default = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, **common)
+    n_default = len(flash_allowed)
+    assert n_default > 0 and all(flash_allowed)  # rollouts come from FixedEngine: these are training passes
+    math_only = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, sdpa_backends=["math"], **common)
+    layers = len(math_only.policy.model.layers)
+    assert len(flash_allowed) - n_default == 2 * 2 * layers  # 2 microbatches x (forward + recompute) x layers
+    assert not any(flash_allowed[n_default:])
+    assert torch.backends.cuda.flash_sdp_enabled()  # given back after the update
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+    with pytest.raises(RuntimeError, match="No viable backend"):  # the CPU has no cuDNN attention
+        fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, sdpa_backends=["cudnn"], **common)
+    with pytest.raises(ValueError, match="sdpa_backends"):
+        fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, sdpa_backends=["flashy"], **common)
+
+
 def test_old_log_probs_only_when_the_policy_moves_between_updates(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
     calls = []
     original = GRPOModule._add_frozen_log_probs

@@ -4,6 +4,7 @@ that sample (GRPO, expert iteration, evaluation)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tok
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")  # torch.nn.attention.SDPBackend, by short name
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -47,6 +49,12 @@ class PolicyModule(L.LightningModule):
         logprob_chunk_size: compute log-probs from hidden states in chunks of this many tokens so
             the (B, T, vocab) float32 log-softmax is never materialized; None = naive.
         fused_adamw: use the fused CUDA AdamW kernel (ignored on the CPU).
+        sdpa_backends: the PyTorch SDPA kernels attention may use while fitting, in order of
+            preference, from "flash", "efficient", "cudnn", "math" (None: PyTorch's choice). On an
+            H200 PyTorch 2.11 picks cuDNN attention, which spent ~2 ms of CPU per call (38% of a
+            CPU-bound 1.5B GRPO update at microbatch 2, benchmarks/results/gpu_h200_2026-11-28_session2.md);
+            ["flash", "efficient", "math"] leaves it out. Applies to the training passes
+            (`attention_kernels`). An option to measure, not a default.
         microbatch_max_tokens: token-budget microbatches (GRPO, SFT, expert iteration): cut each
             update's length-sorted sequences into microbatches of at most this many padded tokens
             instead of equal slices of `gradient_accumulation_steps`. Same gradient (each
@@ -75,6 +83,7 @@ class PolicyModule(L.LightningModule):
         tokenizer_name_or_path: str | None = None,
         compile: bool | str = False,
         microbatch_max_tokens: int | None = None,
+        sdpa_backends: list[str] | None = None,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -83,6 +92,9 @@ class PolicyModule(L.LightningModule):
             raise ValueError(f"microbatch_max_tokens must be >= 1 or None, got {microbatch_max_tokens}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        unknown = sorted(set(sdpa_backends or ()) - set(SDPA_BACKENDS))
+        if unknown or sdpa_backends == []:
+            raise ValueError(f"sdpa_backends: choose one or more of {SDPA_BACKENDS} (or null), got {sdpa_backends!r}")
         self.automatic_optimization = False
         self.model_name_or_path = model_name_or_path
         self.learning_rate = learning_rate
@@ -104,6 +116,7 @@ class PolicyModule(L.LightningModule):
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.compile_backend = ("inductor" if compile is True else compile) or None
         self.microbatch_max_tokens = microbatch_max_tokens
+        self.sdpa_backends = list(sdpa_backends) if sdpa_backends else None
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
         # Bumped after every optimizer update; the weight-sync callback compares it to what the
         # engine last received.
@@ -149,6 +162,19 @@ class PolicyModule(L.LightningModule):
         scheduler.step()
         self.policy_version += 1
         return {"train/grad_norm": float(grad_norm), "train/lr": lr}
+
+    # ----------------------------------------------------------------------------- attention kernels
+    def attention_kernels(self):
+        """The context of every training forward and backward: PyTorch SDPA limited to
+        `sdpa_backends` (nothing, when None). Backward must be inside it too, for the gradient
+        checkpointing recomputes."""
+        if not self.sdpa_backends:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+        return sdpa_kernel([names[name] for name in self.sdpa_backends])
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -216,14 +216,15 @@ class GRPOModule(RolloutModule):
         # All microbatches go to the GPU now, once: a copy from pageable memory waits for the GPU,
         # so copying inside the update loop would stall it at every microbatch.
         microbatches = [self._to_device(mb) for mb in self._pack_microbatches(completions, advantages, raw_rewards)]
-        start = time.perf_counter()
-        if self.needs_old_log_probs or self.beta > 0:
-            self._add_frozen_log_probs(microbatches)
-        metrics["perf/old_logprob_seconds"] = time.perf_counter() - start
+        with self.attention_kernels():
+            start = time.perf_counter()
+            if self.needs_old_log_probs or self.beta > 0:
+                self._add_frozen_log_probs(microbatches)
+            metrics["perf/old_logprob_seconds"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        train_metrics = self._train_on_rollouts(microbatches)
-        metrics["perf/update_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
+            train_metrics = self._train_on_rollouts(microbatches)
+            metrics["perf/update_seconds"] = time.perf_counter() - start
         n_tokens = sum(int(mb["input_ids"].numel()) for mb in microbatches) * self.epochs_per_rollout_batch
         metrics["perf/train_tokens_per_s"] = n_tokens / max(metrics["perf/update_seconds"], 1e-9)
         metrics["perf/step_seconds"] = time.perf_counter() - step_start  # rollout to update (the sync is before)

@@ -77,13 +77,14 @@ def sft_update(
         tokens = pack_prompt_and_output_ids([prompt_ids[i] for i in group], [response_ids[i] for i in group],
                                             tokenizer.pad_token_id)
         tokens = {key: value.to(module.device) for key, value in truncate_batch(tokens, max_length).items()}
-        out = get_response_log_probs(
-            module.policy, tokens["input_ids"], tokens["labels"], chunk_size=module.logprob_chunk_size
-        )
-        loss, _ = sft_microbatch_loss(
-            out["log_probs"], tokens["response_mask"], len(prompts) / len(group), normalize_constant
-        )
-        module.manual_backward(loss)
+        with module.attention_kernels():
+            out = get_response_log_probs(
+                module.policy, tokens["input_ids"], tokens["labels"], chunk_size=module.logprob_chunk_size
+            )
+            loss, _ = sft_microbatch_loss(
+                out["log_probs"], tokens["response_mask"], len(prompts) / len(group), normalize_constant
+            )
+            module.manual_backward(loss)
         total_loss += loss.detach()
         n_tokens += tokens["input_ids"].numel()
         n_response_tokens += tokens["response_mask"].sum()
