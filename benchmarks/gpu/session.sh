@@ -11,8 +11,9 @@
 #   sft      the SFT policy-update benchmark (r1, r1-packed, TRL SFTTrainer, plain HF) on GPU 0
 #   final    SmolLM2 GRPO on GSM8K on GPU 0 (policy and engine share it, 5 min of training) beside the GRPO
 #            policy update on GPU 1: TRL, then r1-lightning with token-budget microbatches (16k, 8k tokens)
-#   update2  one GPU: the GRPO update, TRL vs r1-lightning token budgets with and without cuDNN attention
-#            (sdpa_backends) and with a smaller log-prob chunk (peak memory)
+#   update2  one GPU: the GRPO update, TRL vs r1-lightning (token budgets 8k/16k and microbatch 2) with and
+#            without cuDNN attention
+#            (sdpa_backends) and with a 256-token log-prob chunk (float32 chunk buffers: a candidate for r1's extra peak memory)
 #   profile  one GPU: where the GRPO update's time goes -- every variant with warm-up step 1 under
 #            torch.profiler, then r1 with the naive LM head (each variant takes 60-120 s with start-up)
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
@@ -61,8 +62,10 @@ case $plan in
   update2)
     for spec in "trl 200 --variant trl" "r1_8k 90 --variant r1-packed --r1-microbatch-max-tokens 8192" \
                 "r1_8k_no_cudnn 90 --variant r1-packed --r1-microbatch-max-tokens 8192 --r1-sdpa-backends flash efficient math" \
-                "r1_8k_chunk512 90 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 512" \
-                "r1_16k_no_cudnn 90 --variant r1-packed --r1-sdpa-backends flash efficient math"; do
+                "r1_8k_chunk256 90 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256" \
+                "r1_8k_no_cudnn_chunk256 90 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256 --r1-sdpa-backends flash efficient math" \
+                "r1_16k_no_cudnn 90 --variant r1-packed --r1-sdpa-backends flash efficient math" \
+                "r1_mb2 110 --variant r1" "r1_mb2_no_cudnn 110 --variant r1 --r1-sdpa-backends flash efficient math"; do
       set -- $spec; name=$1; limit=$2; shift 2
       timeout "$limit" python benchmarks/policy_update.py "$@" --phase grpo --warmup 1 --steps 3 \
         --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[update2] $name rc=$?"
