@@ -12,8 +12,8 @@
 #   final    SmolLM2 GRPO on GSM8K on GPU 0 (policy and engine share it, 5 min of training) beside the GRPO
 #            policy update on GPU 1: TRL, then r1-lightning with token-budget microbatches (16k, 8k tokens)
 #   update2  one GPU: the GRPO update, TRL vs r1-lightning (token budgets 8k/16k and microbatch 2) with and
-#            without cuDNN attention
-#            (sdpa_backends) and with a 256-token log-prob chunk (float32 chunk buffers: a candidate for r1's extra peak memory)
+#            without cuDNN attention (sdpa_backends) and with a 256-token log-prob chunk (its float32 chunk
+#            buffers are a candidate for r1's extra peak memory); ~7 minutes
 #   profile  one GPU: where the GRPO update's time goes -- every variant with warm-up step 1 under
 #            torch.profiler, then r1 with the naive LM head (each variant takes 60-120 s with start-up)
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
