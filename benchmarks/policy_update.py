@@ -56,7 +56,7 @@ def parse_args(argv):
     p.add_argument("--r1-loss-type", default="reinforce_with_baseline")
     p.add_argument("--r1-loss-agg", default="seq_mean_token_mean")
     p.add_argument("--r1-compile", help="r1 variants: torch.compile the decoder layers with this backend (e.g. inductor)")
-    p.add_argument("--r1-sdpa-backends", nargs="+", choices=["flash", "efficient", "cudnn", "math"],
+    p.add_argument("--r1-sdpa-backends", nargs="+", choices=["flash", "efficient", "cudnn", "math"],  # PolicyModule's
                    help="r1 variants: the PyTorch SDPA kernels allowed in training (the modules' sdpa_backends)")
     p.add_argument("--r1-microbatch-max-tokens", type=int, default=16384,
                    help="variant r1-packed: token-budget microbatches (the modules' microbatch_max_tokens)")

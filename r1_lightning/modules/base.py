@@ -11,12 +11,16 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
-SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")  # torch.nn.attention.SDPBackend, by short name
+SDPA_BACKENDS = {  # the `sdpa_backends` names
+    "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH,
+}
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -94,7 +98,7 @@ class PolicyModule(L.LightningModule):
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         unknown = sorted(set(sdpa_backends or ()) - set(SDPA_BACKENDS))
         if unknown or sdpa_backends == []:
-            raise ValueError(f"sdpa_backends: choose one or more of {SDPA_BACKENDS} (or null), got {sdpa_backends!r}")
+            raise ValueError(f"sdpa_backends: choose one or more of {list(SDPA_BACKENDS)} (or null), got {sdpa_backends!r}")
         self.automatic_optimization = False
         self.model_name_or_path = model_name_or_path
         self.learning_rate = learning_rate
@@ -170,11 +174,7 @@ class PolicyModule(L.LightningModule):
         checkpointing recomputes."""
         if not self.sdpa_backends:
             return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-        return sdpa_kernel([names[name] for name in self.sdpa_backends])
+        return sdpa_kernel([SDPA_BACKENDS[name] for name in self.sdpa_backends])
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
