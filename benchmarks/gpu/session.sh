@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu/session.sh PLAN $OUT [extra options for the plan's main run]
 # Plans (run them in this order; each fits one command):
 #   tests    the GPU test suite alone (policy on GPU 0, engines on GPU 1), then the rollouts benchmarks:
-#            SmolLM2 on GPU 1 (vLLM unseeded, then seeded, then HF) beside the 1.5B shape on GPU 0
+#            SmolLM2 on GPU 1 (vLLM unseeded, then seeded, then HF) beside the 1.5B shape on GPU 0 (unseeded
+#            vLLM, then HF: its HF half alone took 143 s)
 #   smollm2  GRPO on GSM8K with SmolLM2-135M, policy on GPU 0 and engine on GPU 1, 7 min of training
 #   update   the GRPO policy-update benchmark (r1, r1-packed, TRL, plain HF; step 1 profiled) on GPU 0,
 #            then the end-to-end step on both GPUs with token-budget microbatches
@@ -26,7 +27,7 @@ case $plan in
   tests)
     timeout 260 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1
     tail -1 "$work/gpu_tests.log"
-    (CUDA_VISIBLE_DEVICES=0 timeout 290 python benchmarks/rollouts.py --model qwen1.5b-shape --engine both \
+    (CUDA_VISIBLE_DEVICES=0 timeout 290 python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --no-vllm-seeded \
       --hf-num-prompts 64 --gpu-memory-utilization 0.6 --out "$work/rollouts_qwen1.5b.json" >"$work/rollouts_qwen1.5b.log" 2>&1) &
     CUDA_VISIBLE_DEVICES=1 timeout 290 python benchmarks/rollouts.py --model smollm2-gsm8k --engine both \
       --hf-num-prompts 64 --gpu-memory-utilization 0.6 --out "$work/rollouts_smollm2.json" >"$work/rollouts_smollm2.log" 2>&1
