@@ -169,6 +169,19 @@ def test_sft_token_budget_microbatches_give_the_same_gradient(tiny_model_dir, to
         torch.testing.assert_close(one[name], budget[name], rtol=1e-4, atol=1e-7)
 
 
+def test_sft_update_runs_under_sdpa_backends(tiny_model_dir, toy_task_dir, tmp_path):
+    """SFT and expert iteration share `sft_update`: its passes obey `sdpa_backends` too (the CPU has
+    no cuDNN attention, so asking for it alone must fail inside the update)."""
+    from r1_lightning.data import SFTDataModule
+    from r1_lightning.modules import SFTModule
+
+    module = SFTModule(tiny_model_dir, learning_rate=1e-2, gradient_accumulation_steps=2, sdpa_backends=["cudnn"])
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="No viable backend"):
+        trainer.fit(module, datamodule=SFTDataModule(str(toy_task_dir / "sft.jsonl"), batch_size=8, shuffle=False))
+
+
 def test_compiled_decoder_layers_give_the_same_gradient(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
     """`compile=...` compiles each decoder layer in place (names unchanged) and computes the same
     update. The aot_eager backend traces forward and backward like inductor, without a C compiler."""
