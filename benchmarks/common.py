@@ -330,8 +330,13 @@ class StepTimer:
         self.seconds.append(time.perf_counter() - self._start)
         if self._profiler is not None:
             self._profiler.__exit__(None, None, None)
+            from torch.autograd import DeviceType
+
             events = self._profiler.key_averages()
-            device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+            # Kernels only: an operator's row also carries its kernels' time, so summing every row
+            # counts it twice (the table's "Self CUDA time total" sums these same rows).
+            device_us = sum(e.self_device_time_total for e in events
+                            if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
             sort_by = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
             self.profile = {"step": self.profile_step, "wall_s_profiled": self.seconds[-1],
                             "kernel_time_s": device_us / 1e6, "table": events.table(sort_by=sort_by, row_limit=25)}
