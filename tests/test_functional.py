@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
@@ -220,9 +221,9 @@ def test_chunked_head_bf16_matches_bf16_head_upcast():
 
 
 def test_chunked_head_bf16_weight_gradient_is_summed_in_float32():
-    # A bf16 head's gradient is the sum of every chunk's (V, H) product. Summed in float32 and
-    # rounded to bf16 once, it does not depend on the chunking; rounding each chunk's product to
-    # bf16 first (what a plain `grad += a @ b` does) drifts with the number of chunks.
+    # A bf16 head's gradient is a sum over tokens. Summed in float32 and rounded to bf16 once, it
+    # does not depend on the chunking; rounding each token chunk's product to bf16 before adding it
+    # up (what a plain `grad += a @ b` does) drifts with the number of chunks.
     torch.manual_seed(4)
     n_tokens, hidden_size, vocab = 256, 16, 32
     hidden = torch.randn(1, n_tokens, hidden_size).bfloat16()
@@ -238,6 +239,35 @@ def test_chunked_head_bf16_weight_gradient_is_summed_in_float32():
     assert per_token.dtype == torch.bfloat16
     same = (one_chunk == per_token).float().mean()
     assert same > 0.95, f"only {same:.0%} of the entries agree between 1 and {n_tokens} chunks"
+
+
+class _LargestFloat32Output(TorchDispatchMode):
+    """Records the largest float32 tensor any op creates while active."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_chunked_head_backward_buffers_are_bounded_by_one_chunk():
+    # Backward's float32 buffers stay within a forward chunk's (chunk_size, V), whatever N is: in
+    # particular no float32 (V, H) accumulator for a bf16 head (0.93 GB for Qwen2.5-1.5B's).
+    torch.manual_seed(5)
+    n_tokens, hidden_size, vocab, chunk_size = 64, 16, 1000, 8  # V·H = 2 chunks' worth
+    hidden = torch.randn(1, n_tokens, hidden_size).bfloat16().requires_grad_(True)
+    weight = torch.randn(vocab, hidden_size).bfloat16().requires_grad_(True)
+    labels = torch.randint(0, vocab, (1, n_tokens))
+    out = response_log_probs_from_hidden(hidden, weight, labels, chunk_size, return_token_entropy=True)
+    loss = (out["log_probs"] + 0.1 * out["token_entropy"]).sum()
+    with _LargestFloat32Output() as spy:
+        loss.backward()
+    assert 0 < spy.largest <= chunk_size * vocab < vocab * hidden_size
+    assert weight.grad.dtype == hidden.grad.dtype == torch.bfloat16
 
 
 def test_chunked_head_saves_no_full_logits():

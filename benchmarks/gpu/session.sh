@@ -17,6 +17,11 @@
 #            buffers are a candidate for r1's extra peak memory); ~7 minutes
 #   profile  one GPU: where the GRPO update's time goes -- every variant with warm-up step 1 under
 #            torch.profiler, then r1 with the naive LM head (each variant takes 60-120 s with start-up)
+#   rollouts one GPU: the rollouts benchmark, SmolLM2 on GSM8K (vLLM unseeded, seeded, then HF), then the
+#            1.5B shape (unseeded vLLM, then HF) with whatever is left of ~9.5 minutes
+#   update3  one GPU: the GRPO update, TRL vs r1-lightning at 16k/8k-token budgets with 1024- and 256-token
+#            log-prob chunks, without cuDNN attention, without checkpointing, 32k, and microbatch 2; ~8 minutes
+#   sft1     one GPU: the SFT update, TRL SFTTrainer vs r1-lightning (token budgets, microbatch 2) vs plain HF
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
 # plan's log and its JSON summaries. Every step has its own time limit, so the archive is always written.
 plan=${1:?PLAN}; out=${2:?OUT}; shift 2
@@ -78,7 +83,31 @@ case $plan in
     bench all 420 python benchmarks/policy_update.py --variant all
     bench r1_naive_head 140 python benchmarks/policy_update.py --variant r1 --logprob-chunk-size 0 --no-peak-measure
     cp "$work"/*.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile)"; exit 2 ;;
+  rollouts)
+    timeout 250 python benchmarks/rollouts.py --model smollm2-gsm8k --engine both --hf-num-prompts 64 \
+      --gpu-memory-utilization 0.5 --out "$work/rollouts_smollm2.json" >"$work/rollouts_smollm2.log" 2>&1
+    echo "[rollouts] smollm2 rc=$?"
+    timeout $((570 - SECONDS)) python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --no-vllm-seeded \
+      --hf-num-prompts 64 --gpu-memory-utilization 0.5 --out "$work/rollouts_qwen1.5b.json" >"$work/rollouts_qwen1.5b.log" 2>&1
+    echo "[rollouts] qwen1.5b rc=$?"
+    cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
+  update3|sft1)
+    phase=grpo; [ "$plan" = sft1 ] && phase=sft
+    nocudnn="--r1-sdpa-backends flash efficient math"
+    for spec in "trl --variant trl" "r1_16k --variant r1-packed" \
+                "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192" \
+                "r1_16k_chunk256 --variant r1-packed --logprob-chunk-size 256" \
+                "r1_8k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256" \
+                "r1_16k_no_cudnn --variant r1-packed $nocudnn" "r1_16k_no_ckpt --variant r1-packed --no-gradient-checkpointing" \
+                "r1_32k_no_cudnn --variant r1-packed --r1-microbatch-max-tokens 32768 $nocudnn" \
+                "r1_mb2_no_cudnn --variant r1 $nocudnn" "r1_mb2 --variant r1" "hf --variant hf"; do
+      set -- $spec; name=$1; shift
+      left=$((575 - SECONDS)); [ "$left" -lt 45 ] && { echo "[$plan] $name skipped: ${left} s left"; continue; }
+      timeout $((left < 120 ? left : 120)) python benchmarks/policy_update.py "$@" --phase $phase --warmup 1 --steps 3 \
+        --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
+    done
+    cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | update3 | sft1)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"
