@@ -243,12 +243,14 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
                 log_p *= grad_logits
                 log_p *= -grad_entropy.unsqueeze(-1)
             if grad_log_probs is not None:
-                # d log p_y / dz = onehot(y) - p; the onehot only for labels inside this slice
+                # d log p_y / dz = onehot(y) - p; the onehot only where y is inside this slice (a
+                # masked scatter, not an index list: no nonzero(), so no wait for the GPU per slice)
                 grad_logits *= -grad_log_probs.unsqueeze(-1)
-                rows = ((labels >= start) & (labels < start + grad_logits.shape[1])).nonzero().squeeze(-1)
-                grad_logits.index_put_(
-                    (rows, labels[rows] - start), grad_log_probs[rows].to(grad_logits.dtype), accumulate=True
-                )
+                width = grad_logits.shape[1]
+                in_slice = (labels >= start) & (labels < start + width)
+                column = (labels - start).clamp_(0, width - 1).unsqueeze(-1)
+                onehot = torch.where(in_slice, grad_log_probs, 0.0).to(grad_logits.dtype).unsqueeze(-1)
+                grad_logits.scatter_add_(-1, column, onehot)
             else:
                 grad_logits.zero_()
             if grad_entropy is not None:

@@ -241,12 +241,15 @@ def test_chunked_head_bf16_weight_gradient_is_summed_in_float32():
     assert same > 0.95, f"only {same:.0%} of the entries agree between 1 and {n_tokens} chunks"
 
 
-class _LargestFloat32Output(TorchDispatchMode):
-    """Records the largest float32 tensor any op creates while active."""
+class _OpSpy(TorchDispatchMode):
+    """Records the ops run and the largest float32 tensor any op creates while active."""
 
-    largest = 0
+    def __init__(self):
+        super().__init__()
+        self.largest, self.ops = 0, set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
@@ -264,10 +267,12 @@ def test_chunked_head_backward_buffers_are_bounded_by_one_chunk():
     labels = torch.randint(0, vocab, (1, n_tokens))
     out = response_log_probs_from_hidden(hidden, weight, labels, chunk_size, return_token_entropy=True)
     loss = (out["log_probs"] + 0.1 * out["token_entropy"]).sum()
-    with _LargestFloat32Output() as spy:
+    with _OpSpy() as spy:
         loss.backward()
     assert 0 < spy.largest <= chunk_size * vocab < vocab * hidden_size
     assert weight.grad.dtype == hidden.grad.dtype == torch.bfloat16
+    # and no op whose output size depends on the data: on a GPU each one waits for the device
+    assert "mm" in spy.ops and not spy.ops & {"nonzero", "_local_scalar_dense", "masked_select"}
 
 
 def test_chunked_head_saves_no_full_logits():
