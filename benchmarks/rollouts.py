@@ -61,6 +61,7 @@ def parse_args(argv):
     p.add_argument("--gpu-memory-utilization", type=float, default=0.7, help="vLLM's share of the GPU")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs / torch.compile")
+    p.add_argument("--max-num-seqs", type=int, help="VLLMEngine(max_num_seqs=...); default vLLM's (1024 on an H100/H200)")
     p.add_argument("--vllm-logprobs", action=argparse.BooleanOptionalAction, default=True,
                    help="ask vLLM for sampled-token log-probs, as GRPOModule does for an engine with its own weights")
     p.add_argument("--vllm-seeded", action=argparse.BooleanOptionalAction, default=True,
@@ -146,11 +147,13 @@ def build_vllm(out, args, folder, policy, tokenizer, device):
     gc.collect()
     torch.cuda.empty_cache()
     engine = VLLMEngine(model=str(folder), device=device.index or 0, gpu_memory_utilization=args.gpu_memory_utilization,
-                        max_model_len=args.max_model_len, enforce_eager=args.enforce_eager, seed=args.seed)
+                        max_model_len=args.max_model_len, enforce_eager=args.enforce_eager, seed=args.seed,
+                        max_num_seqs=args.max_num_seqs)
     start = time.perf_counter()
     engine.attach(policy, tokenizer)
     out.update(engine=f"VLLMEngine(device={device.index or 0}, gpu_memory_utilization={args.gpu_memory_utilization}, "
-                      f"max_model_len={args.max_model_len}, enforce_eager={args.enforce_eager}) in this process",
+                      f"max_model_len={args.max_model_len}, enforce_eager={args.enforce_eager}, "
+                      f"max_num_seqs={args.max_num_seqs}) in this process",
                engine_build_seconds=time.perf_counter() - start)
     return engine
 

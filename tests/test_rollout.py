@@ -21,7 +21,9 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
+from r1_lightning.rollout import vllm_engine
 from r1_lightning.rollout.vllm_engine import (
+    TESTED_VLLM_VERSION,
     engine_weights,
     resolve_engine_device,
     sampling_params_kwargs,
@@ -366,6 +368,21 @@ def test_per_request_seeds_can_be_turned_off(monkeypatch, per_request_seeds):
     engine.generate(["ab", "cd", "ef"], SamplingConfig(n=4, seed=10))
     seeds = [kwargs.get("seed") for kwargs in made]
     assert seeds == ([10, 14, 18] if per_request_seeds else [None, None, None])
+
+
+def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
+    built = []
+    fake_vllm = SimpleNamespace(LLM=lambda **kwargs: built.append(kwargs), __version__=TESTED_VLLM_VERSION)
+    monkeypatch.setattr(vllm_engine, "_engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+    for engine in (VLLMEngine(max_num_seqs=2048, max_model_len=1536, gpu_memory_utilization=0.5), VLLMEngine()):
+        engine.device_index = -1  # torch.cuda.device(-1) is a no-op: no GPU here
+        engine._build_llm(fake_vllm, "model-folder", "tokenizer-folder")
+    tuned, default = built
+    assert (tuned["max_num_seqs"], tuned["max_model_len"], tuned["gpu_memory_utilization"]) == (2048, 1536, 0.5)
+    assert tuned["device_ids"] == [-1] and tuned["model"] == "model-folder" and tuned["tokenizer"] == "tokenizer-folder"
+    assert "max_num_seqs" not in default and "max_model_len" not in default
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        VLLMEngine(max_num_seqs=0)
 
 
 def test_engine_device_resolution():

@@ -19,6 +19,8 @@
 #            torch.profiler, then r1 with the naive LM head (each variant takes 60-120 s with start-up)
 #   rollouts one GPU: the rollouts benchmark, SmolLM2 on GSM8K (vLLM unseeded, seeded, then HF), then the
 #            1.5B shape (unseeded vLLM, then HF) with whatever is left of ~9.5 minutes
+#   rollouts2 one GPU: vLLM alone on SmolLM2 with vLLM's default max_num_seqs, with 2048, without log-probs;
+#            then the 1.5B shape with 2048
 #   update3  one GPU: the GRPO update, TRL vs r1-lightning at 16k/8k-token budgets with 1024- and 256-token
 #            log-prob chunks, without cuDNN attention, without checkpointing, 32k, and microbatch 2; ~8 minutes
 #   sft1     one GPU: the SFT update, TRL SFTTrainer vs r1-lightning (token budgets, microbatch 2) vs plain HF
@@ -91,6 +93,17 @@ case $plan in
       --hf-num-prompts 64 --gpu-memory-utilization 0.5 --out "$work/rollouts_qwen1.5b.json" >"$work/rollouts_qwen1.5b.log" 2>&1
     echo "[rollouts] qwen1.5b rc=$?"
     cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
+  rollouts2)  # where vLLM's time goes: SmolLM2 ran at 11.7k tokens/s (1.2x HF) on 2026-11-28
+    for spec in "smollm2 --model smollm2-gsm8k" "smollm2_seqs2048 --model smollm2-gsm8k --max-num-seqs 2048" \
+                "smollm2_no_logprobs --model smollm2-gsm8k --no-vllm-logprobs" \
+                "qwen1.5b_seqs2048 --model qwen1.5b-shape --max-num-seqs 2048"; do
+      set -- $spec; name=$1; shift
+      left=$((575 - SECONDS)); [ "$left" -lt 60 ] && { echo "[rollouts2] $name skipped: ${left} s left"; continue; }
+      timeout $((left < 150 ? left : 150)) python benchmarks/rollouts.py "$@" --engine vllm --no-vllm-seeded \
+        --gpu-memory-utilization 0.5 --out "$work/rollouts_$name.json" >"$work/rollouts_$name.log" 2>&1
+      echo "[rollouts2] $name rc=$? at ${SECONDS} s"
+    done
+    cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
   update3|sft1)
     phase=grpo; [ "$plan" = sft1 ] && phase=sft
     nocudnn="--r1-sdpa-backends flash efficient math"
@@ -107,7 +120,7 @@ case $plan in
         --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | update3 | sft1)"; exit 2 ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | rollouts2 | update3 | sft1)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"

@@ -63,6 +63,9 @@ class VLLMEngine:
         same whatever else is in the batch (a resumed run samples what the straight run did). vLLM
         0.26 draws seeded requests' noise one request at a time; False samples from the engine's
         own generator instead (faster; reproducible only for the same sequence of calls).
+    max_num_seqs: how many sequences vLLM decodes at once; None = vLLM's default, which 0.26 sets to
+        1024 on GPUs of 70 GB or more (`EngineArgs.get_batch_defaults`): a 256 x 8 rollout batch then
+        runs in two waves.
     enforce_eager: skip CUDA graphs and torch.compile (faster start, slower decoding).
     colocate: single-GPU mode with vLLM's sleep mode (the engine sleeps after every rollout).
     """
@@ -79,6 +82,7 @@ class VLLMEngine:
         enforce_eager: bool = False,
         colocate: bool = False,
         per_request_seeds: bool = True,
+        max_num_seqs: int | None = None,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -92,6 +96,9 @@ class VLLMEngine:
         self.enforce_eager = enforce_eager
         self.colocate = colocate
         self.per_request_seeds = per_request_seeds
+        if max_num_seqs is not None and max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1 or None, got {max_num_seqs}")
+        self.max_num_seqs = max_num_seqs
 
         self.llm = None  # vllm.LLM, built by attach()
         self.tokenizer = None
@@ -215,8 +222,9 @@ class VLLMEngine:
             "enable_sleep_mode": self.colocate,
             "logprobs_mode": "raw_logprobs",  # ModelConfig.logprobs_mode (also 0.26's default)
         }
-        if self.max_model_len is not None:
-            engine_args["max_model_len"] = self.max_model_len
+        for name in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
+            if getattr(self, name) is not None:
+                engine_args[name] = getattr(self, name)
         if _engine_arg_exists("device_ids"):
             engine_args["device_ids"] = [self.device_index]  # EngineArgs.device_ids (0.26)
         elif self.device_index != 0:
