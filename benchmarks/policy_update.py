@@ -56,8 +56,10 @@ def parse_args(argv):
     p.add_argument("--r1-loss-type", default="reinforce_with_baseline")
     p.add_argument("--r1-loss-agg", default="seq_mean_token_mean")
     p.add_argument("--r1-compile", help="r1 variants: torch.compile the decoder layers with this backend (e.g. inductor)")
-    p.add_argument("--r1-sdpa-backends", nargs="+", choices=["flash", "efficient", "cudnn", "math"],  # PolicyModule's
-                   help="r1 variants: the PyTorch SDPA kernels allowed in training (the modules' sdpa_backends)")
+    p.add_argument("--r1-sdpa-backends", nargs="+", choices=["flash", "efficient", "cudnn", "math", "torch"],
+                   default=["flash", "efficient", "math"],
+                   help="r1 variants: the PyTorch SDPA kernels allowed in training (the modules' sdpa_backends); "
+                        "default as configs/grpo.yaml (no cuDNN); `torch` = torch's own choice (sdpa_backends null)")
     p.add_argument("--r1-microbatch-max-tokens", type=int, default=16384,
                    help="variant r1-packed: token-budget microbatches (the modules' microbatch_max_tokens)")
     p.add_argument("--trl-loss-type", default="dapo", help="GRPOConfig.loss_type (TRL's default: dapo)")
@@ -68,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--no-peak-measure", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
+    if "torch" in args.r1_sdpa_backends and len(args.r1_sdpa_backends) > 1:
+        p.error("--r1-sdpa-backends: `torch` (torch's own choice) stands alone")
     tiny = args.tiny
     for name, full, small in [("steps", 5, 2), ("warmup", 2, 1), ("sequences", 64, 8), ("group_size", 8, 4),
                               ("prompt_len", [100, 300], [4, 12]), ("response_len", [200, 1024], [4, 24])]:
@@ -145,7 +149,7 @@ def run_r1(args, folder, batches, device) -> dict:
     common = {"learning_rate": 1e-6, "max_grad_norm": 1.0, "dtype": args.dtype,
               "attn_implementation": args.attn_implementation, "gradient_checkpointing": args.gradient_checkpointing,
               "fused_adamw": args.fused_adamw, "logprob_chunk_size": args.logprob_chunk_size or None,
-              "compile": args.r1_compile or False, "sdpa_backends": args.r1_sdpa_backends}
+              "compile": args.r1_compile or False, "sdpa_backends": None if "torch" in args.r1_sdpa_backends else args.r1_sdpa_backends}
     if args.phase == "grpo":
         class TimedGRPO(GRPOModule):
             def _train_on_rollouts(self, microbatches):

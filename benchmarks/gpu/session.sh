@@ -24,6 +24,8 @@
 #   update3  one GPU: the GRPO update, TRL vs r1-lightning at 16k/8k-token budgets with 1024- and 256-token
 #            log-prob chunks, without cuDNN attention, without checkpointing, 32k, and microbatch 2; ~8 minutes
 #   sft1     one GPU: the SFT update, TRL SFTTrainer vs r1-lightning (token budgets, microbatch 2) vs plain HF
+#   update4  one GPU: peak memory at TRL's or below at >= 1.5x its speed? TRL vs r1 at 4k/6k/8k/16k-token
+#            budgets (no cuDNN attention, as the configs), the SFT update at 16k/4k, then 16k compiled; ~8 min
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
 # plan's log and its JSON summaries. Every step has its own time limit, so the archive is always written.
 plan=${1:?PLAN}; out=${2:?OUT}; shift 2
@@ -104,23 +106,34 @@ case $plan in
       echo "[rollouts2] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
-  update3|sft1)
+  update3|sft1|update4)
     phase=grpo; [ "$plan" = sft1 ] && phase=sft
-    nocudnn="--r1-sdpa-backends flash efficient math"
-    for spec in "trl --variant trl" "r1_16k --variant r1-packed" \
-                "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192" \
-                "r1_16k_chunk256 --variant r1-packed --logprob-chunk-size 256" \
-                "r1_8k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256" \
-                "r1_16k_no_cudnn --variant r1-packed $nocudnn" "r1_16k_no_ckpt --variant r1-packed --no-gradient-checkpointing" \
-                "r1_32k_no_cudnn --variant r1-packed --r1-microbatch-max-tokens 32768 $nocudnn" \
-                "r1_mb2_no_cudnn --variant r1 $nocudnn" "r1_mb2 --variant r1" "hf --variant hf"; do
+    cudnn="--r1-sdpa-backends torch"  # torch's own choice of attention kernels: cuDNN first on an H200
+    if [ "$plan" = update4 ]; then
+      specs=("trl --variant trl" "r1_4k --variant r1-packed --r1-microbatch-max-tokens 4096"
+             "r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256"
+             "r1_6k --variant r1-packed --r1-microbatch-max-tokens 6144"
+             "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192" "r1_16k --variant r1-packed"
+             "sft_trl --variant trl --phase sft" "sft_r1_16k --variant r1-packed --phase sft"
+             "sft_r1_4k --variant r1-packed --r1-microbatch-max-tokens 4096 --phase sft"
+             "r1_16k_compile --variant r1-packed --r1-compile inductor")
+    else  # what ran on 2026-11-28 (before the benchmark's default left cuDNN out)
+      specs=("trl --variant trl" "r1_16k --variant r1-packed $cudnn"
+             "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192 $cudnn"
+             "r1_16k_chunk256 --variant r1-packed --logprob-chunk-size 256 $cudnn"
+             "r1_8k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256 $cudnn"
+             "r1_16k_no_cudnn --variant r1-packed" "r1_16k_no_ckpt --variant r1-packed --no-gradient-checkpointing $cudnn"
+             "r1_32k_no_cudnn --variant r1-packed --r1-microbatch-max-tokens 32768"
+             "r1_mb2_no_cudnn --variant r1" "r1_mb2 --variant r1 $cudnn" "hf --variant hf")
+    fi
+    for spec in "${specs[@]}"; do
       set -- $spec; name=$1; shift
       left=$((575 - SECONDS)); [ "$left" -lt 45 ] && { echo "[$plan] $name skipped: ${left} s left"; continue; }
-      timeout $((left < 120 ? left : 120)) python benchmarks/policy_update.py "$@" --phase $phase --warmup 1 --steps 3 \
+      timeout $((left < 120 ? left : 120)) python benchmarks/policy_update.py --phase $phase "$@" --warmup 1 --steps 3 \
         --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | rollouts2 | update3 | sft1)"; exit 2 ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | rollouts2 | update3 | sft1 | update4)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"
