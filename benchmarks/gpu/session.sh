@@ -25,7 +25,8 @@
 #            log-prob chunks, without cuDNN attention, without checkpointing, 32k, and microbatch 2; ~8 minutes
 #   sft1     one GPU: the SFT update, TRL SFTTrainer vs r1-lightning (token budgets, microbatch 2) vs plain HF
 #   update4  one GPU: peak memory at TRL's or below at >= 1.5x its speed? TRL vs r1 at 4k/6k/8k/16k-token
-#            budgets (no cuDNN attention, as the configs), the SFT update at 16k/4k, then 16k compiled; ~8 min
+#            budgets (no cuDNN attention, as the configs), the SFT update at 16k/4k, a profile of 16k (where the
+#            MFU goes), then 16k compiled; ~9 min
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
 # plan's log and its JSON summaries. Every step has its own time limit, so the archive is always written.
 plan=${1:?PLAN}; out=${2:?OUT}; shift 2
@@ -116,6 +117,7 @@ case $plan in
              "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192" "r1_16k --variant r1-packed"
              "sft_trl --variant trl --phase sft" "sft_r1_16k --variant r1-packed --phase sft"
              "sft_r1_4k --variant r1-packed --r1-microbatch-max-tokens 4096 --phase sft"
+             "r1_16k_profile --variant r1-packed --warmup 2 --profile-step 1"
              "r1_16k_compile --variant r1-packed --r1-compile inductor")
     else  # what ran on 2026-11-28 (before the benchmark's default left cuDNN out)
       specs=("trl --variant trl" "r1_16k --variant r1-packed $cudnn"
@@ -129,7 +131,7 @@ case $plan in
     for spec in "${specs[@]}"; do
       set -- $spec; name=$1; shift
       left=$((575 - SECONDS)); [ "$left" -lt 45 ] && { echo "[$plan] $name skipped: ${left} s left"; continue; }
-      timeout $((left < 120 ? left : 120)) python benchmarks/policy_update.py --phase $phase "$@" --warmup 1 --steps 3 \
+      timeout $((left < 120 ? left : 120)) python benchmarks/policy_update.py --phase $phase --warmup 1 --steps 3 "$@" \
         --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
