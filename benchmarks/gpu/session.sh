@@ -113,10 +113,10 @@ case $plan in
     if [ "$plan" = update4 ]; then
       specs=("trl --variant trl" "r1_4k --variant r1-packed --r1-microbatch-max-tokens 4096"
              "r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256"
-             "r1_6k --variant r1-packed --r1-microbatch-max-tokens 6144"
+             "r1_6k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 6144 --logprob-chunk-size 256"
              "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192" "r1_16k --variant r1-packed"
              "sft_trl --variant trl --phase sft" "sft_r1_16k --variant r1-packed --phase sft"
-             "sft_r1_4k --variant r1-packed --r1-microbatch-max-tokens 4096 --phase sft"
+             "sft_r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256 --phase sft"
              "r1_16k_profile --variant r1-packed --warmup 2 --profile-step 1"
              "r1_16k_compile --variant r1-packed --r1-compile inductor")
     else  # what ran on 2026-11-28 (before the benchmark's default left cuDNN out)
