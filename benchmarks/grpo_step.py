@@ -1,9 +1,9 @@
 """End to end: wall time of GRPO steps of the `configs/grpo.yaml` shape, split into its parts.
 
 Runs the real thing: `r1-lightning fit` on a copy of `configs/grpo.yaml` (rollout batch 256 = 32
-questions x group 8, up to 1024 new tokens, 128 microbatches of 2, one update per step, gradient
-checkpointing, chunked log-probs, policy on cuda:0 and `VLLMEngine` on cuda:1 with its config
-options) with only these changes: the model is the Qwen2.5-Math-1.5B architecture with random
+questions x group 8, up to 1024 new tokens, microbatches of at most 16,384 tokens, attention without
+cuDNN, one update per step, gradient checkpointing, chunked log-probs, policy on cuda:0 and
+`VLLMEngine` on cuda:1 with its config options) with only these changes: the model is the Qwen2.5-Math-1.5B architecture with random
 weights and a word-level tokenizer (`common.qwen_shape_rollout_folder`, as in rollouts.py: samples
 end on the real `</answer>` stop string after ~512 tokens on average, ~13% reach 1024), the questions
 are GSM8K's, no evaluation, no checkpoint. The breakdown comes from what the module logs every step:
@@ -14,6 +14,8 @@ first. Random weights earn no reward, so every advantage is 0: the update still 
 backward and optimizer step (nothing is skipped for zero advantages).
 
     python benchmarks/grpo_step.py --steps 3 --out benchmarks/results/grpo_step_2gpu.json   # 2 GPUs
+    python benchmarks/grpo_step.py --steps 3 --model.init_args.engine.init_args.colocate true \
+        --model.init_args.engine.init_args.gpu_memory_utilization 0.45                      # 1 GPU
     python benchmarks/grpo_step.py --tiny --device cpu                                      # CPU smoke run
 Other options are passed on to `r1-lightning fit`, e.g. `--model.init_args.engine.init_args.per_request_seeds false`.
 """

@@ -9,6 +9,7 @@
 #   smollm2  GRPO on GSM8K with SmolLM2-135M, policy on GPU 0 and engine on GPU 1, 7 min of training
 #   update   the GRPO policy-update benchmark (r1, r1-packed, TRL, plain HF; step 1 profiled) on GPU 0,
 #            then the end-to-end step on both GPUs with token-budget microbatches
+#   step1    one GPU: the end-to-end GRPO step of configs/grpo.yaml with the vLLM engine colocated (sleep mode)
 #   sft      the SFT policy-update benchmark (r1, r1-packed, TRL SFTTrainer, plain HF) on GPU 0
 #   final    SmolLM2 GRPO on GSM8K on GPU 0 (policy and engine share it, 5 min of training) beside the GRPO
 #            policy update on GPU 1: TRL, then r1-lightning with token-budget microbatches (16k, 8k tokens)
@@ -55,6 +56,11 @@ case $plan in
     timeout 200 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_2gpu_packed.json" \
       --model.init_args.microbatch_max_tokens 16384 "$@" >"$work/grpo_step.log" 2>&1
     cp "$work"/policy_update_grpo.json "$work"/grpo_step_2gpu_packed.json "$out"/ 2>/dev/null ;;
+  step1)  # one GPU: the end-to-end step with the engine colocated (sleep mode), as far as one GPU allows
+    timeout 400 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_1gpu_colocated.json" \
+      --model.init_args.engine.init_args.colocate true --model.init_args.engine.init_args.gpu_memory_utilization 0.45 \
+      "$@" >"$work/grpo_step.log" 2>&1; echo "[step1] rc=$?"
+    cp "$work"/grpo_step_1gpu_colocated.json "$out"/ 2>/dev/null ;;
   sft)
     CUDA_VISIBLE_DEVICES=0 timeout 540 python benchmarks/policy_update.py --variant all --phase sft --warmup 2 --steps 3 \
       --profile-step 1 --out "$work/policy_update_sft.json" >"$work/policy_update_sft.log" 2>&1
@@ -135,7 +141,7 @@ case $plan in
         --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | rollouts2 | update3 | sft1 | update4)"; exit 2 ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | rollouts2 | update3 | sft1 | update4 | step1)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"
