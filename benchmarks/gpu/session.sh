@@ -13,9 +13,6 @@
 #   sft      the SFT policy-update benchmark (r1, r1-packed, TRL SFTTrainer, plain HF) on GPU 0
 #   final    SmolLM2 GRPO on GSM8K on GPU 0 (policy and engine share it, 5 min of training) beside the GRPO
 #            policy update on GPU 1: TRL, then r1-lightning with token-budget microbatches (16k, 8k tokens)
-#   update2  one GPU: the GRPO update, TRL vs r1-lightning (token budgets 8k/16k and microbatch 2) with and
-#            without cuDNN attention (sdpa_backends) and with a 256-token log-prob chunk (its float32 chunk
-#            buffers are a candidate for r1's extra peak memory); ~7 minutes
 #   profile  one GPU: where the GRPO update's time goes -- every variant with warm-up step 1 under
 #            torch.profiler, then r1 with the naive LM head (each variant takes 60-120 s with start-up)
 #   rollouts one GPU: the rollouts benchmark, SmolLM2 on GSM8K (vLLM unseeded, seeded, then HF), then the
@@ -76,18 +73,6 @@ case $plan in
     done
     wait; tail -3 "$work/smollm2_track.log"; grep "\[eval\]" "$work/smollm2_gsm8k/fit.log"
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
-  update2)
-    for spec in "trl 200 --variant trl" "r1_8k 90 --variant r1-packed --r1-microbatch-max-tokens 8192" \
-                "r1_8k_no_cudnn 90 --variant r1-packed --r1-microbatch-max-tokens 8192 --r1-sdpa-backends flash efficient math" \
-                "r1_8k_chunk256 90 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256" \
-                "r1_8k_no_cudnn_chunk256 90 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256 --r1-sdpa-backends flash efficient math" \
-                "r1_16k_no_cudnn 90 --variant r1-packed --r1-sdpa-backends flash efficient math" \
-                "r1_mb2 110 --variant r1" "r1_mb2_no_cudnn 110 --variant r1 --r1-sdpa-backends flash efficient math"; do
-      set -- $spec; name=$1; limit=$2; shift 2
-      timeout "$limit" python benchmarks/policy_update.py "$@" --phase grpo --warmup 1 --steps 3 \
-        --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[update2] $name rc=$?"
-    done
-    cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
   profile)
     bench() { name=$1; shift; timeout "$@" --phase grpo --warmup 2 --steps 2 --profile-step 1 --out "$work/$name.json" \
       >"$work/$name.log" 2>&1; echo "[profile] $name rc=$?"; }
@@ -141,7 +126,7 @@ case $plan in
         --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | update2 | profile | rollouts | rollouts2 | update3 | sft1 | update4 | step1)"; exit 2 ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | profile | rollouts | rollouts2 | update3 | sft1 | update4 | step1)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"
