@@ -3,10 +3,11 @@
 Runs the real thing: `r1-lightning fit` on a copy of `configs/grpo.yaml` (rollout batch 256 = 32
 questions x group 8, up to 1024 new tokens, microbatches of at most 16,384 tokens, attention without
 cuDNN, one update per step, gradient checkpointing, chunked log-probs, policy on cuda:0 and
-`VLLMEngine` on cuda:1 with its config options) with only these changes: the model is the Qwen2.5-Math-1.5B architecture with random
-weights and a word-level tokenizer (`common.qwen_shape_rollout_folder`, as in rollouts.py: samples
-end on the real `</answer>` stop string after ~512 tokens on average, ~13% reach 1024), the questions
-are GSM8K's, no evaluation, no checkpoint. The breakdown comes from what the module logs every step:
+`VLLMEngine` on cuda:1 with its config options) with only these changes: the model is the
+Qwen2.5-Math-1.5B architecture with random weights and a word-level tokenizer
+(`common.qwen_shape_rollout_folder`, as in rollouts.py: samples end on the real `</answer>` stop
+string after ~512 tokens on average, ~13% reach 1024), the questions are GSM8K's, no evaluation, no
+checkpoint. The breakdown comes from what the module logs every step:
 `perf/rollout_seconds`, `perf/reward_seconds`, `perf/old_logprob_seconds` (0 here: one update per
 rollout batch needs no old log-probs), `perf/update_seconds`, `perf/step_seconds` (rollout to
 update) and the `RolloutWeightSync` time `perf/weight_sync_seconds` before each step after the
