@@ -31,6 +31,11 @@ plan=${1:?PLAN}; out=${2:?OUT}; shift 2
 work=/tmp/r1l-$plan; mkdir -p "$work"
 source benchmarks/gpu/setup.sh >"$work/setup.log" 2>&1; tail -1 "$work/setup.log"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$work/nvidia_smi.csv"
+# within LEAST MOST CMD...: run CMD for at most MOST seconds and not past second $deadline of the
+# command (default 575); skip it with status 125 when fewer than LEAST seconds are left.
+within() { local least=$1 most=$2 left=$((${deadline:-575} - SECONDS)); shift 2
+  [ "$left" -lt "$least" ] && { echo "skipped: ${left} s left"; return 125; }
+  timeout $((left < most ? left : most)) "$@"; }
 case $plan in
   tests)
     timeout 260 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1
@@ -83,7 +88,7 @@ case $plan in
     timeout 250 python benchmarks/rollouts.py --model smollm2-gsm8k --engine both --hf-num-prompts 64 \
       --gpu-memory-utilization 0.5 --out "$work/rollouts_smollm2.json" >"$work/rollouts_smollm2.log" 2>&1
     echo "[rollouts] smollm2 rc=$?"
-    timeout $((570 - SECONDS)) python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --no-vllm-seeded \
+    deadline=570 within 1 570 python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --no-vllm-seeded \
       --hf-num-prompts 64 --gpu-memory-utilization 0.5 --out "$work/rollouts_qwen1.5b.json" >"$work/rollouts_qwen1.5b.log" 2>&1
     echo "[rollouts] qwen1.5b rc=$?"
     cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
@@ -92,8 +97,7 @@ case $plan in
                 "smollm2_no_logprobs --model smollm2-gsm8k --no-vllm-logprobs" \
                 "qwen1.5b_seqs2048 --model qwen1.5b-shape --max-num-seqs 2048"; do
       set -- $spec; name=$1; shift
-      left=$((575 - SECONDS)); [ "$left" -lt 60 ] && { echo "[rollouts2] $name skipped: ${left} s left"; continue; }
-      timeout $((left < 150 ? left : 150)) python benchmarks/rollouts.py "$@" --engine vllm --no-vllm-seeded \
+      within 60 150 python benchmarks/rollouts.py "$@" --engine vllm --no-vllm-seeded \
         --gpu-memory-utilization 0.5 --out "$work/rollouts_$name.json" >"$work/rollouts_$name.log" 2>&1
       echo "[rollouts2] $name rc=$? at ${SECONDS} s"
     done
@@ -121,8 +125,7 @@ case $plan in
     fi
     for spec in "${specs[@]}"; do
       set -- $spec; name=$1; shift
-      left=$((575 - SECONDS)); [ "$left" -lt 45 ] && { echo "[$plan] $name skipped: ${left} s left"; continue; }
-      timeout $((left < 120 ? left : 120)) python benchmarks/policy_update.py --phase $phase --warmup 1 --steps 3 "$@" \
+      within 45 120 python benchmarks/policy_update.py --phase $phase --warmup 1 --steps 3 "$@" \
         --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
