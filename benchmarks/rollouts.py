@@ -2,8 +2,8 @@
 
 A GRPO rollout batch: GSM8K test questions in the R1-Zero template (256 prompts x 8 samples by default),
 temperature 1, at most 512 (SmolLM2) / 1024 (1.5B shape) new tokens, stopping at `</answer>` or EOS,
-through the engines' `generate` as `GRPOModule` calls it (engine log-probs for the vLLM engine, which
-holds its own weights). One process, one GPU: the bf16 policy (which `HFEngine` generates with, and
+through the engines' `generate` as `GRPOModule` calls it (by default vLLM returns log-probs for the first
+prompt's samples only, GRPOModule's engine/trainer gap check; `--vllm-logprobs all` as with TIS). One process, one GPU: the bf16 policy (which `HFEngine` generates with, and
 which `VLLMEngine.load_weights` copies from) and the vLLM engine (`--gpu-memory-utilization` of the GPU)
 share it. Order, so that a run cut by a time limit keeps the figures that matter most (the JSON is
 rewritten after each): vLLM with the engine's seed only, vLLM with one seed per request (vLLM 0.26
@@ -24,8 +24,13 @@ samples x 16 tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import dataclasses
 import gc
+import io
+import os
+import pstats
 import sys
 import time
 import traceback
@@ -62,10 +67,16 @@ def parse_args(argv):
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs / torch.compile")
     p.add_argument("--max-num-seqs", type=int, help="VLLMEngine(max_num_seqs=...); default vLLM's (1024 on an H100/H200)")
-    p.add_argument("--vllm-logprobs", action=argparse.BooleanOptionalAction, default=True,
-                   help="ask vLLM for sampled-token log-probs, as GRPOModule does for an engine with its own weights")
+    p.add_argument("--vllm-logprobs", choices=["check", "all", "none"], default="check",
+                   help="vLLM's sampled-token log-probs: for the first prompt's samples (GRPOModule's default "
+                        "engine/trainer gap check), for all (as TIS needs), or none")
     p.add_argument("--vllm-seeded", action=argparse.BooleanOptionalAction, default=True,
                    help="also time vLLM with per-request seeds (VLLMEngine(per_request_seeds=True))")
+    p.add_argument("--vllm-engine-process", action="store_true",
+                   help="diagnostic: vLLM's engine core in its own process (vLLM's default) instead of VLLMEngine's "
+                        "in-process engine; the in-place weight sync cannot reach it, so no sync is measured")
+    p.add_argument("--cpu-profile", metavar="PATH",
+                   help="cProfile the (unseeded) vLLM generate; write the top functions by own time to PATH")
     p.add_argument("--sync-repeats", type=int, default=5, help="timed weight syncs (after one untimed)")
     p.add_argument("--stop-token-fraction", type=float, default=1 / 512, help="1.5B shape: see above")
     p.add_argument("--gsm8k", help="GSM8K test.jsonl (default: ../shared/data/gsm8k/test.jsonl, $R1L_GSM8K)")
@@ -100,15 +111,28 @@ def completion_stats(completions, seconds: float, stop: list[str]) -> dict:
     }
 
 
-def timed_generate(engine, prompts, sampling, device) -> dict:
+def timed_generate(engine, prompts, sampling, device, cpu_profile: str | None = None) -> dict:
     engine.generate(prompts[:2], dataclasses.replace(sampling, n=2, max_tokens=max(8, sampling.min_tokens)))  # warm-up
     timer = C.StepTimer(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    profiler = cProfile.Profile() if cpu_profile else contextlib.nullcontext()
     timer.start()
-    completions = engine.generate(prompts, sampling)
+    with profiler:
+        completions = engine.generate(prompts, sampling)
+    if cpu_profile:
+        write_cpu_profile(profiler, cpu_profile)
     return {**completion_stats(completions, timer.stop(), sampling.stop), **C.peak_memory(device),
             "sampling": dataclasses.asdict(sampling)}
+
+
+def write_cpu_profile(profiler, path: str) -> None:
+    """Where the Python time of a generate call went: by own time, then by cumulative time."""
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(45)
+    Path(path).write_text(text.getvalue())
 
 
 def run_hf(out, args, folder, policy, tokenizer, prompts, sampling, device) -> None:
@@ -142,8 +166,17 @@ def logprob_gap(engine, policy, tokenizer, prompts, sampling, device) -> float:
 def build_vllm(out, args, folder, policy, tokenizer, device):
     if device.type != "cuda":
         raise EngineUnavailable("the vLLM engine needs a CUDA GPU (and vllm==0.26.0 importable, e.g. PYTHONPATH=/tmp/site)")
-    from r1_lightning.rollout import VLLMEngine
+    from r1_lightning.rollout import VLLMEngine, vllm_engine
 
+    if args.vllm_engine_process:  # undo, for this diagnostic only, what VLLMEngine's import sets
+        in_process_import = vllm_engine._import_vllm
+
+        def engine_process_import():
+            vllm = in_process_import()
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+            return vllm
+
+        vllm_engine._import_vllm = engine_process_import
     gc.collect()
     torch.cuda.empty_cache()
     engine = VLLMEngine(model=str(folder), device=device.index or 0, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -153,7 +186,8 @@ def build_vllm(out, args, folder, policy, tokenizer, device):
     engine.attach(policy, tokenizer)
     out.update(engine=f"VLLMEngine(device={device.index or 0}, gpu_memory_utilization={args.gpu_memory_utilization}, "
                       f"max_model_len={args.max_model_len}, enforce_eager={args.enforce_eager}, "
-                      f"max_num_seqs={args.max_num_seqs}) in this process",
+                      f"max_num_seqs={args.max_num_seqs}) "
+                      f"{'with its engine core in its own process' if args.vllm_engine_process else 'in this process'}",
                engine_build_seconds=time.perf_counter() - start)
     return engine
 
@@ -161,8 +195,9 @@ def build_vllm(out, args, folder, policy, tokenizer, device):
 def run_vllm(out, engine, args, prompts, sampling, device, save) -> None:
     """Unseeded (the engine's own seed) first, then one seed per request, as GRPOModule asks by default."""
     out["prompts"] = len(prompts)
-    with_logprobs = dataclasses.replace(sampling, logprobs=args.vllm_logprobs)
-    out.update(timed_generate(engine, prompts, dataclasses.replace(with_logprobs, seed=None), device))
+    with_logprobs = dataclasses.replace(sampling, logprobs=args.vllm_logprobs != "none",
+                                        logprobs_prompts=1 if args.vllm_logprobs == "check" else None)
+    out.update(timed_generate(engine, prompts, dataclasses.replace(with_logprobs, seed=None), device, args.cpu_profile))
     save()
     if args.vllm_seeded:
         out["seeded"] = timed_generate(engine, prompts, with_logprobs, device)
@@ -231,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         attempt("vllm", run_vllm, results["vllm"], engine, args, prompts, sampling, device, save)
     if "hf" in engines:
         attempt("hf", run_hf, results["hf"], args, folder, policy, tokenizer, prompts, sampling, device)
-    if engine is not None:
+    if engine is not None and not args.vllm_engine_process:
         attempt("vllm", measure_weight_sync, results["vllm"], engine, args, policy, tokenizer, prompts, sampling, device)
     ratios, acceptance = {}, {}
     hf, vllm = results.get("hf", {}), results.get("vllm", {})

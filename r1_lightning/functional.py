@@ -179,6 +179,18 @@ def compute_entropy(logits: torch.Tensor) -> torch.Tensor:
     return _entropy_given_logsumexp(logits, torch.logsumexp(logits, dim=-1))
 
 
+def _aligned_slice_width(width: int, multiple: int = 128) -> int:
+    """`width` rounded down to a multiple of `multiple` once it is at least that wide.
+
+    A vocabulary slice of odd width gives the (N, V_s) buffers an odd row stride, and cuBLAS then
+    falls back to slow unaligned matmul kernels (on an H200: three such kernels were 17% of the GRPO
+    update's GPU time, benchmarks/results/gpu_h200x2_2026-11-28_session4.md). Rounding down keeps
+    every buffer within the forward chunk's size.
+    """
+    width = max(1, width)
+    return width - width % multiple if width >= multiple else width
+
+
 class _ChunkedLinearLogProbs(torch.autograd.Function):
     """log p(label) and entropy of softmax(hidden @ W.T + b), never holding all (N, V) logits.
 
@@ -228,7 +240,7 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         grad_hidden = hidden.new_zeros(hidden.shape, dtype=acc_dtype) if need_hidden else None
         grad_weight = torch.empty_like(weight) if need_weight else None
         grad_bias = torch.empty_like(bias) if need_bias else None
-        slice_width = max(1, ctx.chunk_size * vocab // max(n_tokens, 1))
+        slice_width = _aligned_slice_width(ctx.chunk_size * vocab // max(n_tokens, 1))
         lse, entropy = lse.unsqueeze(-1), None if entropy is None else entropy.unsqueeze(-1)
         for start in range(0, vocab, slice_width):
             cols = slice(start, start + slice_width)

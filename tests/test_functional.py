@@ -246,11 +246,13 @@ class _OpSpy(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.largest, self.ops = 0, set()
+        self.largest, self.ops, self.matmul_shapes = 0, set(), []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.add(func.overloadpacket.__name__)
         out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("mm", "addmm"):
+            self.matmul_shapes.append(tuple(out.shape))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
                 self.largest = max(self.largest, t.numel())
@@ -273,6 +275,25 @@ def test_chunked_head_backward_buffers_are_bounded_by_one_chunk():
     assert weight.grad.dtype == hidden.grad.dtype == torch.bfloat16
     # and no op whose output size depends on the data: on a GPU each one waits for the device
     assert "mm" in spy.ops and not spy.ops & {"nonzero", "_local_scalar_dense", "masked_select"}
+
+
+def test_chunked_head_backward_slices_are_whole_multiples_of_128_columns():
+    # An odd-width vocabulary slice gives its (N, V_s) buffers an odd row stride, and cuBLAS then
+    # takes slow unaligned kernels. The raw width here is 16 * 1000 // 50 = 320: slices of 256
+    # columns (the last takes the 232 left), and the gradients are still the unchunked head's.
+    torch.manual_seed(6)
+    n_tokens, hidden_size, vocab, chunk_size = 50, 8, 1000, 16
+    hidden = torch.randn(1, n_tokens, hidden_size, requires_grad=True)
+    weight = torch.randn(vocab, hidden_size, requires_grad=True)
+    labels = torch.randint(0, vocab, (1, n_tokens))
+    out = response_log_probs_from_hidden(hidden, weight, labels, chunk_size, return_token_entropy=True)
+    with _OpSpy() as spy:
+        grads = torch.autograd.grad((out["log_probs"] - 0.3 * out["token_entropy"]).sum(), [hidden, weight])
+    slice_logits = [shape[1] for shape in spy.matmul_shapes if shape[0] == n_tokens and shape[1] != hidden_size]
+    assert slice_logits == [256, 256, 256, 232]
+    ref_lp, ref_h = naive_log_probs_and_entropy(hidden, weight, labels)
+    for got, ref in zip(grads, torch.autograd.grad((ref_lp - 0.3 * ref_h).sum(), [hidden, weight])):
+        close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_chunked_head_saves_no_full_logits():

@@ -269,6 +269,60 @@ def test_scatter_response_values_lands_on_label_positions():
     assert out.tolist() == [[0, 0, -1, -2, 0], [0, 0, 0, 0, 0], [-3, 0, 0, 0, 0]]
 
 
+class PolicyLogprobEngine(FixedEngine):
+    """A FixedEngine with its own weights that returns, where the sampling asks for them, the
+    policy's exact log-probs of its samples: a perfect sync, so the engine/trainer gap must be 0."""
+
+    def __init__(self):
+        super().__init__(shares_policy_weights=False)
+        self.requests: list[tuple[bool, int | None]] = []
+
+    def attach(self, policy, tokenizer):
+        super().attach(policy, tokenizer)
+        self.policy = policy
+
+    def generate(self, prompts, sampling):
+        from r1_lightning.functional import get_response_log_probs, pack_prompt_and_output_ids
+
+        self.requests.append((sampling.logprobs, sampling.logprobs_prompts))
+        completions = super().generate(prompts, sampling)
+        for c in completions:
+            if sampling.returns_logprobs(c.prompt_index):
+                batch = pack_prompt_and_output_ids([c.prompt_token_ids], [c.token_ids], 0)
+                with torch.no_grad():
+                    lp = get_response_log_probs(self.policy, batch["input_ids"], batch["labels"])["log_probs"][0]
+                c.logprobs = lp[batch["response_mask"][0].bool()].tolist()
+        return completions
+
+
+@pytest.mark.parametrize("module_kwargs, request_", [
+    ({}, (True, 1)),  # the default: a sample (the first prompt's group) for the sync check
+    ({"engine_logprob_check_prompts": 2}, (True, 2)),
+    ({"engine_logprobs": True}, (True, None)),
+    ({"tis_cap": 2.0}, (True, None)),  # TIS weighs every sample by it
+])
+def test_engine_logprobs_for_a_sample_and_the_gap_counts_only_those(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch,
+                                                                    module_kwargs, request_):
+    logged = {}
+    monkeypatch.setattr(GRPOModule, "log", lambda self, name, value, **kw: logged.__setitem__(name, value))
+    engine = PolicyLogprobEngine()
+    fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, engine=engine, **module_kwargs)
+    assert engine.requests == [request_]
+    # rows without engine log-probs hold zeros: counted, they would make the gap large
+    assert logged["train/engine_logprob_gap"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_engine_logprob_options_are_checked(tiny_model_dir):
+    with pytest.raises(ValueError, match="tis_cap needs the engine's log-probs"):
+        GRPOModule(tiny_model_dir, engine=FixedEngine(), tis_cap=2.0, engine_logprobs=False)
+    with pytest.raises(ValueError, match="engine_logprob_check_prompts"):
+        GRPOModule(tiny_model_dir, engine=FixedEngine(), engine_logprob_check_prompts=-1)
+    shared = GRPOModule(tiny_model_dir, engine=FixedEngine(shares_policy_weights=True))
+    assert shared.engine_logprob_request == {"logprobs": False, "logprobs_prompts": None}
+    unchecked = GRPOModule(tiny_model_dir, engine=FixedEngine(shares_policy_weights=False), engine_logprob_check_prompts=0)
+    assert unchecked.engine_logprob_request == {"logprobs": False, "logprobs_prompts": None}
+
+
 def test_weight_sync_pushes_only_changed_weights_and_resyncs_on_resume(tiny_model_dir, toy_task_dir, tmp_path):
     engine = FixedEngine(shares_policy_weights=False)
     checkpoint = HFExportCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1, export_hf=False)

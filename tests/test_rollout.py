@@ -10,6 +10,7 @@ min_tokens, the stop string kept and the text cut right after it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -282,6 +283,22 @@ def test_logprobs_are_raw_model_logprobs_of_the_sampled_tokens():
         positions = range(len(c.prompt_token_ids) - 1, len(c.prompt_token_ids) + len(c.token_ids) - 1)
         expected = [torch.log_softmax(logits[p], -1)[t].item() for p, t in zip(positions, c.token_ids)]
         assert c.logprobs == pytest.approx(expected, abs=1e-5)
+
+
+def test_logprobs_for_the_first_prompts_only():
+    # A sample for a weight-sync check: the first 3 of 5 prompts (over calls of 2 prompts each).
+    # Recording log-probs does not change what is sampled.
+    policy = make_policy()
+    engine = attached(policy, make_tokenizer(), max_batch_size=2)
+    every = SamplingConfig(n=2, max_tokens=8, stop=[], seed=3, logprobs=True)
+    some = engine.generate(PROMPTS, dataclasses.replace(every, logprobs_prompts=3))
+    full = engine.generate(PROMPTS, every)
+    assert [c.token_ids for c in some] == [c.token_ids for c in full]
+    assert [c.logprobs for c in some] == [c.logprobs if c.prompt_index < 3 else None for c in full]
+    assert all(c.logprobs is not None for c in full)
+    assert [sampling_params_kwargs(dataclasses.replace(every, logprobs_prompts=1), i)["logprobs"] for i in range(3)] == [0, None, None]
+    with pytest.raises(ValueError, match="logprobs_prompts"):
+        SamplingConfig(logprobs=True, logprobs_prompts=-1)
 
 
 # -- the policy module is left as it was found ------------------------------------------------------------

@@ -25,6 +25,13 @@
 #   update4  one GPU: peak memory at TRL's or below at >= 1.5x its speed? TRL vs r1 at 4k/6k/8k/16k-token
 #            budgets (no cuDNN attention, as the configs), the SFT update at 16k/4k, a profile of 16k (where the
 #            MFU goes), then 16k compiled; ~9 min
+#   pair     two GPUs: update4 on GPU 0 beside, on GPU 1, where vLLM's time goes on SmolLM2 (rollouts3): vLLM
+#            in-process vs HF side by side, vLLM with its engine core in its own process, a cProfile of the
+#            in-process generate, no log-probs, max_num_seqs 2048
+#   e2e      two GPUs: the end-to-end GRPO step (token-budget microbatches, as configs/grpo.yaml), then the GPU tests
+#   final2   two GPUs: on GPU 0 the update (TRL vs r1 16k, 4k + 256-token chunks, SFT, a profile, compiled) beside, on
+#            GPU 1, SmolLM2 rollouts vLLM vs HF (log-probs for the check group only, GRPOModule's default), vLLM with
+#            log-probs for all, with max_num_seqs 2048; then the end-to-end step on both GPUs if time is left
 # Everything lands in one archive, $OUT/PLAN.tgz (the device returns at most 8 files), plus the
 # plan's log and its JSON summaries. Every step has its own time limit, so the archive is always written.
 plan=${1:?PLAN}; out=${2:?OUT}; shift 2
@@ -36,6 +43,56 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$wo
 within() { local least=$1 most=$2 left=$((${deadline:-575} - SECONDS)); shift 2
   [ "$left" -lt "$least" ] && { echo "skipped: ${left} s left"; return 125; }
   timeout $((left < most ? left : most)) "$@"; }
+# update_runs PLAN: the policy-update runs of plan update3 | sft1 | update4, one process each, within the deadline
+update_runs() {
+  local plan=$1 phase=grpo spec name; [ "$plan" = sft1 ] && phase=sft
+  local cudnn="--r1-sdpa-backends torch"  # torch's own choice of attention kernels: cuDNN first on an H200
+  local specs
+  if [ "$plan" = final2 ]; then
+    specs=("trl --variant trl" "r1_16k --variant r1-packed"
+           "r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256"
+           "sft_trl --variant trl --phase sft"
+           "sft_r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256 --phase sft"
+           "r1_16k_profile --variant r1-packed --warmup 2 --profile-step 1"
+           "r1_4k_chunk256_compile --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256 --r1-compile inductor")
+  elif [ "$plan" = update4 ]; then
+    specs=("trl --variant trl" "r1_4k --variant r1-packed --r1-microbatch-max-tokens 4096"
+           "r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256"
+           "r1_6k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 6144 --logprob-chunk-size 256"
+           "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192" "r1_16k --variant r1-packed"
+           "sft_trl --variant trl --phase sft" "sft_r1_16k --variant r1-packed --phase sft"
+           "sft_r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256 --phase sft"
+           "r1_16k_profile --variant r1-packed --warmup 2 --profile-step 1"
+           "r1_16k_compile --variant r1-packed --r1-compile inductor")
+  else  # what ran on 2026-11-28 (before the benchmark's default left cuDNN out)
+    specs=("trl --variant trl" "r1_16k --variant r1-packed $cudnn"
+           "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192 $cudnn"
+           "r1_16k_chunk256 --variant r1-packed --logprob-chunk-size 256 $cudnn"
+           "r1_8k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256 $cudnn"
+           "r1_16k_no_cudnn --variant r1-packed" "r1_16k_no_ckpt --variant r1-packed --no-gradient-checkpointing $cudnn"
+           "r1_32k_no_cudnn --variant r1-packed --r1-microbatch-max-tokens 32768"
+           "r1_mb2_no_cudnn --variant r1" "r1_mb2 --variant r1 $cudnn" "hf --variant hf")
+  fi
+  for spec in "${specs[@]}"; do
+    set -- $spec; name=$1; shift
+    within 45 120 python benchmarks/policy_update.py --phase $phase --warmup 1 --steps 3 "$@" \
+      --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
+  done
+}
+# rollouts3_runs [final2]: vLLM on SmolLM2 every way that may show where its time goes (same prompts, same sampling)
+rollouts3_runs() {
+  local spec name specs=("smollm2_both --engine both --hf-num-prompts 64" "smollm2_engine_process --engine vllm --vllm-engine-process"
+    "smollm2_cpu_profile --engine vllm --num-prompts 64 --cpu-profile $work/rollouts_smollm2_cpu_profile.txt"
+    "smollm2_no_logprobs --engine vllm --vllm-logprobs none" "smollm2_seqs2048 --engine vllm --max-num-seqs 2048")
+  [ "${1:-}" = final2 ] && specs=("smollm2_both --engine both --hf-num-prompts 64"
+    "smollm2_all_logprobs --engine vllm --vllm-logprobs all" "smollm2_seqs2048 --engine vllm --max-num-seqs 2048")
+  for spec in "${specs[@]}"; do
+    set -- $spec; name=$1; shift
+    within 60 $([ $name = smollm2_both ] && echo 320 || echo 170) python benchmarks/rollouts.py --model smollm2-gsm8k "$@" --no-vllm-seeded \
+      --gpu-memory-utilization 0.5 --out "$work/rollouts_$name.json" >"$work/rollouts_$name.log" 2>&1
+    echo "[rollouts3] $name rc=$? at ${SECONDS} s"
+  done
+}
 case $plan in
   tests)
     timeout 260 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1
@@ -94,7 +151,7 @@ case $plan in
     cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
   rollouts2)  # where vLLM's time goes: SmolLM2 ran at 11.7k tokens/s (1.2x HF) on 2026-11-28
     for spec in "smollm2 --model smollm2-gsm8k" "smollm2_seqs2048 --model smollm2-gsm8k --max-num-seqs 2048" \
-                "smollm2_no_logprobs --model smollm2-gsm8k --no-vllm-logprobs" \
+                "smollm2_no_logprobs --model smollm2-gsm8k --vllm-logprobs none" \
                 "qwen1.5b_seqs2048 --model qwen1.5b-shape --max-num-seqs 2048"; do
       set -- $spec; name=$1; shift
       within 60 150 python benchmarks/rollouts.py "$@" --engine vllm --no-vllm-seeded \
@@ -102,34 +159,25 @@ case $plan in
       echo "[rollouts2] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
+  final2)
+    (CUDA_VISIBLE_DEVICES=0 update_runs final2 >"$work/pair_gpu0.log" 2>&1) &
+    CUDA_VISIBLE_DEVICES=1 rollouts3_runs final2; wait; cat "$work/pair_gpu0.log"
+    within 120 240 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_2gpu.json" \
+      >"$work/grpo_step.log" 2>&1; echo "[final2] grpo_step rc=$? at ${SECONDS} s"
+    cp "$work"/rollouts_*.json "$work"/update_*.json "$work"/grpo_step_2gpu.json "$out"/ 2>/dev/null ;;
   update3|sft1|update4)
-    phase=grpo; [ "$plan" = sft1 ] && phase=sft
-    cudnn="--r1-sdpa-backends torch"  # torch's own choice of attention kernels: cuDNN first on an H200
-    if [ "$plan" = update4 ]; then
-      specs=("trl --variant trl" "r1_4k --variant r1-packed --r1-microbatch-max-tokens 4096"
-             "r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256"
-             "r1_6k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 6144 --logprob-chunk-size 256"
-             "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192" "r1_16k --variant r1-packed"
-             "sft_trl --variant trl --phase sft" "sft_r1_16k --variant r1-packed --phase sft"
-             "sft_r1_4k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256 --phase sft"
-             "r1_16k_profile --variant r1-packed --warmup 2 --profile-step 1"
-             "r1_16k_compile --variant r1-packed --r1-compile inductor")
-    else  # what ran on 2026-11-28 (before the benchmark's default left cuDNN out)
-      specs=("trl --variant trl" "r1_16k --variant r1-packed $cudnn"
-             "r1_8k --variant r1-packed --r1-microbatch-max-tokens 8192 $cudnn"
-             "r1_16k_chunk256 --variant r1-packed --logprob-chunk-size 256 $cudnn"
-             "r1_8k_chunk256 --variant r1-packed --r1-microbatch-max-tokens 8192 --logprob-chunk-size 256 $cudnn"
-             "r1_16k_no_cudnn --variant r1-packed" "r1_16k_no_ckpt --variant r1-packed --no-gradient-checkpointing $cudnn"
-             "r1_32k_no_cudnn --variant r1-packed --r1-microbatch-max-tokens 32768"
-             "r1_mb2_no_cudnn --variant r1" "r1_mb2 --variant r1 $cudnn" "hf --variant hf")
-    fi
-    for spec in "${specs[@]}"; do
-      set -- $spec; name=$1; shift
-      within 45 120 python benchmarks/policy_update.py --phase $phase --warmup 1 --steps 3 "$@" \
-        --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
-    done
+    update_runs $plan
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
-  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | profile | rollouts | rollouts2 | update3 | sft1 | update4 | step1)"; exit 2 ;;
+  pair)
+    (CUDA_VISIBLE_DEVICES=0 update_runs update4 >"$work/pair_gpu0.log" 2>&1) &
+    CUDA_VISIBLE_DEVICES=1 rollouts3_runs; wait; cat "$work/pair_gpu0.log"
+    cp "$work"/rollouts_*.json "$work"/rollouts_smollm2_cpu_profile.txt "$out"/ 2>/dev/null ;;
+  e2e)
+    within 120 330 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_2gpu.json" \
+      "$@" >"$work/grpo_step.log" 2>&1; echo "[e2e] grpo_step rc=$? at ${SECONDS} s"
+    within 100 240 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1; tail -1 "$work/gpu_tests.log"
+    cp "$work"/grpo_step_2gpu.json "$out"/ 2>/dev/null ;;
+  *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | profile | rollouts | rollouts2 | update3 | sft1 | update4 | step1 | pair | e2e | final2)"; exit 2 ;;
 esac
 tar -czf "$out/$plan.tgz" --exclude="*.ckpt" --exclude="*.safetensors" -C /tmp "r1l-$plan"
 echo "[session] $plan done in $SECONDS s"; ls -la "$out"

@@ -60,9 +60,13 @@ class GRPOModule(RolloutModule):
         importance_level: "token" or "sequence" (GSPO).
         beta: k3 KL penalty to a frozen copy of the initial policy (0 = no reference model).
         tis_cap: truncated importance sampling against the engine's own log-probs (None = off).
-        engine_logprobs: ask the engine for log-probs of sampled tokens (to log the
-            engine/trainer gap, the alarm for a broken weight sync). None = when TIS needs them
-            or the engine holds its own copy of the weights.
+        engine_logprobs: ask the engine for log-probs of all sampled tokens (true) or none (false).
+            None: all when TIS needs them; else, when the engine holds its own copy of the weights,
+            those of the first `engine_logprob_check_prompts` prompts' samples, for the
+            engine/trainer gap (`train/engine_logprob_gap`, the alarm for a broken weight sync).
+        engine_logprob_check_prompts: prompts per step whose samples carry engine log-probs for that
+            check (default 1: `group_size` samples). A sample, not all: vLLM turns every log-prob
+            into Python objects, and for all samples that halved SmolLM2's rollout throughput.
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -89,6 +93,7 @@ class GRPOModule(RolloutModule):
         beta: float = 0.0,
         tis_cap: float | None = None,
         engine_logprobs: bool | None = None,
+        engine_logprob_check_prompts: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -115,7 +120,12 @@ class GRPOModule(RolloutModule):
         self.loss_normalize_constant = loss_normalize_constant or float(sampling_max_tokens)
         self.beta = beta
         self.tis_cap = tis_cap
+        if tis_cap is not None and engine_logprobs is False:
+            raise ValueError("GRPOModule: tis_cap needs the engine's log-probs; leave engine_logprobs unset (or true)")
+        if engine_logprob_check_prompts < 0:
+            raise ValueError(f"GRPOModule: engine_logprob_check_prompts must be >= 0, got {engine_logprob_check_prompts}")
         self.engine_logprobs = engine_logprobs
+        self.engine_logprob_check_prompts = engine_logprob_check_prompts
         self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
@@ -148,10 +158,13 @@ class GRPOModule(RolloutModule):
         return self.rollout_batch_size // self.group_size
 
     @property
-    def wants_engine_logprobs(self) -> bool:
-        if self.engine_logprobs is not None:
-            return self.engine_logprobs
-        return self.tis_cap is not None or not self.engine.shares_policy_weights
+    def engine_logprob_request(self) -> dict:
+        """The SamplingConfig fields that ask the engine for log-probs (see `engine_logprobs`)."""
+        if self.engine_logprobs is not None or self.tis_cap is not None:
+            return {"logprobs": self.engine_logprobs is not False, "logprobs_prompts": None}
+        if self.engine.shares_policy_weights or self.engine_logprob_check_prompts == 0:
+            return {"logprobs": False, "logprobs_prompts": None}
+        return {"logprobs": True, "logprobs_prompts": self.engine_logprob_check_prompts}
 
     @property
     def needs_old_log_probs(self) -> bool:
@@ -190,7 +203,7 @@ class GRPOModule(RolloutModule):
                 f"got a batch of {len(prompts)}: set data.init_args.batch_size to {self.prompts_per_step}"
             )
         sampling = SamplingConfig(
-            stop=self.stop, seed=self.seed + self.global_step, logprobs=self.wants_engine_logprobs, **self.sampling_kwargs
+            stop=self.stop, seed=self.seed + self.global_step, **self.engine_logprob_request, **self.sampling_kwargs
         )
         completions, metrics = self.rollout(prompts, sampling)
 
@@ -280,10 +293,15 @@ class GRPOModule(RolloutModule):
                 tokens["train_batch_response_tokens"] = n_response_tokens
                 tokens["loss_divisor"] = self.train_batch_size / len(idx)
                 tokens["ends_update"] = g == len(groups) - 1
-                if completions[idx[0]].logprobs is not None:
+                engine_log_probs = [completions[i].logprobs for i in idx]
+                if any(row is not None for row in engine_log_probs):
                     tokens["rollout_log_probs"] = scatter_response_values(
-                        [completions[i].logprobs for i in idx], [len(p) for p in prompt_ids], tuple(tokens["labels"].shape)
+                        [row or [] for row in engine_log_probs], [len(p) for p in prompt_ids], tuple(tokens["labels"].shape)
                     )
+                    # (B, 1): the rows that have them (all with TIS; a sample for the sync check)
+                    tokens["has_rollout_log_probs"] = torch.tensor([[row is not None] for row in engine_log_probs])
+                    if self.tis_cap is not None and not tokens["has_rollout_log_probs"].all():
+                        raise RuntimeError("tis_cap needs the engine's log-probs of every sample; the engine left some out")
                 microbatches.append(tokens)
         return microbatches
 
@@ -345,7 +363,8 @@ class GRPOModule(RolloutModule):
                         add(f"train/{name}", value.detach().float())
                 if sampler_is_current and "rollout_log_probs" in t:
                     # the engine/trainer log-prob gap: the weight-sync alarm
-                    add_token_mean("train/engine_logprob_gap", (log_probs.detach().float() - t["rollout_log_probs"]).abs(), mask)
+                    gap = (log_probs.detach().float() - t["rollout_log_probs"]).abs()
+                    add_token_mean("train/engine_logprob_gap", gap, mask * t["has_rollout_log_probs"])
                 if t["ends_update"]:
                     update_metrics = self.optimizer_update()
                     sampler_is_current = False

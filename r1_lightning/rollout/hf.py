@@ -97,7 +97,8 @@ class HFEngine:
         # no processor of its own given the neutral values in `_generation_config`. So the log-prob
         # recorder sees the raw logits, and EOS suppression happens after it (vLLM's raw log-probs
         # are also taken before its min_tokens processing).
-        logprob_recorder = _ChosenTokenLogprobs(prompt_width) if sampling.logprobs else None
+        wants_logprobs = sampling.returns_logprobs(first_prompt_index)  # this call's first prompt is its lowest
+        logprob_recorder = _ChosenTokenLogprobs(prompt_width) if wants_logprobs else None
         processors = [logprob_recorder] if logprob_recorder is not None else []
         if sampling.min_tokens > 0:
             processors.append(_SuppressTokensBeforeLength(eos_ids, prompt_width, sampling.min_tokens))
@@ -139,7 +140,9 @@ class HFEngine:
                     token_ids=token_ids,
                     text=text,
                     finish_reason=finish_reason,
-                    logprobs=logprobs[row, : len(token_ids)].tolist() if logprobs is not None else None,
+                    logprobs=logprobs[row, : len(token_ids)].tolist()
+                    if logprobs is not None and sampling.returns_logprobs(first_prompt_index + prompt_offset)
+                    else None,
                 )
             )
         if rows_per_prompt != sampling.n:

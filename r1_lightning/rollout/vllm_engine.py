@@ -292,7 +292,7 @@ def sampling_params_kwargs(sampling: SamplingConfig, prompt_index: int) -> dict[
         "stop": list(sampling.stop) or None,
         "include_stop_str_in_output": True,
         "skip_special_tokens": True,
-        "logprobs": 0 if sampling.logprobs else None,  # 0 = only the sampled token's log-prob
+        "logprobs": 0 if sampling.returns_logprobs(prompt_index) else None,  # 0: the sampled token's only
     }
     if sampling.seed is not None:
         # One seed per request, spaced by n because vLLM derives the seeds of a request's n samples
