@@ -3,11 +3,12 @@
 A GRPO rollout batch: GSM8K test questions in the R1-Zero template (256 prompts x 8 samples by default),
 temperature 1, at most 512 (SmolLM2) / 1024 (1.5B shape) new tokens, stopping at `</answer>` or EOS,
 through the engines' `generate` as `GRPOModule` calls it (by default vLLM returns log-probs for the first
-prompt's samples only, GRPOModule's engine/trainer gap check; `--vllm-logprobs all` as with TIS). One process, one GPU: the bf16 policy (which `HFEngine` generates with, and
-which `VLLMEngine.load_weights` copies from) and the vLLM engine (`--gpu-memory-utilization` of the GPU)
-share it. Order, so that a run cut by a time limit keeps the figures that matter most (the JSON is
-rewritten after each): vLLM with the engine's seed only, vLLM with one seed per request (vLLM 0.26
-samples such requests one at a time), HF, then the weight sync (it perturbs the policy first).
+prompt's samples only, GRPOModule's engine/trainer gap check; `--vllm-logprobs all` as with TIS). One
+process, one GPU: the bf16 policy (which `HFEngine` generates with, and which `VLLMEngine.load_weights`
+copies from) and the vLLM engine (`--gpu-memory-utilization` of the GPU) share it. Order, so that a
+run cut by a time limit keeps the figures that matter most (the JSON is rewritten after each): vLLM
+with the engine's seed only, vLLM with one seed per request (vLLM 0.26 samples such requests one at a
+time), HF, then the weight sync (it perturbs the policy first).
 
     python benchmarks/rollouts.py --model smollm2-gsm8k --engine both --out benchmarks/results/rollouts_smollm2.json
     python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --out benchmarks/results/rollouts_qwen1.5b.json

@@ -79,7 +79,7 @@ update_runs() {
       --out "$work/update_$name.json" >"$work/update_$name.log" 2>&1; echo "[$plan] $name rc=$? at ${SECONDS} s"
   done
 }
-# rollouts3_runs [final2]: vLLM on SmolLM2 every way that may show where its time goes (same prompts, same sampling)
+# rollouts3_runs pair|final2: vLLM on SmolLM2 every way that may show where its time goes (same prompts, same sampling)
 rollouts3_runs() {
   local spec name specs=("smollm2_both --engine both --hf-num-prompts 64" "smollm2_engine_process --engine vllm --vllm-engine-process"
     "smollm2_cpu_profile --engine vllm --num-prompts 64 --cpu-profile $work/rollouts_smollm2_cpu_profile.txt"
@@ -93,6 +93,10 @@ rollouts3_runs() {
     echo "[rollouts3] $name rc=$? at ${SECONDS} s"
   done
 }
+# e2e_step LEAST MOST [fit options]: the end-to-end GRPO step of configs/grpo.yaml on both GPUs, within the deadline
+e2e_step() { local least=$1 most=$2; shift 2
+  within "$least" "$most" python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" \
+    --out "$work/grpo_step_2gpu.json" "$@" >"$work/grpo_step.log" 2>&1; echo "[$plan] grpo_step rc=$? at ${SECONDS} s"; }
 case $plan in
   tests)
     timeout 260 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1
@@ -159,22 +163,19 @@ case $plan in
       echo "[rollouts2] $name rc=$? at ${SECONDS} s"
     done
     cp "$work"/rollouts_*.json "$out"/ 2>/dev/null ;;
-  final2)
-    (CUDA_VISIBLE_DEVICES=0 update_runs final2 >"$work/pair_gpu0.log" 2>&1) &
-    CUDA_VISIBLE_DEVICES=1 rollouts3_runs final2; wait; cat "$work/pair_gpu0.log"
-    within 120 240 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_2gpu.json" \
-      >"$work/grpo_step.log" 2>&1; echo "[final2] grpo_step rc=$? at ${SECONDS} s"
-    cp "$work"/rollouts_*.json "$work"/update_*.json "$work"/grpo_step_2gpu.json "$out"/ 2>/dev/null ;;
   update3|sft1|update4)
     update_runs $plan
     cp "$work"/update_*.json "$out"/ 2>/dev/null ;;
-  pair)
-    (CUDA_VISIBLE_DEVICES=0 update_runs update4 >"$work/pair_gpu0.log" 2>&1) &
-    CUDA_VISIBLE_DEVICES=1 rollouts3_runs; wait; cat "$work/pair_gpu0.log"
-    cp "$work"/rollouts_*.json "$work"/rollouts_smollm2_cpu_profile.txt "$out"/ 2>/dev/null ;;
+  pair|final2)  # the update runs on GPU 0 while the rollout runs use GPU 1
+    (CUDA_VISIBLE_DEVICES=0 update_runs $([ $plan = pair ] && echo update4 || echo final2) >"$work/pair_gpu0.log" 2>&1) &
+    CUDA_VISIBLE_DEVICES=1 rollouts3_runs $plan; wait; cat "$work/pair_gpu0.log"
+    if [ $plan = pair ]; then
+      cp "$work"/rollouts_*.json "$work"/rollouts_smollm2_cpu_profile.txt "$out"/ 2>/dev/null
+    else
+      e2e_step 120 240; cp "$work"/rollouts_*.json "$work"/update_*.json "$work"/grpo_step_2gpu.json "$out"/ 2>/dev/null
+    fi ;;
   e2e)
-    within 120 330 python benchmarks/grpo_step.py --steps 3 --workdir "$work/grpo_step" --out "$work/grpo_step_2gpu.json" \
-      "$@" >"$work/grpo_step.log" 2>&1; echo "[e2e] grpo_step rc=$? at ${SECONDS} s"
+    e2e_step 120 330 "$@"
     within 100 240 bash benchmarks/gpu/run_tests.sh "$work" >/dev/null 2>&1; tail -1 "$work/gpu_tests.log"
     cp "$work"/grpo_step_2gpu.json "$out"/ 2>/dev/null ;;
   *) echo "unknown plan $plan (tests | smollm2 | update | sft | final | profile | rollouts | rollouts2 | update3 | sft1 | update4 | step1 | pair | e2e | final2)"; exit 2 ;;
