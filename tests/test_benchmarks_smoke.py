@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 GSM8K_FIXTURE = Path(__file__).parent / "fixtures" / "data" / "gsm8k_small.jsonl"
+RESULTS = BENCHMARKS / "results"
 
 
 def load_script(name: str):
@@ -171,3 +173,17 @@ def test_rollouts_vllm_tiny(scripts):
     result = scripts[1].main(["--model", "qwen1.5b-shape", "--engine", "both", "--tiny", "--sync-repeats", "2",
                               "--gpu-memory-utilization", "0.3", "--enforce-eager"])
     assert "tokens_per_s" in result["results"]["vllm"], result["results"]["vllm"]
+
+
+def test_results_document_matches_its_raw_files():
+    """benchmarks/results/README.md names exactly the files in raw/, and its update ratios are the
+    ones the raw JSON gives."""
+    doc = (RESULTS / "README.md").read_text()
+    named = set(re.findall(r"`([\w.-]+\.(?:json|csv|log))`", doc))
+    assert named == {p.name for p in (RESULTS / "raw").iterdir()}
+    raw = {name: json.loads((RESULTS / "raw" / name).read_text()) for name in named if name.endswith(".json")}
+    for r1, trl in [("update_r1_16k", "update_trl"), ("update_r1_4k_chunk256", "update_trl"),
+                    ("update_r1_4k_chunk256_compile", "update_trl"), ("update_sft_r1_4k_chunk256", "update_sft_trl")]:
+        ratio = raw[f"{r1}.json"]["tokens_per_s"] / raw[f"{trl}.json"]["tokens_per_s"]
+        assert f"{ratio:.2f}×" in doc, (r1, ratio)
+
