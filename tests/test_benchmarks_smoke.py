@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -187,3 +189,7 @@ def test_results_document_matches_its_raw_files():
         ratio = raw[f"{r1}.json"]["tokens_per_s"] / raw[f"{trl}.json"]["tokens_per_s"]
         assert f"{ratio:.2f}×" in doc, (r1, ratio)
 
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_runner_parses():
+    assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu" / "run.sh")], check=False).returncode == 0

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU measurements behind benchmarks/results/README.md, one function each. On the GPU machine,
+# from the repository root, once the device pack's parts are in /tmp/parts (setup.sh says how):
+#   bash benchmarks/gpu/run.sh WHAT [ARCHIVE_DIR]
+#     setup     unpack vLLM/TRL/SmolLM2, install this package, print the versions
+#     tests     tests/gpu (2 GPUs: policy on cuda:0, vLLM on cuda:1; 1 GPU: the colocated test)
+#     update    GRPO and SFT policy update vs TRL, 1.5B shape, same batches (1 GPU)
+#     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
+#     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
+#     smollm2   GRPO on GSM8K with SmolLM2-135M-Instruct, accuracy before/after (1 GPU; SMOLLM2_MAX_TIME)
+# Each run writes its JSON and log to $R1L_GPU_WORK/WHAT (default /tmp/r1l-gpu/WHAT); with ARCHIVE_DIR,
+# everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
+# skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
+set -uo pipefail
+what=${1:?"WHAT: setup | tests | update | rollouts | step | smollm2"}; archive=${2:-}
+work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
+source benchmarks/gpu/setup.sh
+
+# within LEAST MOST CMD...: run CMD for at most MOST seconds, never past second DEADLINE of this script;
+# skip it (status 125) when fewer than LEAST seconds are left.
+within() { local least=$1 most=$2 left=$((${DEADLINE:-570} - SECONDS)); shift 2
+  [ "$left" -lt "$least" ] && { echo "skipped: ${left} s left"; return 125; }
+  timeout $((left < most ? left : most)) "$@"; }
+# bench NAME LEAST MOST SCRIPT ARGS...: one benchmark process, its JSON and log named NAME
+bench() { local name=$1 least=$2 most=$3 script=$4; shift 4
+  within "$least" "$most" python "benchmarks/$script.py" "$@" --out "$work/$name.json" >"$work/$name.log" 2>&1
+  echo "[$what] $name rc=$? at ${SECONDS} s"; }
+
+tests() {
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; date -u; } >"$work/gpu_tests.log" 2>&1
+  within 60 480 python -m pytest tests/gpu -v -rA -p no:cacheprovider --junitxml="$work/gpu_tests.xml" \
+    >>"$work/gpu_tests.log" 2>&1; echo "[tests] rc=$?"; tail -1 "$work/gpu_tests.log"; }
+
+update() {  # the configs' 16k-token microbatches, then the memory-lean 4k + 256-token chunks (eager, compiled)
+  local lean="--variant r1-packed --r1-microbatch-max-tokens 4096 --logprob-chunk-size 256"
+  bench update_trl 45 120 policy_update --phase grpo --warmup 1 --steps 3 --variant trl
+  bench update_r1_16k 45 120 policy_update --phase grpo --warmup 1 --steps 3 --variant r1-packed
+  bench update_r1_4k_chunk256 45 120 policy_update --phase grpo --warmup 1 --steps 3 $lean
+  bench update_sft_trl 45 120 policy_update --phase sft --warmup 1 --steps 3 --variant trl
+  bench update_sft_r1_4k_chunk256 45 120 policy_update --phase sft --warmup 1 --steps 3 $lean
+  bench update_r1_4k_chunk256_compile 60 120 policy_update --phase grpo --warmup 1 --steps 3 $lean --r1-compile inductor; }
+
+rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU 0
+  local common="--no-vllm-seeded --gpu-memory-utilization 0.5"
+  if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    (CUDA_VISIBLE_DEVICES=1 bench rollouts_qwen1.5b 300 420 rollouts --model qwen1.5b-shape --engine both \
+      --hf-num-prompts 64 $common) & local qwen_pid=$!
+  fi
+  CUDA_VISIBLE_DEVICES=0 bench rollouts_smollm2_both 200 320 rollouts --model smollm2-gsm8k --engine both \
+    --hf-num-prompts 64 $common
+  CUDA_VISIBLE_DEVICES=0 bench rollouts_smollm2_seqs2048 60 170 rollouts --model smollm2-gsm8k --engine vllm \
+    --max-num-seqs 2048 $common
+  if [ -n "${qwen_pid:-}" ]; then wait "$qwen_pid"
+  else CUDA_VISIBLE_DEVICES=0 bench rollouts_qwen1.5b 300 420 rollouts --model qwen1.5b-shape --engine both \
+    --hf-num-prompts 64 $common; fi; }
+
+step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_step"; }
+
+smollm2() {  # the GGUF becomes an HF folder, then `r1-lightning fit` on configs/gsm8k/smollm2_grpo.yaml
+  local data=${GSM8K_DIR:-/tmp/data/gsm8k}
+  python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
+    >"$work/convert.log" 2>&1 || { cat "$work/convert.log"; return 1; }
+  # the run's CSV log and evaluations land in $work/logs as they are written (kept if the run is cut)
+  mkdir -p runs/smollm2_gsm8k "$work/logs" && rm -rf runs/smollm2_gsm8k/logs && ln -s "$(realpath "$work/logs")" runs/smollm2_gsm8k/logs
+  within 120 560 python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_grpo.yaml \
+    --model.init_args.model_name_or_path /tmp/smollm2 \
+    --data.init_args.train_path "$data/train.jsonl" --data.init_args.val_path "$data/test.jsonl" \
+    --trainer.max_steps 500 --trainer.max_time "${SMOLLM2_MAX_TIME:-00:00:06:30}" >"$work/fit.log" 2>&1
+  echo "[smollm2] fit rc=$? at ${SECONDS} s"; cat "$work"/logs/version_*/eval/*_summary.json 2>/dev/null; }
+
+case $what in
+  setup) ;;
+  tests|update|rollouts|step|smollm2) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | smollm2)"; exit 2 ;;
+esac
+[ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \
+  --exclude="*.safetensors" -C "$(dirname "$work")" "$what"
+echo "[run.sh] $what done in $SECONDS s"
