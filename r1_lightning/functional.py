@@ -183,9 +183,8 @@ def _aligned_slice_width(width: int, multiple: int = 128) -> int:
     """`width` rounded down to a multiple of `multiple` once it is at least that wide.
 
     A vocabulary slice of odd width gives the (N, V_s) buffers an odd row stride, and cuBLAS then
-    falls back to slow unaligned matmul kernels (on an H200: three such kernels were 17% of the GRPO
-    update's GPU time, benchmarks/results/gpu_h200x2_2026-11-28_session4.md). Rounding down keeps
-    every buffer within the forward chunk's size.
+    falls back to slow unaligned matmul kernels (on an H200 they took 17% of the GRPO update's GPU
+    time). Rounding down keeps every buffer within the forward chunk's size.
     """
     width = max(1, width)
     return width - width % multiple if width >= multiple else width
