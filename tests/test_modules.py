@@ -97,9 +97,9 @@ def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_
     grads = []
     original = PolicyModule.optimizer_update
 
-    def recording_update(self):
+    def recording_update(self, *args):
         grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
-        return original(self)
+        return original(self, *args)
 
     sizes, row_lengths = [], []
     original_pack = GRPOModule._pack_microbatches
@@ -137,9 +137,9 @@ def test_sft_token_budget_microbatches_give_the_same_gradient(tiny_model_dir, to
     grads, groups = [], []
     original_update, original_split = PolicyModule.optimizer_update, sft_microbatches
 
-    def recording_update(self):
+    def recording_update(self, *args):
         grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
-        return original_update(self)
+        return original_update(self, *args)
 
     def recording_split(*args):
         groups.append(original_split(*args))
@@ -190,9 +190,9 @@ def test_compiled_decoder_layers_give_the_same_gradient(tiny_model_dir, toy_task
     grads = []
     original = PolicyModule.optimizer_update
 
-    def recording_update(self):
+    def recording_update(self, *args):
         grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
-        return original(self)
+        return original(self, *args)
 
     monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
     plain = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True)
@@ -216,9 +216,9 @@ def test_sdpa_backends_hold_in_forward_and_in_the_checkpoint_recomputes(tiny_mod
     grads, flash_allowed = [], []
     original_update, original_sdpa = PolicyModule.optimizer_update, F.scaled_dot_product_attention
 
-    def recording_update(self):
+    def recording_update(self, *args):
         grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
-        return original_update(self)
+        return original_update(self, *args)
 
     def recording_sdpa(*args, **kwargs):
         flash_allowed.append(torch.backends.cuda.flash_sdp_enabled())

@@ -64,6 +64,11 @@ class PolicyModule(L.LightningModule):
             microbatch's loss is weighted by its share of the update), fewer and fuller passes.
         seed: base seed for rollouts (sampling seed = seed + global step, so a resumed run samples
             exactly what the straight run did).
+        max_consecutive_skipped_updates: stop with an error when this many optimizer updates in a
+            row had a non-finite loss or gradient norm (each is skipped, see `optimizer_update`).
+            10: more than the 8 updates the off-policy ablation takes from one rollout batch, so a
+            single poisoned batch does not end a run, while a cause that persists (weights already
+            broken, a learning rate far too high) fails every update and stops the run within 10.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class PolicyModule(L.LightningModule):
         compile: bool | str = False,
         microbatch_max_tokens: int | None = None,
         sdpa_backends: list[str] | None = None,
+        max_consecutive_skipped_updates: int = 10,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -95,6 +101,8 @@ class PolicyModule(L.LightningModule):
             raise ValueError(f"microbatch_max_tokens must be >= 1 or None, got {microbatch_max_tokens}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if max_consecutive_skipped_updates < 1:
+            raise ValueError(f"max_consecutive_skipped_updates must be >= 1, got {max_consecutive_skipped_updates}")
         unknown = sorted(set(sdpa_backends or ()) - set(SDPA_BACKENDS))
         if unknown or sdpa_backends == []:
             raise ValueError(f"sdpa_backends: choose one or more of {list(SDPA_BACKENDS)} (or null), got {sdpa_backends!r}")
@@ -121,9 +129,12 @@ class PolicyModule(L.LightningModule):
         self.microbatch_max_tokens = microbatch_max_tokens
         self.sdpa_backends = list(sdpa_backends) if sdpa_backends else None
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
-        # Bumped after every optimizer update; the weight-sync callback compares it to what the
-        # engine last received.
+        # Bumped after every optimizer update that changed the weights; the weight-sync callback
+        # compares it to what the engine last received.
         self.policy_version = 0
+        self.max_consecutive_skipped_updates = max_consecutive_skipped_updates
+        self.skipped_updates = 0  # updates skipped for a non-finite loss or gradient norm, in all
+        self.consecutive_skipped_updates = 0  # ... and in a row, up to now
 
     # ----------------------------------------------------------------------------- model, optim
     def configure_model(self) -> None:
@@ -150,21 +161,52 @@ class PolicyModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def optimizer_update(self) -> dict[str, float]:
-        """Clip, step, zero the gradients and advance the schedule: one update after the caller's
-        `manual_backward` calls have accumulated gradients. Returns metrics for logging."""
+    def optimizer_update(self, loss: torch.Tensor | None = None) -> dict[str, float]:
+        """Check, clip, step, zero the gradients and advance the schedule: one update after the
+        caller's `manual_backward` calls have accumulated gradients. `loss` is the update's loss
+        (the sum of its microbatch losses, detached). Returns metrics for logging.
+
+        A non-finite `loss` or gradient norm skips the update: the gradients are dropped and AdamW
+        steps with none, which leaves the weights and the moments as they were (it only visits
+        parameters that have a gradient). Lightning still counts the step, and the LR scheduler
+        steps, as they do when mixed precision's GradScaler skips a step: the global step, the
+        schedule, `max_steps` and the step-derived sampling seeds stay aligned with the updates
+        attempted, so a run with a skip resumes and decays like any other. `policy_version` does
+        not advance (the weights did not change, so the engine needs no sync). Skips are counted
+        (`train/skipped_updates`, cumulative, saved in checkpoints), and the run stops with an
+        error at `max_consecutive_skipped_updates` in a row. The check costs no extra device-to-host
+        read: the gradient norm was read back for logging anyway, now together with the loss.
+        """
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
-        if self.max_grad_norm and self.max_grad_norm > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        loss = grad_norm if loss is None else loss
+        grad_norm_value, loss_value = torch.stack([grad_norm.float(), loss.detach().float().to(grad_norm.device)]).tolist()
+        finite = math.isfinite(grad_norm_value) and math.isfinite(loss_value)
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # ranks must agree
         lr = optimizer.param_groups[0]["lr"]
+        if finite:
+            self.consecutive_skipped_updates = 0
+            if self.max_grad_norm and self.max_grad_norm > 0:
+                self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        else:
+            self.skipped_updates += 1
+            self.consecutive_skipped_updates += 1
+            optimizer.zero_grad(set_to_none=True)
+            if self.consecutive_skipped_updates >= self.max_consecutive_skipped_updates:
+                raise RuntimeError(
+                    f"model.init_args.max_consecutive_skipped_updates: {self.consecutive_skipped_updates} optimizer "
+                    f"updates in a row had a non-finite loss or gradient norm (at step {self.global_step}: loss "
+                    f"{loss_value}, grad_norm {grad_norm_value}), so none of them changed the weights. Lower the "
+                    f"learning rate or check the rewards and data"
+                )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        self.policy_version += 1
-        return {"train/grad_norm": float(grad_norm), "train/lr": lr}
+        if finite:
+            self.policy_version += 1
+        return {"train/grad_norm": grad_norm_value, "train/lr": lr, "train/skipped_updates": float(self.skipped_updates)}
 
     # ----------------------------------------------------------------------------- attention kernels
     def attention_kernels(self):
@@ -177,10 +219,16 @@ class PolicyModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["r1_lightning"] = {"policy_version": self.policy_version}
+        checkpoint["r1_lightning"] = {
+            "policy_version": self.policy_version, "skipped_updates": self.skipped_updates,
+            "consecutive_skipped_updates": self.consecutive_skipped_updates,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.policy_version = checkpoint.get("r1_lightning", {}).get("policy_version", 0)
+        state = checkpoint.get("r1_lightning", {})
+        self.policy_version = state.get("policy_version", 0)
+        self.skipped_updates = state.get("skipped_updates", 0)
+        self.consecutive_skipped_updates = state.get("consecutive_skipped_updates", 0)
 
     def export_hf(self, folder: str) -> None:
         """Write the policy and tokenizer as a Hugging Face folder (for vLLM and the hub)."""

@@ -335,6 +335,7 @@ class GRPOModule(RolloutModule):
 
         update_metrics: dict[str, float] = {}
         loss_sum = torch.zeros((), device=self.device)
+        update_loss = torch.zeros((), device=self.device)  # this update's share of loss_sum
         sampler_is_current = True  # until the first update, the trainer's policy is the one that sampled
         for _ in range(self.epochs_per_rollout_batch):
             for t in microbatches:
@@ -356,7 +357,7 @@ class GRPOModule(RolloutModule):
                     normalize_constant=self._normalize_constant(t),
                 )
                 self.manual_backward(loss)
-                loss_sum += loss.detach()  # microbatch losses sum to the update's objective
+                update_loss += loss.detach()  # microbatch losses sum to the update's objective
                 add_token_mean("train/entropy", out["token_entropy"].detach(), mask)
                 for name, value in meta.items():
                     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -366,7 +367,8 @@ class GRPOModule(RolloutModule):
                     gap = (log_probs.detach().float() - t["rollout_log_probs"]).abs()
                     add_token_mean("train/engine_logprob_gap", gap, mask * t["has_rollout_log_probs"])
                 if t["ends_update"]:
-                    update_metrics = self.optimizer_update()
+                    update_metrics = self.optimizer_update(update_loss)
+                    loss_sum, update_loss = loss_sum + update_loss, torch.zeros_like(update_loss)
                     sampler_is_current = False
         names = list(totals)
         sums = torch.stack([torch.as_tensor(totals[n], dtype=torch.float32, device=self.device) for n in names] + [loss_sum])

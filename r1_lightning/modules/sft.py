@@ -88,7 +88,7 @@ def sft_update(
         total_loss += loss.detach()
         n_tokens += tokens["input_ids"].numel()
         n_response_tokens += tokens["response_mask"].sum()
-    metrics = module.optimizer_update()
+    metrics = module.optimizer_update(total_loss)
     seconds = time.perf_counter() - start
     metrics.update({
         "train/loss": float(total_loss),
