@@ -8,14 +8,20 @@
 
 Models and data modules are chosen by `class_path` (subclass mode), so a config names the phase:
 `model.class_path: r1_lightning.modules.GRPOModule`, `data.class_path: r1_lightning.data.PromptDataModule`.
+`trainer.default_root_dir` is the run directory: logs, evaluations and checkpoints go under it.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import sys
+from argparse import ArgumentError
 
 import lightning as L
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 # Imported so that short class names in configs resolve (jsonargparse finds imported subclasses).
@@ -50,14 +56,78 @@ def _read_netrc() -> str:
     return open(path).read() if os.path.exists(path) else ""
 
 
+def _entries(value) -> list:
+    """A config's `trainer.logger` / `trainer.callbacks`: one entry, a list of them, or none."""
+    return [e for e in (value if isinstance(value, list) else [value]) if hasattr(e, "get") and e.get("class_path")]
+
+
+def _class_of(entry) -> type:
+    module, _, name = str(entry["class_path"]).rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def fill_run_directory(trainer_config) -> str:
+    """Make `trainer.default_root_dir` the run directory: every logger's `save_dir` (CSV,
+    TensorBoard, W&B, ...) left unset or at its class default becomes the run directory, and every
+    `ModelCheckpoint`'s unset `dirpath` becomes `<run directory>/checkpoints`. Paths the config
+    sets stay. Evaluations and generation tables go under the first logger's folder, so one
+    `default_root_dir` per run (e.g. per ablation) keeps runs apart, and `--ckpt_path last`
+    resumes this run's own checkpoint. Returns the run directory."""
+    run_dir = trainer_config.get("default_root_dir") or os.getcwd()  # Lightning's default
+    for logger in _entries(trainer_config.get("logger")):
+        parameter = inspect.signature(_class_of(logger)).parameters.get("save_dir")
+        init_args = logger.get("init_args")
+        if parameter is None or init_args is None:
+            continue
+        if init_args.get("save_dir") in (None, parameter.default) and not init_args.get("dir"):  # W&B's alias
+            init_args["save_dir"] = run_dir
+    for callback in _entries(trainer_config.get("callbacks")):
+        init_args = callback.get("init_args")
+        if issubclass(_class_of(callback), ModelCheckpoint) and init_args is not None and not init_args.get("dirpath"):
+            init_args["dirpath"] = os.path.join(run_dir, "checkpoints")
+    return run_dir
+
+
+def _subcommand_config(config):
+    return config[config.subcommand] if config.get("subcommand") else config
+
+
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by the Trainer, not paths
+
+
 class R1LightningCLI(LightningCLI):
-    """LightningCLI with our module/data base classes; the modules configure their own optimizers."""
+    """LightningCLI with our module/data base classes; the modules configure their own optimizers.
+    `trainer.default_root_dir` is the run directory (`fill_run_directory`)."""
+
+    def parse_arguments(self, parser, args) -> None:
+        # Loggers need their save_dir (CSVLogger's is required), which comes from the run directory:
+        # parse, fill it in, then validate as LightningCLI would have.
+        if isinstance(args, (dict, Namespace)):
+            config = parser.parse_object(args, _skip_validation=True)
+        else:
+            config = parser.parse_args(args, _skip_validation=True)
+        trainer_config = _subcommand_config(config).get("trainer")
+        if trainer_config is not None:
+            fill_run_directory(trainer_config)
+        try:
+            parser.validate(config)
+        except (TypeError, KeyError, ArgumentError) as error:
+            parser.error(str(error), error)
+        self.config = config
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        config = _subcommand_config(self.config)
         logger = config.get("trainer", {}).get("logger")
         if logger:
             wandb_offline_without_key(logger)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and not self._resolved_by_trainer(str(ckpt_path)) and not os.path.isfile(ckpt_path):
+            # before any model loads (the Trainer would find out after loading it)
+            self.parser.error(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+
+    @staticmethod
+    def _resolved_by_trainer(ckpt_path: str) -> bool:
+        return ckpt_path in LIGHTNING_CKPT_NAMES or ckpt_path.startswith("registry:") or "://" in ckpt_path
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

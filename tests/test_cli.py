@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1_lightning.cli import main
+from r1_lightning.cli import build_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # every full config (ablations are overlays, tested on top of grpo.yaml below)
@@ -48,6 +48,50 @@ def test_every_ablation_overlays_grpo(capsys, ablation):
         if f"{key}:" in overlay:
             value = overlay.split(f"{key}:")[1].split()[0]
             assert f"{key}: {value}" in out, f"{ablation.name}: {key} not applied"
+
+
+def test_each_run_directory_keeps_its_logs_and_checkpoints(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
+    """One directory per run: two ablations of grpo.yaml (each sets only its default_root_dir) log,
+    evaluate and checkpoint in separate folders; a save_dir or dirpath given explicitly still wins."""
+    monkeypatch.chdir(tmp_path)  # the configs' run directories are relative
+
+    def trainer_for(*args):
+        cli = build_cli([str(a) for a in [
+            "--config", ROOT / "configs/grpo.yaml", *args, "--model.init_args.model_name_or_path", tiny_model_dir,
+            "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
+            "--data.init_args.train_path", toy_task_dir / "train.jsonl", "--data.init_args.val_path", toy_task_dir / "val.jsonl",
+        ]], run=False)
+        return cli.trainer
+
+    for ablation in ("learning_rate", "baselines"):
+        trainer = trainer_for("--config", ROOT / f"configs/ablations/{ablation}.yaml")
+        run_dir = tmp_path / "runs" / "ablations" / ablation
+        assert Path(trainer.log_dir).resolve() == run_dir / "logs" / "version_0"  # evaluations go in it too
+        assert Path(trainer.checkpoint_callback.dirpath) == run_dir / "checkpoints"
+    trainer = trainer_for("--trainer.logger.init_args.save_dir", tmp_path / "mine",
+                          "--trainer.callbacks.dirpath", tmp_path / "my_checkpoints")
+    assert Path(trainer.log_dir) == tmp_path / "mine" / "logs" / "version_0"
+    assert Path(trainer.checkpoint_callback.dirpath) == tmp_path / "my_checkpoints"
+
+
+def test_run_directory_fills_every_logger_and_checkpoint_callback():
+    from r1_lightning.cli import fill_run_directory
+
+    def entry(class_path, **init_args):
+        return {"class_path": class_path, "init_args": init_args}
+
+    loggers = "lightning.pytorch.loggers."
+    config = {"default_root_dir": "runs/x", "logger": [
+        entry(loggers + "CSVLogger", save_dir=None, name="logs"), entry(loggers + "TensorBoardLogger", save_dir=None),
+        entry(loggers + "WandbLogger", save_dir="."),  # W&B's default
+        entry(loggers + "WandbLogger", save_dir=".", dir="wandb_here"), entry(loggers + "CSVLogger", save_dir="mine"),
+    ], "callbacks": [
+        entry("r1_lightning.callbacks.HFExportCheckpoint", dirpath=None), entry("r1_lightning.callbacks.RolloutWeightSync"),
+        entry("lightning.pytorch.callbacks.ModelCheckpoint", dirpath="kept"),
+    ]}
+    assert fill_run_directory(config) == "runs/x"
+    assert [e["init_args"]["save_dir"] for e in config["logger"]] == ["runs/x", "runs/x", "runs/x", ".", "mine"]
+    assert [e["init_args"].get("dirpath") for e in config["callbacks"]] == ["runs/x/checkpoints", None, "kept"]
 
 
 def test_grpo_config_has_the_cs336_defaults(capsys):
