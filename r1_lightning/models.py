@@ -3,6 +3,11 @@
 `builtin:<name>` names a model that ships inside the package as a config (no download): it is
 written once as a normal Hugging Face folder under `R1_LIGHTNING_CACHE` (default
 `~/.cache/r1_lightning`) and then loaded like any other local path.
+
+A name that can only be a local path (`./x`, `../x`, `/x`, `~/x`, or more than one `/`) must exist,
+and a hub id is loaded from the Hugging Face cache when it is there; otherwise, offline
+(`HF_HUB_OFFLINE=1`) or with the hub out of reach, loading fails at once with a `ModelNotFoundError`
+that says how to point at a local model, instead of retrying the network for a minute.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import huggingface_hub
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -24,12 +32,37 @@ from transformers import (
 BUILTIN_PREFIX = "builtin:"
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+T = TypeVar("T")
+_POINT_AT_LOCAL = (
+    "point at a local Hugging Face folder with --model.init_args.model_name_or_path /path/to/folder "
+    "(builtin:quickstart works offline)"
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """`model_name_or_path` names no local folder, or a hub model that cannot be fetched now."""
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` can only be a path: hub ids are `name` or `org/name`, never `./x`, `/x`, `~/x`
+    or `a/b/c` (and never contain a Windows separator)."""
+    separators = {os.sep, os.altsep} - {None, "/"}
+    return (
+        name.startswith(("./", "../", "/", "~")) or name in (".", "..") or name.count("/") > 1
+        or any(sep in name for sep in separators)
+    )
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn `builtin:<name>` into a local folder (materialized on first use); pass anything else on."""
+    """Turn `builtin:<name>` into a local folder (materialized on first use) and `~` into the home
+    folder; pass anything else on. A name that can only be a local path must exist."""
     if not name_or_path.startswith(BUILTIN_PREFIX):
-        return name_or_path
+        if looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+            raise ModelNotFoundError(
+                f"model path {name_or_path!r} does not exist (model_name_or_path takes an existing local "
+                f"folder, a Hugging Face hub id such as Qwen/Qwen2.5-Math-1.5B, or builtin:quickstart)"
+            )
+        return os.path.expanduser(name_or_path)
     name = name_or_path[len(BUILTIN_PREFIX):]
     if name != "quickstart":
         raise ValueError(f"unknown built-in model {name_or_path!r}; the built-in models are: builtin:quickstart")
@@ -58,6 +91,36 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def _hub_reachable(timeout_s: float = 5.0) -> bool:
+    """One HEAD request to the hub through huggingface_hub's own session (its proxies and
+    endpoint), without the retries that make an unreachable hub cost a minute per file."""
+    try:
+        huggingface_hub.get_session().head(huggingface_hub.constants.ENDPOINT, timeout=timeout_s)
+    # DNS, refused, timeout, proxy: each the hub's HTTP library's own exception type, all "not now"
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _from_pretrained(load: Callable[..., T], path: str, **kwargs) -> T:
+    """`load(path, **kwargs)` for a `from_pretrained` of transformers. A hub id is taken from the local
+    cache when it is there (no network); when it is not, offline or with the hub out of reach, fail
+    at once with a `ModelNotFoundError` saying what to do."""
+    if Path(path).exists():
+        return load(path, **kwargs)
+    try:
+        return load(path, local_files_only=True, **kwargs)
+    except OSError:
+        pass  # not (completely) in the cache
+    where = f"model {path!r} is not in the Hugging Face cache and"
+    if huggingface_hub.is_offline_mode():
+        raise ModelNotFoundError(f"{where} the hub is offline (HF_HUB_OFFLINE=1): {_POINT_AT_LOCAL}")
+    if not _hub_reachable():
+        endpoint = huggingface_hub.constants.ENDPOINT
+        raise ModelNotFoundError(f"{where} {endpoint} cannot be reached: {_POINT_AT_LOCAL}")
+    return load(path, **kwargs)
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     path = resolve_model_path(name_or_path)
     config_file = Path(path) / "tokenizer_config.json"
@@ -69,7 +132,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         # drops spaces on decode; the generic class loads tokenizer.json exactly as saved.
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, path)
     if tokenizer.pad_token_id is None:
         # Masks are built from lengths, never from pad ids, so reusing EOS as padding is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -94,8 +157,9 @@ def load_causal_lm(
                 attn_implementation = "flash_attention_2"
             except ImportError:
                 pass
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(name_or_path), dtype=torch_dtype, attn_implementation=attn_implementation
+    model = _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, resolve_model_path(name_or_path),
+        dtype=torch_dtype, attn_implementation=attn_implementation,
     )
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,10 +1,12 @@
-"""A fresh clone works: every config's data ships in `data/` (as documented there), and nothing a
-user runs depends on a folder outside the repository."""
+"""A fresh clone works: every config's data ships in `data/` (as documented there), nothing a user
+runs depends on a folder outside the repository, and a model that is not there fails at once in one
+line."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,49 @@ def test_the_quickstart_data_is_what_the_quickstart_writes(tmp_path):
     for name in ("train", "val", "sft"):
         assert written[name].read_bytes() == (DATA / "quickstart" / f"{name}.jsonl").read_bytes(), name
     assert written["template"].read_text() == Path(PROMPT_TEMPLATE).read_text()
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize("name", ["./models/qwen-typo", "/abs/missing/model", "~/no-such-r1l-model",
+                                  "runs/x/checkpoints/last_hf"])
+def test_a_missing_local_model_fails_at_once_naming_it(name):
+    from r1_lightning.models import load_causal_lm, load_tokenizer
+
+    for load in (load_tokenizer, load_causal_lm):
+        start = time.perf_counter()
+        with pytest.raises(OSError) as error:
+            load(name)
+        assert time.perf_counter() - start < 1.0
+        assert str(error.value) == str(error.value).strip().split("\n")[0]
+        assert f"model path {name!r} does not exist" in str(error.value)
+
+
+def test_an_uncached_hub_model_fails_at_once_when_the_hub_is_out_of_reach(monkeypatch):
+    """Not offline by setting, but no network: one look at the hub, then the same one-line advice."""
+    import huggingface_hub
+
+    from r1_lightning import models
+
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    cause = r"r1-lightning-tests/no-such-model' is not in the Hugging Face cache and \S+ cannot be reached: "
+    with pytest.raises(OSError, match=cause + r".*--model.init_args.model_name_or_path /path/to/folder"):
+        models.load_tokenizer("r1-lightning-tests/no-such-model")
+
+
+def test_a_cached_hub_model_loads_without_the_network(monkeypatch, tmp_path, tiny_model_dir):
+    """A hub id already in the Hugging Face cache loads from it, with the hub out of reach."""
+    import shutil
+
+    import huggingface_hub
+
+    from r1_lightning import models
+
+    snapshot = tmp_path / "hub" / "models--r1l--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(models, "_hub_reachable", lambda: pytest.fail("looked for the hub"))
+    assert models.load_causal_lm("r1l/tiny", dtype="float32").config.num_hidden_layers == 2
