@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -281,3 +283,86 @@ def test_a_tokenizers_library_tokenizer_reloads_exactly(tiny_model_dir):
     ids = loaded(text, add_special_tokens=False)["input_ids"]
     assert ids == built(text, add_special_tokens=False)["input_ids"]
     assert loaded.decode(ids) == text
+
+
+# ----------------------------------------------------------------------------- errors in one line
+def config_with(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
+    """configs/grpo.yaml with one line changed; returns the file and that line's number (1-based)."""
+    lines = (ROOT / "configs/grpo.yaml").read_text().splitlines(keepends=True)
+    (index,) = [i for i, line in enumerate(lines) if line.strip().startswith(old)]
+    lines[index] = lines[index].replace(old, new)
+    path = tmp_path / "bad.yaml"
+    path.write_text("".join(lines))
+    return path, index + 1
+
+
+def first_error_line(capsys, args: list) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Union subtypes" not in err and "usage:" not in err
+    return err.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "old, new, option, expected",
+    [
+        ("learning_rate: 1.0e-5", "learning_rat: 1.0e-5", "model.init_args.learning_rat",
+         "did you mean learning_rate"),
+        ("learning_rate: 1.0e-5", "learning_rate: abc", "model.init_args.learning_rate",
+         "expected a float, got 'abc'"),
+        ("class_path: r1_lightning.rollout.VLLMEngine", "class_path: r1_lightning.rollout.NoSuchEngine",
+         "model.init_args.engine.class_path", "NoSuchEngine"),
+    ],
+    ids=["typo", "type", "class_path"],
+)
+def test_a_bad_config_value_is_named_first_with_file_and_line(capsys, tmp_path, old, new, option, expected):
+    config, line = config_with(tmp_path, old, new)
+    first = first_error_line(capsys, ["fit", "--config", config])
+    assert first.startswith(f"r1-lightning: error: {config}:{line}: {option}: "), first
+    assert expected in first
+
+
+def test_a_bad_command_line_value_is_named_first(capsys):
+    args = ["fit", "--config", ROOT / "configs/grpo.yaml", "--trainer.max_steps", "many"]
+    first = first_error_line(capsys, args)
+    assert first == "r1-lightning: error: --trainer.max_steps: expected an int, got 'many'"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_checkpoint_is_named_in_one_line(capsys, tmp_path, damage):
+    ckpt = tmp_path / "last.ckpt"
+    if damage == "garbage":
+        ckpt.write_bytes(bytes(range(256)) * 40)
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(4096)}, "pytorch-lightning_version": "2.6"}, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    first = first_error_line(capsys, ["fit", "--config", ROOT / "configs/quickstart_sft.yaml",
+                                      "--ckpt_path", ckpt])
+    assert first == f"r1-lightning: error: checkpoint {ckpt} is corrupt or not a Lightning checkpoint"
+
+
+def test_an_uncached_hub_model_offline_fails_at_once_naming_it(capsys):
+    """HF_HUB_OFFLINE=1 (tests/conftest.py) and a hub id that is in no cache."""
+    start = time.perf_counter()
+    hub_id = "r1-lightning-tests/not-cached"
+    first = first_error_line(capsys, ["fit", "--config", ROOT / "configs/grpo.yaml",
+                                      "--model.init_args.model_name_or_path", hub_id])
+    assert time.perf_counter() - start < 10
+    assert first.startswith(f"r1-lightning: error: model {hub_id!r} is not in the Hugging Face cache")
+    assert "--model.init_args.model_name_or_path /path/to/folder" in first and "builtin:quickstart" in first
+
+
+def test_help_lists_the_quickstart(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--help"])
+    assert exit_info.value.code in (0, None)
+    assert "r1-lightning quickstart: the offline CPU demo" in " ".join(capsys.readouterr().out.split())
+
+
+def test_no_lightning_cli_warning(capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parsed_config(capsys, ["fit", "--config", ROOT / "configs/quickstart.yaml"])
+    assert not [w for w in caught if Path(w.filename).parts[-3:] == ("lightning", "pytorch", "cli.py")]
