@@ -366,3 +366,20 @@ def test_no_lightning_cli_warning(capsys):
         warnings.simplefilter("always")
         parsed_config(capsys, ["fit", "--config", ROOT / "configs/quickstart.yaml"])
     assert not [w for w in caught if Path(w.filename).parts[-3:] == ("lightning", "pytorch", "cli.py")]
+
+
+def test_the_quickstart_draws_no_model_shard_bars(capfd, monkeypatch, tmp_path):
+    """Its own progress and summary, not a "Writing model shards" bar per export (a smaller task)."""
+    import r1_lightning.quickstart.run as quickstart
+
+    monkeypatch.setattr(quickstart, "TASK_SIZES", {"n_train": 64, "n_val": 8, "n_sft": 64, "seed": 0})
+    monkeypatch.setenv("R1_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    try:
+        run_cli(["quickstart", "--output", tmp_path, "--configs", ROOT / "configs",
+                 "--sft-steps", 1, "--grpo-steps", 1])
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capfd.readouterr()
+    assert "r1-lightning quickstart finished" in out
+    assert "Writing model shards" not in err + out

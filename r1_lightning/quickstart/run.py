@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
 
 from r1_lightning.quickstart.task import write_task_files
 
-TASK_SIZES = dict(n_train=4000, n_val=200, n_sft=4000, seed=0)
+TASK_SIZES = {"n_train": 4000, "n_val": 200, "n_sft": 4000, "seed": 0}
 
 
 def find_configs_dir(given: str | None) -> Path:
@@ -61,6 +62,21 @@ def merged_metrics(phase_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted(points.items()) for name, points in merged.items()}
 
 
+@contextlib.contextmanager
+def quiet_hf_progress_bars():
+    """Without transformers' progress bars: `save_pretrained` draws a "Writing model shards" bar for
+    every Hugging Face export (19 in a quickstart), between Lightning's own progress output."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def run_quickstart(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="r1-lightning quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +89,11 @@ def run_quickstart(argv: list[str] | None = None) -> dict:
                         help="torch CPU threads (default 1: the model is so small that more threads mostly add "
                              "synchronization, and one thread never fights other processes for the cores)")
     args = parser.parse_args(argv)
+    with quiet_hf_progress_bars():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
