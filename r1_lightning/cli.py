@@ -139,7 +139,7 @@ class R1LightningCLI(LightningCLI):
 
 PROG = "r1-lightning"
 EPILOG = (
-    "r1-lightning quickstart: the offline CPU demo, no GPU, network or download (about 4 minutes on two "
+    "r1-lightning quickstart: the offline CPU demo, no GPU, network or download (a few minutes on two "
     "cores): SFT warm-up, then GRPO, of a small built-in model on a generated arithmetic task, with "
     "held-out accuracy before and after; `r1-lightning quickstart --help` lists its options."
 )

@@ -252,7 +252,7 @@ def test_console_script_runs_validate(tiny_model_dir, toy_task_dir, tmp_path):
          "--data.init_args.train_path", toy_task_dir / "train.jsonl", "--data.init_args.val_path", toy_task_dir / "val.jsonl",
          "--data.init_args.val_batch_size", 10, "--trainer.default_root_dir", tmp_path,
          "--trainer.logger.init_args.save_dir", tmp_path]
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "eval_step_0.jsonl").read_text().count("\n") == 20
     assert "answer_accuracy" in (out / "eval_step_0_summary.json").read_text()
