@@ -100,9 +100,10 @@ def test_a_failure_before_training_never_touches_last_ckpt(tiny_model_dir, toy_t
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"problem": "What is 1 + 1?", "answer": "2"}\n{"problem": \n')
-    with pytest.raises(Exception, match="broken.jsonl"):  # the data is read in setup, before training
+    with pytest.raises(SystemExit):  # the data is read in setup, before training
         run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=2,
                                extra=["--data.init_args.train_path", broken]))
+    assert f"{broken}:2: invalid JSON" in capsys.readouterr().err  # main() reports it in one line
     assert last.read_bytes() == good
 
     missing = tmp_path / "no_such.ckpt"
