@@ -5,6 +5,7 @@
     r1-lightning validate --config configs/eval.yaml
     r1-lightning fit --config configs/grpo.yaml --print_config
     r1-lightning quickstart            # the offline CPU demo: SFT warm-up, then GRPO
+    r1-lightning sweep --config configs/grpo.yaml configs/ablations/*.yaml   # one run per overlay
 
 Models and data modules are chosen by `class_path` (subclass mode), so a config names the phase:
 `model.class_path: r1_lightning.modules.GRPOModule`, `data.class_path: r1_lightning.data.PromptDataModule`.
@@ -84,6 +85,11 @@ def main(args: list[str] | None = None) -> None:
         from r1_lightning.quickstart.run import run_quickstart
 
         run_quickstart(argv[1:])
+        return
+    if argv and argv[0] == "sweep":
+        from r1_lightning.sweep import run_sweep
+
+        run_sweep(argv[1:])
         return
     build_cli(argv)
 

@@ -8,6 +8,7 @@ public functional API (for an independent re-computation of the expected paramet
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -31,6 +32,8 @@ from r1_lightning.cli import main
 from r1_lightning.data import PromptDataModule
 from r1_lightning.functional import compute_group_normalized_rewards
 from r1_lightning.modules import GRPOModule
+from r1_lightning.plotting import comparison_figure, plot_comparison, read_run
+from r1_lightning.sweep import run_sweep
 
 
 def fit_fixed_rollouts(model_dir, task_dir, out_dir, max_steps, engine=None, **module_kwargs):
@@ -143,11 +146,10 @@ def overlay_value(name: str, key: str):
     return yaml.safe_load((ROOT / "configs" / "ablations" / f"{name}.yaml").read_text())["model"]["init_args"][key]
 
 
-def tiny_overlay_args(overlay: Path, model_dir, task_dir, out: Path) -> list[str]:
-    """grpo.yaml + the overlay on the tiny model and toy task: 2 prompts x 4 samples of at most 12
-    tokens per GRPO step, a 10-question evaluation, CSV logs under `out`."""
+def tiny_overrides(model_dir, task_dir) -> list[str]:
+    """CLI overrides that shrink configs/grpo.yaml to the tiny model and toy task: 2 prompts x 4
+    samples of at most 12 tokens per GRPO step, 2 GRPO steps, a 10-question evaluation."""
     args = [
-        "fit", "--config", ROOT / "configs" / "grpo.yaml", "--config", overlay,
         "--model.init_args.model_name_or_path", model_dir,
         "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
         "--model.init_args.rollout_batch_size", 8, "--model.init_args.group_size", 4,
@@ -157,11 +159,18 @@ def tiny_overlay_args(overlay: Path, model_dir, task_dir, out: Path) -> list[str
         "--data.init_args.train_path", task_dir / "train.jsonl", "--data.init_args.val_path", task_dir / "val.jsonl",
         "--data.init_args.batch_size", 2, "--data.init_args.val_batch_size", 10, "--data.init_args.max_val_examples", 10,
         "--trainer.max_steps", 2, "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", out,
-        # until the run directory alone places logs and checkpoints:
-        "--trainer.logger.init_args.save_dir", out, "--trainer.callbacks.dirpath", out / "checkpoints",
     ]
     return [str(a) for a in args]
+
+
+# Until the run directory alone places logs and checkpoints, the configs' own folders are moved too.
+RUN_DIR_OVERRIDES = ["--trainer.logger.init_args.save_dir", "{run_dir}", "--trainer.callbacks.dirpath", "{run_dir}/checkpoints"]
+
+
+def tiny_overlay_args(overlay: Path, model_dir, task_dir, out: Path) -> list[str]:
+    return ["fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--config", str(overlay),
+            *tiny_overrides(model_dir, task_dir), "--trainer.default_root_dir", str(out),
+            *[a.replace("{run_dir}", str(out)) for a in RUN_DIR_OVERRIDES]]
 
 
 def check_learning_rate(rows, generations):
@@ -178,8 +187,9 @@ def check_baselines(rows, generations):
 
 def check_length_normalization(rows, generations):
     # one microbatch per update: loss = sum of per-token losses / (sequences x the constant), and the
-    # sum is the logged token mean x the response tokens (mean length x sequences)
-    constant = overlay_value("length_normalization", "loss_normalize_constant")
+    # sum is the logged token mean x the response tokens (mean length x sequences). The constant is
+    # not the 12 max tokens, which truncated responses all reach (the per-sequence mean would agree).
+    constant = 100
     for row in (r for r in rows if "train/loss" in r):
         expected = row["train/loss_per_token"] * row["train/response_length"] / constant
         assert row["train/loss"] == pytest.approx(expected, rel=1e-4, abs=1e-9)
@@ -218,7 +228,8 @@ def check_prompt(rows, generations):
 OVERLAY_RUNS = {  # overlay -> (extra CLI arguments, check of its logged metrics and generations)
     "learning_rate": ([], check_learning_rate),
     "baselines": (["--model.init_args.reward_fn", "ablation_helpers.constant_reward"], check_baselines),
-    "length_normalization": (["--model.init_args.gradient_accumulation_steps", "1"], check_length_normalization),
+    "length_normalization": (["--model.init_args.gradient_accumulation_steps", "1",
+                              "--model.init_args.loss_normalize_constant", "100"], check_length_normalization),
     "std_normalization": ([], check_std_normalization),
     "off_policy": (["--model.init_args.train_batch_size", "4", "--trainer.max_steps", "8"], check_off_policy),
     "clipping": (["--model.init_args.train_batch_size", "4", "--trainer.max_steps", "8"], check_clipping),
@@ -241,3 +252,91 @@ def test_overlay_shows_its_mechanism(tiny_model_dir, toy_task_dir, tmp_path, nam
     main(tiny_overlay_args(ROOT / "configs" / "ablations" / f"{name}.yaml", tiny_model_dir, toy_task_dir, tmp_path)
          + defaults + extra)
     check(read_csv_metrics(tmp_path), read_jsonl(tmp_path, "generations.jsonl"))
+
+
+# ----------------------------------------------------------------------------- sweep and comparison
+GRPO_YAML = str(ROOT / "configs" / "grpo.yaml")
+
+
+def overlay(name: str) -> str:
+    return str(ROOT / "configs" / "ablations" / f"{name}.yaml")
+
+
+def test_sweep_plans_a_folder_per_run_and_scales_max_steps(tmp_path):
+    runs = run_sweep(["--config", GRPO_YAML, overlay("off_policy"), overlay("prompt"), "--learning_rates", "3e-6", "1e-4",
+                      "--output", str(tmp_path), "--grpo_steps", "3", "--dry_run", *RUN_DIR_OVERRIDES,
+                      "--trainer.logger.init_args.name", "{name}"])
+    assert [r["name"] for r in runs] == ["grpo", "off_policy", "prompt", "lr_3e-06", "lr_0.0001"]
+    for run in runs:
+        args = run["fit_args"]
+        assert args[:3] == ["fit", "--config", GRPO_YAML] and run["run_dir"] == str(tmp_path / run["name"])
+        assert args[args.index("--trainer.default_root_dir") + 1] == run["run_dir"]
+        assert args[args.index("--trainer.logger.init_args.save_dir") + 1] == run["run_dir"]
+        assert args[args.index("--trainer.logger.init_args.name") + 1] == run["name"]
+    # 3 GRPO steps; off_policy: 4 epochs x (rollout 256 / train batch 128) = 8 updates per GRPO step
+    assert [r["fit_args"][-1] for r in runs] == ["3", "24", "3", "3", "3"]
+    assert runs[1]["fit_args"][3:5] == ["--config", overlay("off_policy")]
+    assert runs[3]["fit_args"][3:5] == ["--model.init_args.learning_rate", "3e-06"]
+    assert not (tmp_path / "grpo").exists()  # a dry run runs nothing
+
+
+@pytest.mark.parametrize("args, message", [
+    ([overlay("nope")], "nope.yaml: no such file"),
+    ([GRPO_YAML], "share the folder name"),  # the base and an overlay both called grpo
+    ([overlay("baselines"), "--trainer.logger.init_args.save_dir", "one_folder"], "would both write to one_folder"),
+    ([overlay("baselines"), "--model.init_args.learning_rat", "1"], "do not parse"),
+    (["--skip_base"], "nothing to run"),
+])
+def test_sweep_refuses_bad_plans_in_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_sweep(["--config", GRPO_YAML, *args, "--output", str(tmp_path), "--dry_run"])
+    assert message in str(exit_info.value.code)
+
+
+def test_sweep_runs_each_learning_rate_in_its_own_folder(tiny_model_dir, toy_task_dir, tmp_path):
+    """Two one-step runs, each `fit` in its own process: each logs its own learning rate in its folder."""
+    runs = run_sweep(["--config", GRPO_YAML, "--learning_rates", "1e-3", "2e-2", "--skip_base", "--output", str(tmp_path),
+                      *tiny_overrides(tiny_model_dir, toy_task_dir), "--trainer.max_steps", "1", *RUN_DIR_OVERRIDES])
+    assert [r["returncode"] for r in runs] == [0, 0]
+    for run, lr in zip(runs, [1e-3, 2e-2]):
+        assert column(read_csv_metrics(Path(run["run_dir"])), "train/lr") == pytest.approx([lr])
+    assert [r["name"] for r in json.loads((tmp_path / "sweep.json").read_text())] == ["lr_0.001", "lr_0.02"]
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000
+
+
+def write_run(folder: Path, rows: list[dict], version: int = 0, hparams: str = "") -> Path:
+    log_dir = folder / "logs" / f"version_{version}"
+    log_dir.mkdir(parents=True)
+    names = ["step"] + sorted({k for row in rows for k in row if k != "step"})
+    lines = [",".join(names)] + [",".join(str(row.get(n, "")) for n in names) for row in rows]
+    (log_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (log_dir / "hparams.yaml").write_text(hparams)
+    return folder
+
+
+def test_comparison_plot_puts_runs_side_by_side_against_the_grpo_step(tmp_path):
+    train = [{"step": s, "train/reward_mean": 0.1 * s, "train/entropy": 2 - 0.1 * s, "train/response_length": 40 + s}
+             for s in range(3)]
+    on_policy = write_run(tmp_path / "on", train + [{"step": 0, "val/answer_accuracy": 0.2},
+                                                   {"step": 3, "val/answer_accuracy": 0.4}])
+    # 8 updates per GRPO step: its evaluation after 3 GRPO steps is logged at optimizer step 24
+    off_hparams = "epochs_per_rollout_batch: 4\nrollout_batch_size: 256\ntrain_batch_size: 128\n"
+    off_policy = write_run(tmp_path / "off", train + [{"step": 0, "val/answer_accuracy": 0.2},
+                                                     {"step": 24, "val/answer_accuracy": 0.5}], hparams=off_hparams)
+    write_run(off_policy, [{"step": 2, "train/reward_mean": 0.9}], version=1, hparams=off_hparams)  # a resumed launch
+    series = {"on": read_run(on_policy), "off": read_run(off_policy)}
+    assert series["off"]["val/answer_accuracy"] == [(0.0, 0.2), (3.0, 0.5)]
+    assert series["on"]["val/answer_accuracy"] == [(0.0, 0.2), (3.0, 0.4)]
+    assert series["off"]["train/reward_mean"] == [(0, 0.0), (1, 0.1), (2, 0.9)]  # version_1 wins at step 2
+
+    fig = comparison_figure(series)
+    panels = fig.axes[:4]
+    assert [ax.get_title() for ax in panels] == ["train reward", "held-out accuracy", "token entropy",
+                                                 "response length (tokens)"]
+    for ax in panels:
+        assert [line.get_label() for line in ax.get_lines()] == ["on", "off"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["on", "off"]
+    png = plot_comparison({"on": on_policy, "off": off_policy}, tmp_path / "cmp.png")
+    assert png.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="no metrics.csv"):
+        read_run(tmp_path / "empty")
