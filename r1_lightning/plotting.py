@@ -111,10 +111,8 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 
 def comparison_figure(series: dict[str, dict[str, list[tuple[float, float]]]], title: str = "", smooth: int = 1):
-    """The 2x2 figure of `plot_comparison` from already-read metrics ({run name: `read_run(...)`})."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """The 2x2 figure of `plot_comparison` from already-read metrics ({run name: `read_run(...)`});
+    in a notebook it shows inline."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
@@ -148,6 +146,9 @@ def plot_comparison(runs, out_png: str | Path, title: str = "", smooth: int = 1)
     runs: {name: run folder} (or a list of folders, named by their last part). smooth: trailing
     moving average over this many steps for the train curves (evaluations are drawn as they are).
     """
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not isinstance(runs, dict):

@@ -293,8 +293,9 @@ def test_sweep_refuses_bad_plans_in_one_line(tmp_path, capsys, args, message):
     assert message in str(exit_info.value.code)
 
 
-def test_sweep_runs_each_learning_rate_in_its_own_folder(tiny_model_dir, toy_task_dir, tmp_path):
-    """Two one-step runs, each `fit` in its own process: each logs its own learning rate in its folder."""
+def test_sweep_runs_each_learning_rate_in_its_own_folder(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
+    """Two one-step runs, each `fit` in its own process: each logs its own learning rate in its folder;
+    the comparison plot and the notebook read them."""
     runs = run_sweep(["--config", GRPO_YAML, "--learning_rates", "1e-3", "2e-2", "--skip_base", "--output", str(tmp_path),
                       *tiny_overrides(tiny_model_dir, toy_task_dir), "--trainer.max_steps", "1", *RUN_DIR_OVERRIDES])
     assert [r["returncode"] for r in runs] == [0, 0]
@@ -302,6 +303,14 @@ def test_sweep_runs_each_learning_rate_in_its_own_folder(tiny_model_dir, toy_tas
         assert column(read_csv_metrics(Path(run["run_dir"])), "train/lr") == pytest.approx([lr])
     assert [r["name"] for r in json.loads((tmp_path / "sweep.json").read_text())] == ["lr_0.001", "lr_0.02"]
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    # the notebook reads the same sweep folder
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / "ablations.ipynb", as_version=4)
+    monkeypatch.setenv("R1_SWEEP_DIR", str(tmp_path))
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert (tmp_path / "comparison_from_notebook.png").stat().st_size > 10_000
 
 
 def write_run(folder: Path, rows: list[dict], version: int = 0, hparams: str = "") -> Path:
