@@ -5,6 +5,7 @@
     r1-lightning validate --config configs/eval.yaml
     r1-lightning fit --config configs/grpo.yaml --print_config
     r1-lightning quickstart            # the offline CPU demo: SFT warm-up, then GRPO
+    r1-lightning sweep --config configs/grpo.yaml configs/ablations/*.yaml   # one run per overlay
 
 Models and data modules are chosen by `class_path` (subclass mode), so a config names the phase:
 `model.class_path: r1_lightning.modules.GRPOModule`, `data.class_path: r1_lightning.data.PromptDataModule`.
@@ -141,7 +142,9 @@ PROG = "r1-lightning"
 EPILOG = (
     "r1-lightning quickstart: the offline CPU demo, no GPU, network or download (a few minutes on two "
     "cores): SFT warm-up, then GRPO, of a small built-in model on a generated arithmetic task, with "
-    "held-out accuracy before and after; `r1-lightning quickstart --help` lists its options."
+    "held-out accuracy before and after; `r1-lightning quickstart --help` lists its options. "
+    "r1-lightning sweep: run a base config, each overlay (e.g. configs/ablations/*.yaml) and learning "
+    "rates in their own run folders, then plot them side by side; `r1-lightning sweep --help`."
 )
 
 
@@ -162,7 +165,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> R1LightningCLI
 
 
 def _exit_with(message: str, argv: list[str]) -> NoReturn:
-    command = next((arg for arg in argv if arg in [*R1LightningCLI.subcommands(), "quickstart"]), None)
+    command = next((arg for arg in argv if arg in [*R1LightningCLI.subcommands(), "quickstart", "sweep"]), None)
     help_command = f"{PROG} {command} --help" if command else f"{PROG} --help"
     print(f"{PROG}: error: {message}\n  (`{help_command}` lists the options)", file=sys.stderr)
     sys.exit(2)
@@ -177,6 +180,10 @@ def main(args: list[str] | None = None) -> None:
             from r1_lightning.quickstart.run import run_quickstart
 
             run_quickstart(argv[1:])
+        elif argv and argv[0] == "sweep":
+            from r1_lightning.sweep import run_sweep
+
+            run_sweep(argv[1:])
         else:
             build_cli(argv)
     except ArgumentError as error:
