@@ -14,9 +14,10 @@ testable on plain tensors. Everything is importable from here; one concept per m
 - `masked`: masked mean / sum and `aggregate_loss`, the GRPO, DAPO and Dr. GRPO loss aggregations.
 - `sft`: the SFT microbatch loss (masked NLL).
 - `advantages`: group-normalized advantages from a tensor of rewards.
-- `policy_loss`: the policy-gradient losses (REINFORCE with or without baseline, the clipped
-  GRPO/PPO surrogate with DAPO clip-higher, GSPO sequence ratios, a k3 KL penalty, truncated
-  importance sampling) and the GRPO microbatch loss.
+- `policy_loss`: `PolicyLossConfig` (every option of the loss, checked once) and the
+  policy-gradient losses it drives: REINFORCE with or without baseline, the clipped GRPO/PPO
+  surrogate with DAPO clip-higher, GSPO sequence ratios, a k3 KL penalty, truncated importance
+  sampling, and the GRPO microbatch loss with the GRPO / DAPO / Dr. GRPO aggregations.
 
 The `*_microbatch_loss` functions return the loss without calling `backward()` (Lightning modules
 call `manual_backward` themselves); the CS336 `*_train_step` functions are these plus `backward()`,
@@ -42,12 +43,15 @@ from r1_lightning.functional.packing import (
 from r1_lightning.functional.policy_loss import (
     IMPORTANCE_LEVELS,
     LOSS_TYPES,
+    PolicyLossConfig,
     compute_grpo_clip_loss,
     compute_k3_kl,
     compute_naive_policy_gradient_loss,
     compute_policy_gradient_loss,
+    grpo_clip_loss,
     grpo_microbatch_loss,
     grpo_microbatch_train_step,
+    policy_gradient_loss,
 )
 from r1_lightning.functional.sft import sft_microbatch_loss, sft_microbatch_train_step
 
@@ -55,6 +59,7 @@ __all__ = [
     "IMPORTANCE_LEVELS",
     "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
+    "PolicyLossConfig",
     "aggregate_loss",
     "compute_entropy",
     "compute_group_normalized_rewards",
@@ -63,12 +68,14 @@ __all__ = [
     "compute_naive_policy_gradient_loss",
     "compute_policy_gradient_loss",
     "get_response_log_probs",
+    "grpo_clip_loss",
     "grpo_microbatch_loss",
     "grpo_microbatch_train_step",
     "masked_mean",
     "masked_normalize",
     "microbatch_groups",
     "pack_prompt_and_output_ids",
+    "policy_gradient_loss",
     "response_log_probs_from_hidden",
     "sft_microbatch_loss",
     "sft_microbatch_train_step",

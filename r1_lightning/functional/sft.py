@@ -8,9 +8,7 @@ from r1_lightning.functional.masked import aggregate_loss
 
 
 def sft_microbatch_loss(
-    policy_log_probs: torch.Tensor,
-    response_mask: torch.Tensor,
-    gradient_accumulation_steps: int,
+    policy_log_probs: torch.Tensor, response_mask: torch.Tensor, gradient_accumulation_steps: float,
     normalize_constant: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The SFT microbatch loss, without backward (for `manual_backward`).
@@ -35,7 +33,7 @@ def sft_microbatch_train_step(
     gradient_accumulation_steps: int,
     normalize_constant: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`sft_microbatch_loss`, then `loss.backward()`. Gradients accumulate over calls (never zeroed).
+    """CS336: `sft_microbatch_loss`, then `loss.backward()`. Gradients accumulate over calls (never zeroed).
 
     policy_log_probs (B, T), response_mask (B, T) -> (scalar loss, metadata).
     """

@@ -18,6 +18,7 @@ import time
 import torch
 
 from r1_lightning.functional import (
+    PolicyLossConfig,
     compute_group_normalized_rewards,
     get_response_log_probs,
     grpo_microbatch_loss,
@@ -27,10 +28,6 @@ from r1_lightning.functional import (
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.base import RolloutModule
 from r1_lightning.rollout import SamplingConfig
-
-LOSS_TYPES = ("no_baseline", "reinforce_with_baseline", "grpo_clip")
-LOSS_AGGS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
-IMPORTANCE_LEVELS = ("token", "sequence")
 
 
 def scatter_response_values(values: list[list[float]], prompt_lengths: list[int], shape: tuple[int, int]) -> torch.Tensor:
@@ -53,13 +50,11 @@ class GRPOModule(RolloutModule):
     `sampling_temperature`, `sampling_min_tokens`, `sampling_max_tokens`,
     `epochs_per_rollout_batch`, `train_batch_size`, `gradient_accumulation_steps`, `loss_type`
     (no_baseline | reinforce_with_baseline | grpo_clip), `use_std_normalization`,
-    `advantage_eps`, `cliprange`. Beyond them:
-        loss_agg: seq_mean_token_mean (GRPO) | token_mean (DAPO) | seq_mean_token_sum_norm (Dr. GRPO,
-            divided by `loss_normalize_constant`, default `sampling_max_tokens`).
-        cliprange_high: upper clip (DAPO clip-higher); `cliprange` is the lower one.
-        importance_level: "token" or "sequence" (GSPO).
-        beta: k3 KL penalty to a frozen copy of the initial policy (0 = no reference model).
-        tis_cap: truncated importance sampling against the engine's own log-probs (None = off).
+    `advantage_eps`, `cliprange`. Beyond them, the loss options `loss_agg`, `cliprange_high`,
+    `importance_level`, `beta`, `tis_cap` and `loss_normalize_constant` (default
+    `sampling_max_tokens`): all of the loss's options are bundled, checked once, into
+    `self.loss_config`, a `PolicyLossConfig` (see it for their meaning); `beta` > 0 also loads a
+    frozen copy of the initial policy as the KL reference. And:
         engine_logprobs: ask the engine for log-probs of all sampled tokens (true) or none (false).
             None: all when TIS needs them; else, when the engine holds its own copy of the weights,
             those of the first `engine_logprob_check_prompts` prompts' samples, for the
@@ -97,10 +92,16 @@ class GRPOModule(RolloutModule):
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
-        self._check_arguments(
-            rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
-            loss_type, loss_agg, importance_level, cliprange_high, epochs_per_rollout_batch, beta,
-        )
+        self._check_batch_sizes(rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
+                                epochs_per_rollout_batch)
+        try:
+            self.loss_config = PolicyLossConfig(
+                loss_type=loss_type, loss_agg=loss_agg, cliprange=cliprange, cliprange_high=cliprange_high,
+                importance_level=importance_level, beta=beta, tis_cap=tis_cap,
+                loss_normalize_constant=loss_normalize_constant or float(sampling_max_tokens),
+            )
+        except ValueError as error:
+            raise ValueError(f"GRPOModule: {error}") from None
         self.rollout_batch_size = rollout_batch_size
         self.group_size = group_size
         self.sampling_kwargs = dict(
@@ -110,16 +111,8 @@ class GRPOModule(RolloutModule):
         self.epochs_per_rollout_batch = epochs_per_rollout_batch
         self.train_batch_size = train_batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps
-        self.loss_type = loss_type
         self.use_std_normalization = use_std_normalization
         self.advantage_eps = advantage_eps
-        self.cliprange = cliprange
-        self.cliprange_high = cliprange_high
-        self.importance_level = importance_level
-        self.loss_agg = loss_agg
-        self.loss_normalize_constant = loss_normalize_constant or float(sampling_max_tokens)
-        self.beta = beta
-        self.tis_cap = tis_cap
         if tis_cap is not None and engine_logprobs is False:
             raise ValueError("GRPOModule: tis_cap needs the engine's log-probs; leave engine_logprobs unset (or true)")
         if engine_logprob_check_prompts < 0:
@@ -132,20 +125,12 @@ class GRPOModule(RolloutModule):
         self.save_hyperparameters(ignore=["engine"])
 
     @staticmethod
-    def _check_arguments(rollout, group, train, accum, loss_type, loss_agg, importance_level, clip_high, epochs, beta):
+    def _check_batch_sizes(rollout, group, train, accum, epochs):
         def fail(message: str):
             raise ValueError(f"GRPOModule: {message}")
 
-        if loss_type not in LOSS_TYPES:
-            fail(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if loss_agg not in LOSS_AGGS:
-            fail(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-        if importance_level not in IMPORTANCE_LEVELS:
-            fail(f"importance_level must be one of {IMPORTANCE_LEVELS}, got {importance_level!r}")
-        if (importance_level == "sequence" or clip_high is not None) and loss_type != "grpo_clip":
-            fail("importance_level='sequence' and cliprange_high need loss_type='grpo_clip'")
-        if min(rollout, group, train, accum, epochs) < 1 or beta < 0:
-            fail("batch sizes, group_size, epochs and gradient_accumulation_steps must be >= 1 and beta >= 0")
+        if min(rollout, group, train, accum, epochs) < 1:
+            fail("batch sizes, group_size, epochs and gradient_accumulation_steps must be >= 1")
         if rollout % group:
             fail(f"rollout_batch_size ({rollout}) must be divisible by group_size ({group})")
         if rollout % train:
@@ -160,7 +145,7 @@ class GRPOModule(RolloutModule):
     @property
     def engine_logprob_request(self) -> dict:
         """The SamplingConfig fields that ask the engine for log-probs (see `engine_logprobs`)."""
-        if self.engine_logprobs is not None or self.tis_cap is not None:
+        if self.engine_logprobs is not None or self.loss_config.tis_cap is not None:
             return {"logprobs": self.engine_logprobs is not False, "logprobs_prompts": None}
         if self.engine.shares_policy_weights or self.engine_logprob_check_prompts == 0:
             return {"logprobs": False, "logprobs_prompts": None}
@@ -170,7 +155,7 @@ class GRPOModule(RolloutModule):
     def needs_old_log_probs(self) -> bool:
         # Only when the policy moves while the same rollouts are still being trained on: more than
         # one update per rollout batch. With one update, "old" is the current policy, detached.
-        return self.loss_type == "grpo_clip" and self.updates_per_rollout > 1
+        return self.loss_config.loss_type == "grpo_clip" and self.updates_per_rollout > 1
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -185,7 +170,7 @@ class GRPOModule(RolloutModule):
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.beta > 0 and not self._reference:
+        if self.loss_config.beta > 0 and not self._reference:
             reference = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation)
             self._reference.append(reference.eval().requires_grad_(False))
 
@@ -231,7 +216,7 @@ class GRPOModule(RolloutModule):
         microbatches = [self._to_device(mb) for mb in self._pack_microbatches(completions, advantages, raw_rewards)]
         with self.attention_kernels():
             start = time.perf_counter()
-            if self.needs_old_log_probs or self.beta > 0:
+            if self.needs_old_log_probs or self.loss_config.beta > 0:
                 self._add_frozen_log_probs(microbatches)
             metrics["perf/old_logprob_seconds"] = time.perf_counter() - start
 
@@ -300,7 +285,7 @@ class GRPOModule(RolloutModule):
                     )
                     # (B, 1): the rows that have them (all with TIS; a sample for the sync check)
                     tokens["has_rollout_log_probs"] = torch.tensor([[row is not None] for row in engine_log_probs])
-                    if self.tis_cap is not None and not tokens["has_rollout_log_probs"].all():
+                    if self.loss_config.tis_cap is not None and not tokens["has_rollout_log_probs"].all():
                         raise RuntimeError("tis_cap needs the engine's log-probs of every sample; the engine left some out")
                 microbatches.append(tokens)
         return microbatches
@@ -316,7 +301,7 @@ class GRPOModule(RolloutModule):
             if self.needs_old_log_probs:
                 out = get_response_log_probs(self.policy, mb["input_ids"], mb["labels"], chunk_size=self.logprob_chunk_size)
                 mb["old_log_probs"] = out["log_probs"].float()
-            if self.beta > 0:
+            if self.loss_config.beta > 0:
                 out = get_response_log_probs(self._reference[0], mb["input_ids"], mb["labels"], chunk_size=self.logprob_chunk_size)
                 mb["ref_log_probs"] = out["log_probs"].float()
 
@@ -343,17 +328,13 @@ class GRPOModule(RolloutModule):
                 )
                 log_probs, mask = out["log_probs"], t["response_mask"]
                 old_log_probs = t.get("old_log_probs")
-                if old_log_probs is None and self.loss_type == "grpo_clip":
+                if old_log_probs is None and self.loss_config.loss_type == "grpo_clip":
                     old_log_probs = log_probs.detach()  # on-policy: the sampling policy is this one
                 loss, meta = grpo_microbatch_loss(
-                    log_probs, mask, t["loss_divisor"], self.loss_type,
-                    raw_rewards=t["raw_rewards"], advantages=t["advantages"],
-                    old_log_probs=old_log_probs, cliprange=self.cliprange,
-                    cliprange_high=self.cliprange_high, importance_level=self.importance_level,
-                    ref_log_probs=t.get("ref_log_probs"), beta=self.beta,
-                    rollout_log_probs=t.get("rollout_log_probs") if self.tis_cap is not None else None,
-                    tis_cap=self.tis_cap, loss_agg=self.loss_agg,
-                    normalize_constant=self._normalize_constant(t),
+                    log_probs, mask, t["loss_divisor"], self.loss_config,
+                    step_response_tokens=float(max(1, t["train_batch_response_tokens"])),
+                    raw_rewards=t["raw_rewards"], advantages=t["advantages"], old_log_probs=old_log_probs,
+                    ref_log_probs=t.get("ref_log_probs"), rollout_log_probs=t.get("rollout_log_probs"),
                 )
                 self.manual_backward(loss)
                 loss_sum += loss.detach()  # microbatch losses sum to the update's objective
@@ -376,10 +357,3 @@ class GRPOModule(RolloutModule):
         metrics["train/loss"] = sums[-1] / self.updates_per_rollout
         metrics.update(update_metrics)
         return metrics
-
-    def _normalize_constant(self, microbatch: dict) -> float | None:
-        if self.loss_agg == "token_mean":
-            return float(max(1, microbatch["train_batch_response_tokens"]))
-        if self.loss_agg == "seq_mean_token_sum_norm":
-            return self.loss_normalize_constant
-        return None
