@@ -22,6 +22,7 @@ from r1_lightning.functional import (
     compute_naive_policy_gradient_loss,
     compute_policy_gradient_loss,
     get_response_log_probs,
+    group_normalized_advantages,
     grpo_clip_loss,
     grpo_microbatch_loss,
     grpo_microbatch_train_step,
@@ -477,6 +478,15 @@ def test_group_normalized_rewards_by_hand():
     assert meta["reward_max"] == 1.0 and meta["reward_min"] == 0.0
     adv, _, _ = compute_group_normalized_rewards(exact_match_reward, responses, truths, 3, 1e-6, False)
     close(adv, [2 / 3, -1 / 3, -1 / 3, 0, 0, 0])
+
+
+def test_group_normalized_advantages_from_a_reward_tensor():
+    # groups (1, 0, 0, 0) and (1, 1, 1, 1): means 1/4 and 1; sample stds sqrt(1/4) = 1/2 and 0
+    adv, group_std = group_normalized_advantages(T([1.0, 0, 0, 0, 1, 1, 1, 1]), 4, 1e-6, True)
+    close(group_std, [0.5, 0.0])
+    close(adv, [1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0])  # (r - 1/4) / (1/2 + eps); an equal group: 0, not NaN
+    adv, _ = group_normalized_advantages(T([1.0, 0, 0, 0, 1, 1, 1, 1]), 4, 1e-6, False)
+    close(adv, [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0])
 
 
 @pytest.mark.parametrize(

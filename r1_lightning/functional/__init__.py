@@ -13,7 +13,8 @@ testable on plain tensors. Everything is importable from here; one concept per m
   autograd function) that never materializes the `(B, T, vocab)` float32 logits.
 - `masked`: masked mean / sum and `aggregate_loss`, the GRPO, DAPO and Dr. GRPO loss aggregations.
 - `sft`: the SFT microbatch loss (masked NLL).
-- `advantages`: group-normalized advantages from a tensor of rewards.
+- `advantages`: group-normalized advantages from a tensor of rewards (and the CS336 function that
+  grades with a reward function first).
 - `policy_loss`: `PolicyLossConfig` (every option of the loss, checked once) and the
   policy-gradient losses it drives: REINFORCE with or without baseline, the clipped GRPO/PPO
   surrogate with DAPO clip-higher, GSPO sequence ratios, a k3 KL penalty, truncated importance
@@ -27,7 +28,7 @@ Shapes: B = batch (sequences), T = sequence length (tokens), V = vocabulary, H =
 N = flattened tokens (B·T).
 """
 
-from r1_lightning.functional.advantages import compute_group_normalized_rewards
+from r1_lightning.functional.advantages import compute_group_normalized_rewards, group_normalized_advantages
 from r1_lightning.functional.logprobs import (
     compute_entropy,
     get_response_log_probs,
@@ -68,6 +69,7 @@ __all__ = [
     "compute_naive_policy_gradient_loss",
     "compute_policy_gradient_loss",
     "get_response_log_probs",
+    "group_normalized_advantages",
     "grpo_clip_loss",
     "grpo_microbatch_loss",
     "grpo_microbatch_train_step",
