@@ -3,6 +3,6 @@
 from r1_lightning.callbacks.checkpoint import HFExportCheckpoint
 from r1_lightning.callbacks.evaluation import MathEvalCallback
 from r1_lightning.callbacks.generations import GenerationLogger
-from r1_lightning.callbacks.weight_sync import RolloutWeightSync, sync_engine
+from r1_lightning.callbacks.weight_sync import RolloutWeightSync
 
-__all__ = ["GenerationLogger", "HFExportCheckpoint", "MathEvalCallback", "RolloutWeightSync", "sync_engine"]
+__all__ = ["GenerationLogger", "HFExportCheckpoint", "MathEvalCallback", "RolloutWeightSync"]

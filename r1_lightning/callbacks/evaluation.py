@@ -7,7 +7,6 @@ from itertools import islice
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from r1_lightning.callbacks.weight_sync import sync_engine
 from r1_lightning.evaluation import summarize, val_metrics, write_eval_outputs
 
 
@@ -32,7 +31,7 @@ class MathEvalCallback(L.Callback):
         self._last_step: int | None = None
 
     def evaluate(self, trainer, pl_module) -> dict:
-        sync_engine(trainer, pl_module)
+        pl_module.sync_engine()  # evaluate the weights being trained, never stale ones
         loader = trainer.datamodule.val_dataloader()
         records = []
         for batch in islice(loader, self.max_batches):

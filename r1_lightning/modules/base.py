@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from r1_lightning.callbacks.weight_sync import RolloutWeightSync
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
@@ -123,8 +124,8 @@ class PolicyModule(L.LightningModule):
         self.microbatch_max_tokens = microbatch_max_tokens
         self.sdpa_backends = list(sdpa_backends) if sdpa_backends else None
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
-        # Bumped after every optimizer update; the weight-sync callback compares it to what the
-        # engine last received.
+        # Bumped after every optimizer update; a rollout engine with its own copy of the weights
+        # compares it to the version it last received (`RolloutModule.sync_engine`).
         self.policy_version = 0
 
     # ----------------------------------------------------------------------------- model, optim
@@ -203,6 +204,11 @@ class PolicyModule(L.LightningModule):
 class RolloutModule(PolicyModule):
     """A policy module that samples with a rollout engine and grades with a reward function.
 
+    The engine holds the policy's current weights before every rollout and every evaluation, and
+    after a checkpoint restore: the module brings its own `RolloutWeightSync` (`configure_callbacks`,
+    so no config can leave it out, and one a config lists is replaced by it), `MathEvalCallback`
+    syncs before it evaluates, and `rollout` refuses to sample from weights the engine does not hold.
+
     Args (beyond `PolicyModule`'s):
         engine: the `RolloutEngine` (default `HFEngine()`: generation on the policy itself).
         reward_fn: a registered reward function ("r1_zero", "question_only", "gsm8k"), an import
@@ -233,6 +239,9 @@ class RolloutModule(PolicyModule):
         )
         self.eval_output_dir = eval_output_dir
         self._eval_records: list[dict] = []
+        # The `policy_version` whose weights the engine holds; None: not known to be any (a fresh
+        # engine, or a run that may have restored a checkpoint into the policy).
+        self.engine_version: int | None = None
 
     def configure_model(self) -> None:
         already = self.policy is not None
@@ -240,8 +249,26 @@ class RolloutModule(PolicyModule):
         if not already:
             self.engine.attach(self.policy, self.tokenizer)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [RolloutWeightSync()]
+
+    def sync_engine(self) -> float | None:
+        """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
+        them already or generates with the policy itself. Returns the seconds it took, or None."""
+        if self.engine.shares_policy_weights or self.engine_version == self.policy_version:
+            return None
+        start = time.perf_counter()
+        self.engine.load_weights(self.policy.named_parameters())
+        self.engine_version = self.policy_version
+        return time.perf_counter() - start
+
     def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
         """Sample with the engine; return completions and throughput metrics."""
+        if not self.engine.shares_policy_weights and self.engine_version != self.policy_version:
+            raise RuntimeError(
+                f"the rollout engine holds policy version {self.engine_version}, the policy is at version "
+                f"{self.policy_version}: call sync_engine() before sampling (RolloutWeightSync does in a Trainer)"
+            )
         start = time.perf_counter()
         completions = self.engine.generate(list(prompts), sampling)
         seconds = time.perf_counter() - start

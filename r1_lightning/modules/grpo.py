@@ -130,10 +130,10 @@ class GRPOModule(RolloutModule):
             raise ValueError(f"GRPOModule: {error}") from None
         self.rollout_batch_size = rollout_batch_size
         self.group_size = group_size
-        self.sampling_kwargs = dict(
-            n=group_size, temperature=sampling_temperature, top_p=sampling_top_p,
-            min_tokens=sampling_min_tokens, max_tokens=sampling_max_tokens,
-        )
+        self.sampling_kwargs = {
+            "n": group_size, "temperature": sampling_temperature, "top_p": sampling_top_p,
+            "min_tokens": sampling_min_tokens, "max_tokens": sampling_max_tokens,
+        }
         self.epochs_per_rollout_batch = epochs_per_rollout_batch
         self.train_batch_size = train_batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps

@@ -10,8 +10,8 @@ import torch
 from r1_lightning.evaluation import grade_completions
 from r1_lightning.functional import (
     get_response_log_probs,
-    pack_prompt_and_output_ids,
     microbatch_groups,
+    pack_prompt_and_output_ids,
     sft_microbatch_loss,
     tokenize_prompt_and_output,
 )
@@ -172,7 +172,7 @@ class ExpertIterationModule(RolloutModule):
                 f"model.init_args.gradient_accumulation_steps ({gradient_accumulation_steps})"
             )
         self.group_size = group_size
-        self.sampling = dict(temperature=sampling_temperature, min_tokens=sampling_min_tokens, max_tokens=sampling_max_tokens)
+        self.sampling = {"temperature": sampling_temperature, "min_tokens": sampling_min_tokens, "max_tokens": sampling_max_tokens}
         self.sft_epochs = sft_epochs
         self.sft_batch_size = sft_batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps

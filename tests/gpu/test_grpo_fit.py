@@ -50,7 +50,6 @@ def write_config(tmp: Path, model: Path, data: dict[str, Path]) -> Path:
     trainer["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                           "init_args": {"save_dir": str(tmp / "run"), "name": "logs"}}]
     trainer["callbacks"] = [
-        {"class_path": "r1_lightning.callbacks.RolloutWeightSync"},
         {"class_path": "r1_lightning.callbacks.HFExportCheckpoint",
          "init_args": {"dirpath": str(tmp / "run" / "checkpoints"), "filename": "{step}",
                        "every_n_train_steps": 5, "save_last": True, "save_top_k": -1, "export_hf": False}},
