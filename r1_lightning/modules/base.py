@@ -14,6 +14,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
+from r1_lightning.evaluation import grade_completions, val_metrics, write_eval_outputs
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
@@ -278,8 +279,6 @@ class RolloutModule(PolicyModule):
     # ----------------------------------------------------------------------------- evaluation
     def evaluate_examples(self, batch: dict) -> list[dict]:
         """Generate greedily for a batch of prompts and grade each answer: one record per example."""
-        from r1_lightning.evaluation import grade_completions
-
         completions, _ = self.rollout(batch["prompt"], self.eval_sampling)
         return grade_completions(batch, completions, self.reward_fn)
 
@@ -290,12 +289,9 @@ class RolloutModule(PolicyModule):
         self._eval_records = []
 
     def on_validation_epoch_end(self) -> None:
-        from r1_lightning.evaluation import summarize, val_metrics, write_eval_outputs
-
-        summary = summarize(self._eval_records)
-        self.log_dict(val_metrics(summary))
         folder = self.eval_output_dir or (self.trainer.log_dir or ".")
-        write_eval_outputs(self._eval_records, summary, folder, tag=f"step_{self.global_step}")
+        summary = write_eval_outputs(self._eval_records, folder, tag=f"step_{self.global_step}")
+        self.log_dict(val_metrics(summary))
 
 
 def seed_for_eval(seed: int) -> int:
