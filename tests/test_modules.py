@@ -318,6 +318,23 @@ def test_engine_logprobs_for_a_sample_and_the_gap_counts_only_those(tiny_model_d
     assert logged["train/engine_logprob_gap"] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_grpo_and_expert_iteration_share_the_sampling_settings(tiny_model_dir):
+    """`sampling_*` mean the same for GRPO and EI (training rollouts), `eval_*` for evaluation."""
+    from r1_lightning.modules import ExpertIterationModule
+
+    settings = {"sampling_temperature": 0.7, "sampling_top_p": 0.9, "sampling_min_tokens": 2, "sampling_max_tokens": 30,
+                "eval_temperature": 0.5, "eval_max_tokens": 20, "stop": ["</a>"], "seed": 5}
+    for module in (GRPOModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings),
+                   ExpertIterationModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings)):
+        step = module.step_sampling()
+        assert (step.n, step.temperature, step.top_p, step.min_tokens, step.max_tokens, step.stop, step.seed) == (
+            4, 0.7, 0.9, 2, 30, ["</a>"], 5)
+        evaluation = module.eval_sampling
+        assert (evaluation.n, evaluation.temperature, evaluation.max_tokens, evaluation.stop) == (1, 0.5, 20, ["</a>"])
+    with pytest.raises(ValueError, match="ExpertIterationModule sampling_"):
+        ExpertIterationModule(tiny_model_dir, engine=FixedEngine(), sampling_min_tokens=40, sampling_max_tokens=30)
+
+
 def test_engine_logprob_options_are_checked(tiny_model_dir):
     with pytest.raises(ValueError, match="tis_cap needs the engine's log-probs"):
         GRPOModule(tiny_model_dir, engine=FixedEngine(), tis_cap=2.0, engine_logprobs=False)

@@ -5,6 +5,7 @@ that sample (GRPO, expert iteration, evaluation)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -210,12 +211,19 @@ class RolloutModule(PolicyModule):
     so no config can leave it out, and one a config lists is replaced by it), `MathEvalCallback`
     syncs before it evaluates, and `rollout` refuses to sample from weights the engine does not hold.
 
+    Sampling settings are named `<use>_<SamplingConfig field>` and built once into a
+    `SamplingConfig` per use: `sampling_*` (the CS336 names) into `self.sampling`, for the training
+    rollouts of GRPO and expert iteration (`n` = their `group_size`, seeded per step by
+    `step_sampling`); `eval_*` into `self.eval_sampling`, for evaluation (one greedy answer by default).
+
     Args (beyond `PolicyModule`'s):
         engine: the `RolloutEngine` (default `HFEngine()`: generation on the policy itself).
         reward_fn: a registered reward function ("r1_zero", "question_only", "gsm8k"), an import
             path `package.module.fn`, or a weighted combination {name: weight}.
-        eval_temperature, eval_max_tokens: sampling for evaluation (greedy by default).
-        stop: stop strings, kept in the text.
+        stop: stop strings, kept in the text (both uses).
+        sampling_temperature, sampling_top_p, sampling_min_tokens, sampling_max_tokens: training rollouts.
+        eval_temperature, eval_max_tokens: evaluation.
+        eval_output_dir: where `validate` writes its jsonl and summary (default: the log folder).
     """
 
     def __init__(
@@ -224,6 +232,10 @@ class RolloutModule(PolicyModule):
         engine: RolloutEngine | None = None,
         reward_fn: str | dict[str, float] = "r1_zero",
         stop: list[str] | None = None,
+        sampling_temperature: float = 1.0,
+        sampling_top_p: float = 1.0,
+        sampling_min_tokens: int = 4,
+        sampling_max_tokens: int = 1024,
         eval_temperature: float = 0.0,
         eval_max_tokens: int = 1024,
         eval_output_dir: str | None = None,
@@ -235,9 +247,17 @@ class RolloutModule(PolicyModule):
         self.reward_fn = resolve_reward_fn(reward_fn)
         self.engine = engine if engine is not None else HFEngine()
         self.stop = list(stop) if stop is not None else ["</answer>"]
-        self.eval_sampling = SamplingConfig(
-            n=1, temperature=eval_temperature, max_tokens=eval_max_tokens, min_tokens=0, stop=self.stop, seed=seed_for_eval(self.seed)
-        )
+        try:
+            self.sampling = SamplingConfig(
+                temperature=sampling_temperature, top_p=sampling_top_p, min_tokens=sampling_min_tokens,
+                max_tokens=sampling_max_tokens, stop=self.stop,
+            )
+            self.eval_sampling = SamplingConfig(
+                temperature=eval_temperature, max_tokens=eval_max_tokens, min_tokens=0, stop=self.stop,
+                seed=seed_for_eval(self.seed),
+            )
+        except ValueError as error:  # name the module's options, not the dataclass's fields
+            raise ValueError(f"{type(self).__name__} sampling_* / eval_* options: {error}") from None
         self.eval_output_dir = eval_output_dir
         self._eval_records: list[dict] = []
         # The `policy_version` whose weights the engine holds; None: not known to be any (a fresh
@@ -262,6 +282,15 @@ class RolloutModule(PolicyModule):
         self.engine.load_weights(self.policy.named_parameters())
         self.engine_version = self.policy_version
         return time.perf_counter() - start
+
+    def set_group_size(self, group_size: int) -> None:
+        """Training rollouts sample `group_size` answers per prompt (GRPO's group, EI's candidates)."""
+        self.group_size = group_size
+        self.sampling = dataclasses.replace(self.sampling, n=group_size)
+
+    def step_sampling(self, **overrides) -> SamplingConfig:
+        """`self.sampling` seeded by the global step, so a resumed run samples what the straight run did."""
+        return dataclasses.replace(self.sampling, seed=self.seed + self.global_step, **overrides)
 
     def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
         """Sample with the engine; return completions and throughput metrics."""

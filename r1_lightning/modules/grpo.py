@@ -28,7 +28,6 @@ from r1_lightning.functional import (
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.base import RolloutModule
-from r1_lightning.rollout import SamplingConfig
 
 
 def scatter_response_values(values: list[list[float]], prompt_lengths: list[int], shape: tuple[int, int]) -> torch.Tensor:
@@ -73,8 +72,8 @@ class GRPOModule(RolloutModule):
     """GRPO, Dr. GRPO, DAPO-style clip-higher / token-mean, GSPO and REINFORCE baselines.
 
     The CS336 hyperparameters keep their names: `rollout_batch_size`, `group_size`,
-    `sampling_temperature`, `sampling_min_tokens`, `sampling_max_tokens`,
-    `epochs_per_rollout_batch`, `train_batch_size`, `gradient_accumulation_steps`, `loss_type`
+    `sampling_temperature`, `sampling_min_tokens`, `sampling_max_tokens` (with `sampling_top_p`,
+    `RolloutModule`'s, as every sampling setting), `epochs_per_rollout_batch`, `train_batch_size`, `gradient_accumulation_steps`, `loss_type`
     (no_baseline | reinforce_with_baseline | grpo_clip), `use_std_normalization`,
     `advantage_eps`, `cliprange`. Beyond them, the loss options `loss_agg`, `cliprange_high`,
     `importance_level`, `beta`, `tis_cap` and `loss_normalize_constant` (default
@@ -94,46 +93,31 @@ class GRPOModule(RolloutModule):
     def __init__(
         self,
         model_name_or_path: str,
-        rollout_batch_size: int = 256,
-        group_size: int = 8,
-        sampling_temperature: float = 1.0,
-        sampling_top_p: float = 1.0,
-        sampling_min_tokens: int = 4,
-        sampling_max_tokens: int = 1024,
-        epochs_per_rollout_batch: int = 1,
-        train_batch_size: int = 256,
-        gradient_accumulation_steps: int = 128,
-        loss_type: str = "reinforce_with_baseline",
-        use_std_normalization: bool = True,
-        advantage_eps: float = 1e-6,
-        cliprange: float = 0.2,
-        cliprange_high: float | None = None,
-        importance_level: str = "token",
-        loss_agg: str = "seq_mean_token_mean",
-        loss_normalize_constant: float | None = None,
-        beta: float = 0.0,
-        tis_cap: float | None = None,
-        engine_logprobs: bool | None = None,
-        engine_logprob_check_prompts: int = 1,
+        # the CS336 GRPO settings
+        rollout_batch_size: int = 256, group_size: int = 8, epochs_per_rollout_batch: int = 1,
+        train_batch_size: int = 256, gradient_accumulation_steps: int = 128,
+        loss_type: str = "reinforce_with_baseline", use_std_normalization: bool = True,
+        advantage_eps: float = 1e-6, cliprange: float = 0.2,
+        # the loss beyond CS336 (with loss_type and cliprange: PolicyLossConfig)
+        cliprange_high: float | None = None, importance_level: str = "token", loss_agg: str = "seq_mean_token_mean",
+        loss_normalize_constant: float | None = None, beta: float = 0.0, tis_cap: float | None = None,
+        # the engine's log-probs
+        engine_logprobs: bool | None = None, engine_logprob_check_prompts: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
         self._check_batch_sizes(rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
                                 epochs_per_rollout_batch)
+        self.set_group_size(group_size)
         try:
             self.loss_config = PolicyLossConfig(
                 loss_type=loss_type, loss_agg=loss_agg, cliprange=cliprange, cliprange_high=cliprange_high,
                 importance_level=importance_level, beta=beta, tis_cap=tis_cap,
-                loss_normalize_constant=loss_normalize_constant or float(sampling_max_tokens),
+                loss_normalize_constant=loss_normalize_constant or float(self.sampling.max_tokens),
             )
         except ValueError as error:
             raise ValueError(f"GRPOModule: {error}") from None
         self.rollout_batch_size = rollout_batch_size
-        self.group_size = group_size
-        self.sampling_kwargs = {
-            "n": group_size, "temperature": sampling_temperature, "top_p": sampling_top_p,
-            "min_tokens": sampling_min_tokens, "max_tokens": sampling_max_tokens,
-        }
         self.epochs_per_rollout_batch = epochs_per_rollout_batch
         self.train_batch_size = train_batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps
@@ -213,10 +197,7 @@ class GRPOModule(RolloutModule):
                 f"a GRPO step needs {self.prompts_per_step} questions (rollout_batch_size / group_size), "
                 f"got a batch of {len(prompts)}: set data.init_args.batch_size to {self.prompts_per_step}"
             )
-        sampling = SamplingConfig(
-            stop=self.stop, seed=self.seed + self.global_step, **self.engine_logprob_request, **self.sampling_kwargs
-        )
-        completions, metrics = self.rollout(prompts, sampling)
+        completions, metrics = self.rollout(prompts, self.step_sampling(**self.engine_logprob_request))
 
         start = time.perf_counter()
         self.last_rollout_records = records = grade_completions(batch, completions, self.reward_fn)
