@@ -5,12 +5,8 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
-from tokenizers.processors import TemplateProcessing
+from tiny_models import tiny_qwen2, word_level_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from r1_lightning.functional import (
     PolicyLossConfig,
@@ -50,27 +46,14 @@ def close(actual, expected, **kw):
 @pytest.fixture(scope="module")
 def tokenizer():
     vocab = {"[PAD]": 0, "a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7, "<s>": 8}
-    tok = Tokenizer(WordLevel(vocab, unk_token="[PAD]"))
-    tok.pre_tokenizer = WhitespaceSplit()
     # A BOS on every encode by default, so that forgetting add_special_tokens=False shows.
-    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 8)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]")
+    tokenizer = word_level_tokenizer(vocab, "[PAD]", bos_token="<s>", pad_token="[PAD]")
     assert tokenizer("a b")["input_ids"] == [8, 1, 2]
     return tokenizer
 
 
-def tiny_qwen(tie: bool, vocab: int = 64, seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-    )
-    return Qwen2ForCausalLM(config).float()
+def tiny_qwen(tie: bool, vocab: int = 64, seed: int = 0):
+    return tiny_qwen2(vocab, seed, tie_word_embeddings=tie)
 
 
 def max_saved_numel(fn) -> int:
