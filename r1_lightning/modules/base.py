@@ -58,11 +58,9 @@ class PolicyModule(L.LightningModule):
         fused_adamw: use the fused CUDA AdamW kernel (ignored on the CPU).
         sdpa_backends: the PyTorch SDPA kernels attention may use while fitting, in order of
             preference, from "flash", "efficient", "cudnn", "math" (None: PyTorch's choice). On an
-            H200 PyTorch 2.11 picks cuDNN attention, which spent ~2 ms of CPU per call (38% of a
-            CPU-bound 1.5B GRPO update at microbatch 2, benchmarks/results/gpu_h200_2026-11-28_session2.md);
-            ["flash", "efficient", "math"] leaves it out (what the configs set: 1.33x the GRPO update
-            at 16k-token microbatches, gpu_h200_2026-11-28_session3.md). Applies to the training
-            passes (`attention_kernels`).
+            H200 PyTorch 2.11 picks cuDNN attention, which spends ~2 ms of CPU per call and so made a
+            small-microbatch GRPO update CPU-bound; ["flash", "efficient", "math"] (what the configs
+            set) leaves it out. Applies to the training passes (`attention_kernels`).
         microbatch_max_tokens: token-budget microbatches (GRPO, SFT, expert iteration): cut each
             update's length-sorted sequences into microbatches of at most this many padded tokens
             instead of equal slices of `gradient_accumulation_steps`. Same gradient (each
