@@ -1,12 +1,23 @@
-"""Grading generated answers and summarizing them: one implementation for the `validate`
-subcommand (zero-shot evaluation) and for the periodic evaluation callback during training."""
+"""Evaluation: grading sampled answers, summarizing and writing them, and running it while training.
+
+One implementation for `r1-lightning validate` (zero-shot or any checkpoint: the validation loop
+of `RolloutModule`) and for `MathEvalCallback`, the periodic evaluation during fitting. Both sample
+with the module's engine and `eval_sampling` (greedy by default) on weights the engine is known to
+hold (`RolloutModule.sync_engine`), grade each answer with the module's reward function
+(`grade_completions`, which GRPO and expert iteration use for their rollouts too), log
+`val/<summary key>` metrics and write `eval_<tag>.jsonl` and `eval_<tag>_summary.json`.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from itertools import islice
 from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 
 from r1_lightning.rollout import Completion
 
@@ -67,13 +78,64 @@ def val_metrics(summary: dict) -> dict[str, float]:
     return {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
 
 
-def write_eval_outputs(records: Sequence[dict], summary: dict, folder: str | Path, tag: str) -> dict[str, Path]:
-    """Write `eval_{tag}.jsonl` (one line per example) and `eval_{tag}_summary.json`."""
+def write_eval_outputs(records: Sequence[dict], folder: str | Path, tag: str) -> dict:
+    """Summarize `records` and write `eval_{tag}.jsonl` (one line per example) and
+    `eval_{tag}_summary.json` into `folder`. Returns the summary."""
+    summary = summarize(records)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    examples_path = folder / f"eval_{tag}.jsonl"
-    summary_path = folder / f"eval_{tag}_summary.json"
-    with open(examples_path, "w") as f:
+    with open(folder / f"eval_{tag}.jsonl", "w") as f:
         f.writelines(json.dumps(record) + "\n" for record in records)
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    return {"examples": examples_path, "summary": summary_path}
+    (folder / f"eval_{tag}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+class MathEvalCallback(L.Callback):
+    """Every `every_n_steps` optimizer updates (and before the first and after the last), run the
+    engine over the validation prompts, grade the answers, and log `val/answer_accuracy`,
+    `val/format_rate`, `val/response_tokens_mean` (plus per-level/subject accuracies in the
+    written summary). Writes `eval/eval_step_{k}.jsonl` and a summary next to the logs.
+
+    Uses the module's engine and evaluation sampling (greedy by default) and the data module's
+    validation loader; `max_batches` bounds the cost of each evaluation.
+    """
+
+    def __init__(self, every_n_steps: int = 50, max_batches: int | None = None, eval_at_start: bool = True,
+                 eval_at_end: bool = True):
+        if every_n_steps < 1:
+            raise ValueError(f"MathEvalCallback.every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.max_batches = max_batches
+        self.eval_at_start = eval_at_start
+        self.eval_at_end = eval_at_end
+        self._last_step: int | None = None
+
+    def evaluate(self, trainer, pl_module) -> dict:
+        pl_module.sync_engine()  # evaluate the weights being trained, never stale ones
+        records = []
+        for batch in islice(trainer.datamodule.val_dataloader(), self.max_batches):
+            records.extend(pl_module.evaluate_examples(batch))
+        step = trainer.global_step
+        summary = write_eval_outputs(records, f"{trainer.log_dir or '.'}/eval", tag=f"step_{step}")
+        for logger in trainer.loggers:
+            logger.log_metrics(val_metrics(summary), step=step)
+        self._last_step = step
+        rank_zero_info(
+            f"[eval] step {step}: answer_accuracy={summary.get('answer_accuracy', 0):.3f} "
+            f"format_rate={summary.get('format_rate', 0):.3f} on {summary['n']} examples"
+        )
+        return summary
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A resumed run already evaluated this step before it stopped.
+        if self.eval_at_start and trainer.global_step == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.eval_at_end and trainer.global_step != self._last_step:
+            self.evaluate(trainer, pl_module)

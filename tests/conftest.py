@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from tiny_models import tiny_qwen2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-TINY_CONFIG = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-)
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
@@ -28,10 +22,9 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("tiny_qwen2")
     tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = Qwen2Config(**TINY_CONFIG, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
+    model = tiny_qwen2(len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 

@@ -5,14 +5,11 @@ import math
 
 import pytest
 import torch
+from tiny_models import tiny_qwen2, word_level_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
-from tokenizers.processors import TemplateProcessing
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from r1_lightning.functional import (
+    PolicyLossConfig,
     aggregate_loss,
     compute_entropy,
     compute_group_normalized_rewards,
@@ -21,12 +18,15 @@ from r1_lightning.functional import (
     compute_naive_policy_gradient_loss,
     compute_policy_gradient_loss,
     get_response_log_probs,
+    group_normalized_advantages,
+    grpo_clip_loss,
     grpo_microbatch_loss,
     grpo_microbatch_train_step,
     masked_mean,
     masked_normalize,
     microbatch_groups,
     pack_prompt_and_output_ids,
+    policy_gradient_loss,
     response_log_probs_from_hidden,
     sft_microbatch_loss,
     sft_microbatch_train_step,
@@ -46,27 +46,14 @@ def close(actual, expected, **kw):
 @pytest.fixture(scope="module")
 def tokenizer():
     vocab = {"[PAD]": 0, "a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7, "<s>": 8}
-    tok = Tokenizer(WordLevel(vocab, unk_token="[PAD]"))
-    tok.pre_tokenizer = WhitespaceSplit()
     # A BOS on every encode by default, so that forgetting add_special_tokens=False shows.
-    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 8)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]")
+    tokenizer = word_level_tokenizer(vocab, "[PAD]", bos_token="<s>", pad_token="[PAD]")
     assert tokenizer("a b")["input_ids"] == [8, 1, 2]
     return tokenizer
 
 
-def tiny_qwen(tie: bool, vocab: int = 64, seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-    )
-    return Qwen2ForCausalLM(config).float()
+def tiny_qwen(tie: bool, vocab: int = 64, seed: int = 0):
+    return tiny_qwen2(vocab, seed, tie_word_embeddings=tie)
 
 
 def max_saved_numel(fn) -> int:
@@ -476,6 +463,15 @@ def test_group_normalized_rewards_by_hand():
     close(adv, [2 / 3, -1 / 3, -1 / 3, 0, 0, 0])
 
 
+def test_group_normalized_advantages_from_a_reward_tensor():
+    # groups (1, 0, 0, 0) and (1, 1, 1, 1): means 1/4 and 1; sample stds sqrt(1/4) = 1/2 and 0
+    adv, group_std = group_normalized_advantages(T([1.0, 0, 0, 0, 1, 1, 1, 1]), 4, 1e-6, True)
+    close(group_std, [0.5, 0.0])
+    close(adv, [1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0])  # (r - 1/4) / (1/2 + eps); an equal group: 0, not NaN
+    adv, _ = group_normalized_advantages(T([1.0, 0, 0, 0, 1, 1, 1, 1]), 4, 1e-6, False)
+    close(adv, [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0])
+
+
 @pytest.mark.parametrize(
     "n_truths, group_size, by_std, match",
     [(3, 2, False, "groups of"), (2, 3, False, "ground truths"), (3, 1, True, "group_size >= 2")],
@@ -527,11 +523,11 @@ def test_grpo_clip_loss_asymmetric_bounds():
     loss, meta = compute_grpo_clip_loss(adv, policy, old, cliprange=0.2)  # symmetric: both clipped
     close(loss[:, 0], [-1.2, 0.8])
     assert meta["clipped"].all()
-    loss, meta = compute_grpo_clip_loss(adv, policy, old, None, cliprange_low=0.2, cliprange_high=0.28)
+    loss, meta = grpo_clip_loss(adv, policy, old, PolicyLossConfig("grpo_clip", cliprange=0.2, cliprange_high=0.28))
     close(loss[:, 0], [-1.25, 0.8])  # 1.25 < 1.28 passes the higher ceiling; the floor still binds
     assert meta["clipped"][:, 0].tolist() == [False, True]
-    loss, _ = compute_grpo_clip_loss(adv, policy, old, 0.2, cliprange_low=0.3)  # one side overridden
-    close(loss[:, 0], [-1.2, 0.75])
+    loss, _ = grpo_clip_loss(adv, policy, old, PolicyLossConfig("grpo_clip", cliprange=0.3, cliprange_high=0.2))
+    close(loss[:, 0], [-1.2, 0.75])  # a wider floor only
 
 
 def test_gspo_sequence_ratio_and_per_token_gradient():
@@ -542,9 +538,8 @@ def test_gspo_sequence_ratio_and_per_token_gradient():
     policy = T([[0.1, 0.3, 5.0], [0.6, 0.6, 0.6], [2.0, 2.0, 2.0]], requires_grad=True)
     mask = T([[True, True, False], [True, True, True], [False, False, False]])
     adv = T([[2.0], [1.0], [1.0]])
-    loss, meta = compute_grpo_clip_loss(
-        adv, policy, old, 0.25, importance_level="sequence", response_mask=mask
-    )
+    gspo = PolicyLossConfig("grpo_clip", cliprange=0.25, importance_level="sequence")
+    loss, meta = grpo_clip_loss(adv, policy, old, gspo, response_mask=mask)
     s0 = math.exp(0.2)  # 1.221 < 1.25: not clipped
     close(meta["ratio"], [[s0] * 3, [math.exp(0.6)] * 3, [1.0] * 3])
     close(loss[0], [-2 * s0] * 3)
@@ -558,11 +553,13 @@ def test_gspo_sequence_ratio_and_per_token_gradient():
 def test_grpo_clip_loss_errors():
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="cliprange"):
-        compute_grpo_clip_loss(torch.zeros(1, 1), x, x, None, cliprange_high=0.2)
+        grpo_clip_loss(torch.zeros(1, 1), x, x, PolicyLossConfig("grpo_clip", cliprange=None, cliprange_high=0.2))
+    with pytest.raises(ValueError, match="cliprange"):
+        compute_grpo_clip_loss(torch.zeros(1, 1), x, x, None)
     with pytest.raises(ValueError, match="response_mask"):
-        compute_grpo_clip_loss(torch.zeros(1, 1), x, x, 0.2, importance_level="sequence")
+        grpo_clip_loss(torch.zeros(1, 1), x, x, PolicyLossConfig("grpo_clip", importance_level="sequence"))
     with pytest.raises(ValueError, match="importance_level"):
-        compute_grpo_clip_loss(torch.zeros(1, 1), x, x, 0.2, importance_level="seq")
+        grpo_clip_loss(torch.zeros(1, 1), x, x, PolicyLossConfig("grpo_clip", importance_level="seq"))
 
 
 def test_k3_kl_by_hand():
@@ -592,9 +589,8 @@ def test_policy_gradient_loss_kl_penalty_value_and_gradient():
     policy = T([[-1.0, -2.0]], requires_grad=True)
     ref = T([[-0.5, -3.0]])  # gaps 0.5, -1
     adv = T([[1.0]])
-    loss, meta = compute_policy_gradient_loss(
-        policy, "reinforce_with_baseline", advantages=adv, ref_log_probs=ref, beta=0.1
-    )
+    kl_penalty = PolicyLossConfig("reinforce_with_baseline", beta=0.1)
+    loss, meta = policy_gradient_loss(policy, kl_penalty, advantages=adv, ref_log_probs=ref)
     kl = [math.exp(0.5) - 1.5, math.exp(-1.0)]
     close(meta["kl"], [kl])
     close(loss, [[1.0 + 0.1 * kl[0], 2.0 + 0.1 * kl[1]]])
@@ -602,14 +598,10 @@ def test_policy_gradient_loss_kl_penalty_value_and_gradient():
     # d/dlogπ: -A + β (1 - e^(ref - logπ))
     close(policy.grad, [[-1 + 0.1 * (1 - math.exp(0.5)), -1 + 0.1 * (1 - math.exp(-1.0))]])
     # ref == policy: KL 0 and the loss is the plain one; beta 0 only reports the KL
-    loss, meta = compute_policy_gradient_loss(
-        policy, "reinforce_with_baseline", advantages=adv, ref_log_probs=policy.detach(), beta=0.1
-    )
+    loss, meta = policy_gradient_loss(policy, kl_penalty, advantages=adv, ref_log_probs=policy.detach())
     close(loss, [[1.0, 2.0]])
     close(meta["kl"], [[0.0, 0.0]])
-    loss, meta = compute_policy_gradient_loss(
-        policy, "reinforce_with_baseline", advantages=adv, ref_log_probs=ref
-    )
+    loss, meta = policy_gradient_loss(policy, PolicyLossConfig("reinforce_with_baseline"), advantages=adv, ref_log_probs=ref)
     close(loss, [[1.0, 2.0]])
     assert "kl" in meta
 
@@ -619,9 +611,8 @@ def test_policy_gradient_loss_tis_weights_capped_and_detached():
     # π/π_rollout = 1, 1.5, 3 -> capped at 2. A rollout tensor that carries a graph must get no gradient.
     rollout = (policy.detach() - T([[0.0, LN(1.5), LN(3.0)]])).requires_grad_()
     adv = T([[1.0]])
-    loss, meta = compute_policy_gradient_loss(
-        policy, "reinforce_with_baseline", advantages=adv, rollout_log_probs=rollout, tis_cap=2.0
-    )
+    tis = PolicyLossConfig("reinforce_with_baseline", tis_cap=2.0)
+    loss, meta = policy_gradient_loss(policy, tis, advantages=adv, rollout_log_probs=rollout)
     close(meta["tis_weight"], [[1.0, 1.5, 2.0]])
     close(loss, [[1.0, 1.5, 2.0]])  # -A log π = 1 per token, times w
     loss.sum().backward()
@@ -629,9 +620,8 @@ def test_policy_gradient_loss_tis_weights_capped_and_detached():
     assert rollout.grad is None
     # with old_log_probs, the weight is π_old / π_rollout
     old = rollout.detach() + T([[LN(1.25), 0.0, 0.0]])
-    _, meta = compute_policy_gradient_loss(
-        policy, "grpo_clip", None, adv, old, 0.2, rollout_log_probs=rollout, tis_cap=2.0
-    )
+    clip_tis = PolicyLossConfig("grpo_clip", cliprange=0.2, tis_cap=2.0)
+    _, meta = policy_gradient_loss(policy, clip_tis, advantages=adv, old_log_probs=old, rollout_log_probs=rollout)
     close(meta["tis_weight"], [[1.25, 1.0, 1.0]])
 
 
@@ -646,25 +636,30 @@ def test_policy_gradient_loss_tis_weights_capped_and_detached():
             {"loss_type": "grpo_clip", "advantages": torch.zeros(1, 1), "old_log_probs": torch.zeros(1, 2)},
             "cliprange",
         ),
-        (
-            {
-                "loss_type": "reinforce_with_baseline",
-                "advantages": torch.zeros(1, 1),
-                "importance_level": "sequence",
-            },
-            "needs loss_type='grpo_clip'",
-        ),
-        (
-            {"loss_type": "no_baseline", "raw_rewards": torch.zeros(1, 1), "importance_level": "word"},
-            "importance_level",
-        ),
-        ({"loss_type": "no_baseline", "raw_rewards": torch.zeros(1, 1), "beta": 0.1}, "ref_log_probs"),
-        ({"loss_type": "no_baseline", "raw_rewards": torch.zeros(1, 1), "tis_cap": 2.0}, "rollout_log_probs"),
     ],
 )
 def test_policy_gradient_loss_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         compute_policy_gradient_loss(torch.zeros(1, 2), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "options, tensors, match",
+    [
+        ({"loss_type": "reinforce_with_baseline", "importance_level": "sequence"}, {"advantages": torch.zeros(1, 1)},
+         "needs loss_type='grpo_clip'"),
+        ({"loss_type": "reinforce_with_baseline", "cliprange_high": 0.28}, {"advantages": torch.zeros(1, 1)},
+         "needs loss_type='grpo_clip'"),
+        ({"loss_type": "no_baseline", "importance_level": "word"}, {"raw_rewards": torch.zeros(1, 1)}, "importance_level"),
+        ({"loss_type": "no_baseline", "beta": 0.1}, {"raw_rewards": torch.zeros(1, 1)}, "ref_log_probs"),
+        ({"loss_type": "no_baseline", "tis_cap": 2.0}, {"raw_rewards": torch.zeros(1, 1)}, "rollout_log_probs"),
+        ({"loss_type": "no_baseline", "tis_cap": 0.0}, {"raw_rewards": torch.zeros(1, 1)}, "tis_cap must be > 0"),
+        ({"loss_agg": "seq_mean_token_sum_norm"}, {"advantages": torch.zeros(1, 1)}, "needs loss_normalize_constant"),
+    ],
+)
+def test_policy_loss_options_errors(options, tensors, match):
+    with pytest.raises(ValueError, match=match):
+        policy_gradient_loss(torch.zeros(1, 2), PolicyLossConfig(**options), **tensors)
 
 
 # ------------------------------------------------------------------------- GRPO microbatch step
@@ -695,15 +690,15 @@ def test_grpo_token_mean_with_step_constant_equals_big_batch_token_mean():
     step = log_probs.clone().requires_grad_()
     total = 0.0
     for rows in (slice(0, 2), slice(2, 4)):  # two microbatches, GA = 2
-        loss, _ = grpo_microbatch_train_step(
+        loss, _ = grpo_microbatch_loss(
             step[rows],
             mask[rows],
             2,
-            "reinforce_with_baseline",
+            PolicyLossConfig("reinforce_with_baseline", loss_agg="token_mean"),
             advantages=adv[rows],
-            loss_agg="token_mean",
-            normalize_constant=float(mask.sum()),
+            step_response_tokens=float(mask.sum()),
         )
+        loss.backward()
         total += loss.item()
     assert total == pytest.approx(expected.item(), abs=1e-6)  # not divided by GA again
     close(step.grad, big.grad)
@@ -714,18 +709,11 @@ def test_grpo_seq_mean_token_sum_norm_and_no_nan_on_empty_rows():
     mask = T([[True, True], [False, False]])
     adv = T([[1.0], [1.0]])
     old = log_probs.detach()
-    loss, meta = grpo_microbatch_train_step(
-        log_probs,
-        mask,
-        2,
-        "grpo_clip",
-        advantages=adv,
-        old_log_probs=old,
-        cliprange=0.2,
-        loss_agg="seq_mean_token_sum_norm",
-        normalize_constant=4.0,
-        importance_level="sequence",
+    config = PolicyLossConfig(
+        "grpo_clip", loss_agg="seq_mean_token_sum_norm", loss_normalize_constant=4.0, importance_level="sequence"
     )
+    loss, meta = grpo_microbatch_loss(log_probs, mask, 2, config, advantages=adv, old_log_probs=old)
+    loss.backward()
     # ratio 1 everywhere: row 0 sums -1 -1 = -2, / 4 = -0.5; row 1 empty: 0; batch mean -0.25; / GA -0.125
     close(loss, -0.125)
     close(log_probs.grad, [[-1 / 4 / 2 / 2] * 2, [0.0, 0.0]])
@@ -743,14 +731,11 @@ def test_grpo_microbatch_metadata_by_hand():
         policy,
         mask,
         1,
-        "grpo_clip",
+        PolicyLossConfig("grpo_clip", cliprange=0.2, beta=0.0, tis_cap=2.0),
         advantages=T([[1.0]]),
         old_log_probs=old,
-        cliprange=0.2,
         ref_log_probs=ref,
-        beta=0.0,
         rollout_log_probs=rollout,
-        tis_cap=2.0,
     )
     assert policy.grad is None  # the loss function does not call backward
     close(meta["clip_fraction"], 1 / 3)  # only ratio e (> 1.2, A > 0) is clipped; 1/e is not (A > 0)
@@ -764,7 +749,7 @@ def test_grpo_microbatch_metadata_by_hand():
 def test_grpo_microbatch_errors():
     x, mask = torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="unknown loss aggregation"):
-        grpo_microbatch_loss(x, mask, 1, "no_baseline", raw_rewards=torch.zeros(1, 1), loss_agg="mean")
+        grpo_microbatch_loss(x, mask, 1, PolicyLossConfig("no_baseline", loss_agg="mean"), raw_rewards=torch.zeros(1, 1))
     with pytest.raises(ValueError, match="unknown loss_type"):
         grpo_microbatch_train_step(x, mask, 1, "dpo")
 
@@ -787,3 +772,26 @@ def test_microbatch_groups_fixed_slices_or_token_budget():
     # budget 8: [3, 3] -> 6; + 4 would pad to 12; [4] + 5 would pad to 10; [5]
     assert microbatch_groups(lengths, 2, max_tokens=8) == [[1, 3], [2], [0]]
     assert microbatch_groups(lengths, 2, max_tokens=8, sort_by_length=False) == [[1, 3], [2], [0]]  # budgets sort
+
+
+def test_cs336_functions_keep_the_assignment_signatures():
+    """The CS336 API is an adapter over `PolicyLossConfig`; its own signatures carry no extra option."""
+    import inspect
+
+    from r1_lightning import functional
+
+    expected = {
+        "compute_grpo_clip_loss": "advantages, policy_log_probs, old_log_probs, cliprange",
+        "compute_policy_gradient_loss":
+            "policy_log_probs, loss_type, raw_rewards=None, advantages=None, old_log_probs=None, cliprange=None",
+        "grpo_microbatch_train_step": "policy_log_probs, response_mask, gradient_accumulation_steps, loss_type, "
+                                      "raw_rewards=None, advantages=None, old_log_probs=None, cliprange=None",
+        "sft_microbatch_train_step":
+            "policy_log_probs, response_mask, gradient_accumulation_steps, normalize_constant=1.0",
+        "compute_group_normalized_rewards": "reward_fn, rollout_responses, repeated_ground_truths, group_size, "
+                                            "advantage_eps, normalize_by_std",
+    }
+    for name, parameters in expected.items():
+        signature = inspect.signature(getattr(functional, name))
+        assert ", ".join(str(p).split(":")[0] + ("=" + repr(p.default) if p.default is not p.empty else "")
+                         for p in signature.parameters.values()) == parameters, name

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-from r1_lightning.callbacks import HFExportCheckpoint, RolloutWeightSync
+from r1_lightning.callbacks import HFExportCheckpoint, MathEvalCallback
 from r1_lightning.data import PromptDataModule
 from r1_lightning.evaluation import summarize
 from r1_lightning.modules import GRPOModule
@@ -55,16 +55,22 @@ class FixedEngine:
         pass
 
 
+def tiny_trainer(tmp_path, steps=1, callbacks=(), **trainer_kwargs) -> L.Trainer:
+    """Lightning's own validation loop is off unless asked for (`limit_val_batches`)."""
+    trainer_kwargs = {"limit_val_batches": 0, **trainer_kwargs}
+    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=bool(callbacks),
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+                     default_root_dir=tmp_path, **trainer_kwargs)
+
+
 def fit_grpo(model_dir, task_dir, tmp_path, steps=1, callbacks=(), engine=None, ckpt_path=None, **module_kwargs):
-    kwargs = dict(rollout_batch_size=8, group_size=4, train_batch_size=8, gradient_accumulation_steps=1,
-                  reward_fn="toy_rewards.digit_fraction_reward", learning_rate=1e-2, seed=0)
+    kwargs = {"rollout_batch_size": 8, "group_size": 4, "train_batch_size": 8, "gradient_accumulation_steps": 1,
+              "reward_fn": "toy_rewards.digit_fraction_reward", "learning_rate": 1e-2, "seed": 0}
     kwargs.update(module_kwargs)
     module = GRPOModule(model_dir, engine=engine or FixedEngine(), **kwargs)
-    data = PromptDataModule(str(task_dir / "train.jsonl"), batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"])
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=bool(callbacks),
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-                        default_root_dir=tmp_path)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    data = PromptDataModule(str(task_dir / "train.jsonl"), val_path=str(task_dir / "val.jsonl"), max_val_examples=4,
+                            batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"])
+    tiny_trainer(tmp_path, steps, callbacks).fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module
 
 
@@ -226,8 +232,8 @@ def test_sdpa_backends_hold_in_forward_and_in_the_checkpoint_recomputes(tiny_mod
 
     monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
-    common = dict(gradient_accumulation_steps=2, gradient_checkpointing=True)
-    default = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, **common)
+    common = {"gradient_accumulation_steps": 2, "gradient_checkpointing": True}
+    fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, **common)
     n_default = len(flash_allowed)
     assert n_default > 0 and all(flash_allowed)  # rollouts come from FixedEngine: these are training passes
     math_only = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, sdpa_backends=["math"], **common)
@@ -312,6 +318,23 @@ def test_engine_logprobs_for_a_sample_and_the_gap_counts_only_those(tiny_model_d
     assert logged["train/engine_logprob_gap"] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_grpo_and_expert_iteration_share_the_sampling_settings(tiny_model_dir):
+    """`sampling_*` mean the same for GRPO and EI (training rollouts), `eval_*` for evaluation."""
+    from r1_lightning.modules import ExpertIterationModule
+
+    settings = {"sampling_temperature": 0.7, "sampling_top_p": 0.9, "sampling_min_tokens": 2, "sampling_max_tokens": 30,
+                "eval_temperature": 0.5, "eval_max_tokens": 20, "stop": ["</a>"], "seed": 5}
+    for module in (GRPOModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings),
+                   ExpertIterationModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings)):
+        step = module.step_sampling()
+        assert (step.n, step.temperature, step.top_p, step.min_tokens, step.max_tokens, step.stop, step.seed) == (
+            4, 0.7, 0.9, 2, 30, ["</a>"], 5)
+        evaluation = module.eval_sampling
+        assert (evaluation.n, evaluation.temperature, evaluation.max_tokens, evaluation.stop) == (1, 0.5, 20, ["</a>"])
+    with pytest.raises(ValueError, match="ExpertIterationModule sampling_"):
+        ExpertIterationModule(tiny_model_dir, engine=FixedEngine(), sampling_min_tokens=40, sampling_max_tokens=30)
+
+
 def test_engine_logprob_options_are_checked(tiny_model_dir):
     with pytest.raises(ValueError, match="tis_cap needs the engine's log-probs"):
         GRPOModule(tiny_model_dir, engine=FixedEngine(), tis_cap=2.0, engine_logprobs=False)
@@ -323,23 +346,75 @@ def test_engine_logprob_options_are_checked(tiny_model_dir):
     assert unchecked.engine_logprob_request == {"logprobs": False, "logprobs_prompts": None}
 
 
-def test_weight_sync_pushes_only_changed_weights_and_resyncs_on_resume(tiny_model_dir, toy_task_dir, tmp_path):
-    engine = FixedEngine(shares_policy_weights=False)
+class SyncCheckingEngine(FixedEngine):
+    """An engine with its own copy of the weights that records, at every rollout, whether the copy it
+    last received is the policy's current weights."""
+
+    def __init__(self):
+        super().__init__(shares_policy_weights=False)
+        self.current_at_each_rollout: list[bool] = []
+
+    def attach(self, policy, tokenizer):
+        super().attach(policy, tokenizer)
+        self.policy = policy
+
+    def generate(self, prompts, sampling):
+        held = self.loads[-1] if self.loads else {}
+        current = {k: v.detach() for k, v in self.policy.named_parameters()}
+        self.current_at_each_rollout.append(bool(held) and all(torch.equal(held[k], v) for k, v in current.items()))
+        return super().generate(prompts, sampling)
+
+
+def test_weight_sync_without_a_listed_callback_before_rollouts_evaluations_and_after_restores(
+    tiny_model_dir, toy_task_dir, tmp_path
+):
+    """No config lists RolloutWeightSync: the module brings it. The engine holds the policy's current
+    weights at every training rollout and every evaluation (MathEvalCallback, then `validate` of a
+    restored checkpoint), gets them only when they changed, and again after a resume."""
+    engine = SyncCheckingEngine()
     checkpoint = HFExportCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1, export_hf=False)
     module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=3, engine=engine,
-                      callbacks=[RolloutWeightSync(), checkpoint])
-    # at the start, then before steps 2 and 3 (the weights changed after each update)
-    assert len(engine.loads) == 3
-    resumed_engine = FixedEngine(shares_policy_weights=False)
+                      callbacks=[MathEvalCallback(every_n_steps=1, max_batches=1), checkpoint])
+    # 3 training rollouts and 4 evaluations (before step 1 and after each update)
+    assert engine.current_at_each_rollout == [True] * 7
+    assert len(engine.loads) == 4  # the initial weights, then after each of the 3 updates: never twice
+    final_of_first_run = params(module)
+
+    resumed_engine = SyncCheckingEngine()
     resumed = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=4, engine=resumed_engine,
-                       callbacks=[RolloutWeightSync(), HFExportCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, export_hf=False)],
+                       callbacks=[HFExportCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, export_hf=False)],
                        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     # the first push after resuming carries the restored (step-3) weights, not the initial ones
-    first = resumed_engine.loads[0]
-    final_of_first_run = {k: v for k, v in params(module).items()}
-    for name, tensor in first.items():
+    for name, tensor in resumed_engine.loads[0].items():
         torch.testing.assert_close(tensor, final_of_first_run[name], rtol=0, atol=0)
-    assert resumed.global_step == 4
+    assert resumed_engine.current_at_each_rollout == [True] and resumed.global_step == 4
+
+    # zero-shot evaluation of a checkpoint: `r1-lightning validate` with a RolloutModule
+    from r1_lightning.modules import RolloutModule
+
+    eval_engine = SyncCheckingEngine()
+    evaluator = RolloutModule(tiny_model_dir, engine=eval_engine, reward_fn="toy_rewards.digit_fraction_reward",
+                              eval_output_dir=str(tmp_path / "eval"))
+    data = PromptDataModule(str(toy_task_dir / "train.jsonl"), val_path=str(toy_task_dir / "val.jsonl"),
+                            max_val_examples=4)
+    (step_3,) = (tmp_path / "ckpt").glob("*step=3.ckpt")  # the first run's final weights
+    tiny_trainer(tmp_path, limit_val_batches=None).validate(evaluator, datamodule=data, ckpt_path=str(step_3))
+    assert eval_engine.current_at_each_rollout == [True]
+    for name, tensor in eval_engine.loads[0].items():
+        torch.testing.assert_close(tensor, final_of_first_run[name], rtol=0, atol=0)
+
+
+def test_expert_iteration_syncs_before_each_rollout_without_a_listed_callback(tiny_model_dir, toy_task_dir, tmp_path):
+    from r1_lightning.modules import ExpertIterationModule
+
+    engine = SyncCheckingEngine()
+    module = ExpertIterationModule(tiny_model_dir, engine=engine, group_size=2, sft_batch_size=4,
+                                   gradient_accumulation_steps=1, learning_rate=1e-2)
+    module.reward_fn = lambda response, truth: {"reward": 1.0, "format_reward": 1.0, "answer_reward": 1.0}
+    data = PromptDataModule(str(toy_task_dir / "train.jsonl"), batch_size=2)
+    tiny_trainer(tmp_path, steps=-1, max_epochs=1, limit_train_batches=2).fit(module, datamodule=data)
+    assert module.global_step == 2  # one update per step: the second rollout follows a change
+    assert engine.current_at_each_rollout == [True, True] and len(engine.loads) == 2
 
 
 class CrashAt(L.Callback):

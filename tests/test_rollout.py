@@ -17,12 +17,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from tiny_models import tiny_qwen2, word_level_tokenizer
+from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
-from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine
+from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine, vllm_engine
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
-from r1_lightning.rollout import vllm_engine
 from r1_lightning.rollout.vllm_engine import (
     TESTED_VLLM_VERSION,
     engine_weights,
@@ -49,29 +48,15 @@ def one_cpu_thread():
 
 def make_tokenizer(with_pad: bool = True) -> PreTrainedTokenizerFast:
     """One token per character; decoding concatenates."""
-    tokenizer = Tokenizer(models.WordLevel(VOCAB, unk_token="<pad>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
     special = {"pad_token": "<pad>"} if with_pad else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", **special)
+    return word_level_tokenizer(VOCAB, "<pad>", per_character=True, eos_token="<eos>", **special)
 
 
 def make_policy(seed: int = 0) -> Qwen2ForCausalLM:
     # A large init scale makes the random model's next-token distributions peaked and varied, so
     # greedy decoding has clear winners (no float ties) and does not repeat one token forever.
-    config = Qwen2Config(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        initializer_range=0.3,
-    )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config).eval()
+    policy = tiny_qwen2(len(VOCAB), seed, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.3)
+    return policy.eval()
 
 
 def speak_eos_instead_of(policy: Qwen2ForCausalLM, token_id: int) -> None:

@@ -1,50 +1,35 @@
-"""Pushing the policy's weights into the rollout engine."""
+"""Keeping the rollout engine on the policy's current weights.
+
+The invariant: the engine holds the policy's current weights before every rollout and every
+evaluation, and after a checkpoint restore. An engine that generates with the policy itself
+(`HFEngine`) holds them by construction; one with its own copy (`VLLMEngine`) is sent them in place
+by `RolloutModule.sync_engine` whenever `policy_version` moved past the version it holds.
+
+`RolloutWeightSync` decides when. It is not a config option: `RolloutModule.configure_callbacks`
+returns it, so every run of a module that samples has it (Lightning replaces one a config lists).
+"""
 
 from __future__ import annotations
-
-import time
 
 import lightning as L
 
 
 class RolloutWeightSync(L.Callback):
-    """Before each rollout, push the policy's weights into the engine if they changed since the
-    engine last received them (in place, no disk round trip). A no-op for engines that generate
-    with the policy module itself (`HFEngine`).
+    """Syncs the engine at the start of fitting and of validation, and before each training batch
+    (each GRPO or expert-iteration step samples first); logs `perf/weight_sync_seconds`."""
 
-    It also syncs at the start of fitting, so a run resumed from a checkpoint re-syncs an engine
-    that was built from the original weights.
-    """
-
-    def __init__(self) -> None:
-        self.synced_version: int | None = None
-        self.last_sync_seconds: float | None = None
-
-    def sync(self, pl_module) -> bool:
-        """Sync if needed; return whether weights were pushed."""
-        engine = pl_module.engine
-        if engine.shares_policy_weights or self.synced_version == pl_module.policy_version:
-            return False
-        start = time.perf_counter()
-        engine.load_weights(pl_module.policy.named_parameters())
-        self.last_sync_seconds = time.perf_counter() - start
-        self.synced_version = pl_module.policy_version
-        return True
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Each run may restore a checkpoint into the policy (`--ckpt_path`), whose version number
+        # says nothing about what the engine holds: the first rollout of the run syncs again.
+        pl_module.engine_version = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.synced_version = None  # whatever the engine holds, it is not the restored policy yet
-        self.sync(pl_module)
+        pl_module.sync_engine()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.sync(pl_module):
-            pl_module.log("perf/weight_sync_seconds", self.last_sync_seconds, on_step=True, on_epoch=False)
+        seconds = pl_module.sync_engine()
+        if seconds is not None:
+            pl_module.log("perf/weight_sync_seconds", seconds, on_step=True, on_epoch=False)
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self.sync(pl_module)
-
-
-def sync_engine(trainer, pl_module) -> None:
-    """Sync through the trainer's `RolloutWeightSync`, if it has one (used before evaluation)."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, RolloutWeightSync):
-            callback.sync(pl_module)
+        pl_module.sync_engine()

@@ -173,26 +173,12 @@ class SFTDataModule(_ExampleDataModule[SFTExample]):
     """
 
     def __init__(
-        self,
-        train_path: str | os.PathLike[str],
-        val_path: str | os.PathLike[str] | None = None,
-        batch_size: int = 8,
-        max_examples: int | None = None,
-        filter_correct: bool = False,
-        reward_fn: str = "r1_zero",
-        seed: int = 0,
-        shuffle: bool = True,
+        self, train_path: str | os.PathLike[str], val_path: str | os.PathLike[str] | None = None,
+        batch_size: int = 8, max_examples: int | None = None, filter_correct: bool = False,
+        reward_fn: str = "r1_zero", seed: int = 0, shuffle: bool = True,
     ) -> None:
-        super().__init__(
-            train_path,
-            val_path,
-            batch_size=batch_size,
-            val_batch_size=None,
-            max_examples=max_examples,
-            max_val_examples=None,
-            seed=seed,
-            shuffle=shuffle,
-        )
+        super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=None,
+                         max_examples=max_examples, max_val_examples=None, seed=seed, shuffle=shuffle)
         self.save_hyperparameters()
         self.filter_correct = filter_correct
         self.reward_fn = reward_fn
@@ -254,45 +240,26 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
     drop_last_train = True
 
     def __init__(
-        self,
-        train_path: str | os.PathLike[str],
-        val_path: str | os.PathLike[str] | None = None,
-        dataset: Literal["auto", "math", "gsm8k"] = "auto",
-        template: str = "r1_zero",
-        batch_size: int = 32,
-        max_examples: int | None = None,
-        max_val_examples: int | None = None,
-        val_batch_size: int | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
+        self, train_path: str | os.PathLike[str], val_path: str | os.PathLike[str] | None = None,
+        dataset: Literal["auto", "math", "gsm8k"] = "auto", template: str = "r1_zero",
+        batch_size: int = 32, max_examples: int | None = None, max_val_examples: int | None = None,
+        val_batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
     ) -> None:
-        super().__init__(
-            train_path,
-            val_path,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            max_examples=max_examples,
-            max_val_examples=max_val_examples,
-            seed=seed,
-            shuffle=shuffle,
-        )
+        super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=val_batch_size,
+                         max_examples=max_examples, max_val_examples=max_val_examples, seed=seed, shuffle=shuffle)
         self.save_hyperparameters()
         if dataset not in ("auto", "math", "gsm8k"):
             raise ValueError(f"PromptDataModule.dataset must be 'auto', 'math' or 'gsm8k', got {dataset!r}")
         self.dataset = dataset
-        self.template_name = template
-        self.template = load_template(template)  # the text, for callbacks that build prompts themselves
+        self.template = template
+        self._template_text = load_template(template)  # now: a bad name or path fails at construction
 
     def _read(self, path: Path) -> list[PromptExample]:
         return load_prompt_dataset(path, self.dataset)
 
-    def render(self, question: str) -> str:
-        """The prompt for `question` under this datamodule's template."""
-        return render_prompt(self.template, question)
-
     def _collate(self, examples: list[PromptExample]) -> dict[str, list[Any]]:
         return {
-            "prompt": [self.render(example.question) for example in examples],
+            "prompt": [render_prompt(self._template_text, example.question) for example in examples],
             "question": [example.question for example in examples],
             "ground_truth": [example.ground_truth for example in examples],
             "level": [example.level for example in examples],

@@ -1,14 +1,13 @@
-"""LightningModules: one per phase. All use manual optimization and losses from `functional`."""
+"""LightningModules: one per phase. All use manual optimization and losses from `functional`.
+
+`SFTModule` (supervised fine-tuning), `ExpertIterationModule`, `GRPOModule`; their shared bases
+`PolicyModule` (the policy, AdamW, one optimizer update by hand) and `RolloutModule` (a rollout
+engine, a reward function and evaluation), which on its own is the module of zero-shot evaluation
+(`r1-lightning validate --config configs/eval.yaml`).
+"""
 
 from r1_lightning.modules.base import PolicyModule, RolloutModule
 from r1_lightning.modules.grpo import GRPOModule
 from r1_lightning.modules.sft import ExpertIterationModule, SFTModule
 
-
-class EvalModule(RolloutModule):
-    """Zero-shot (or any checkpoint's) evaluation with `r1-lightning validate`: greedy answers from
-    the engine on the validation prompts, graded; writes per-example jsonl and a summary with
-    format rate and accuracy by level and subject."""
-
-
-__all__ = ["EvalModule", "ExpertIterationModule", "GRPOModule", "PolicyModule", "RolloutModule", "SFTModule"]
+__all__ = ["ExpertIterationModule", "GRPOModule", "PolicyModule", "RolloutModule", "SFTModule"]

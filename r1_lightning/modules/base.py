@@ -5,6 +5,7 @@ that sample (GRPO, expert iteration, evaluation)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -13,6 +14,8 @@ import lightning as L
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from r1_lightning.callbacks.weight_sync import RolloutWeightSync
+from r1_lightning.evaluation import grade_completions, val_metrics, write_eval_outputs
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
@@ -129,8 +132,8 @@ class PolicyModule(L.LightningModule):
         self.microbatch_max_tokens = microbatch_max_tokens
         self.sdpa_backends = list(sdpa_backends) if sdpa_backends else None
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
-        # Bumped after every optimizer update that changed the weights; the weight-sync callback
-        # compares it to what the engine last received.
+        # Bumped after every optimizer update that changed the weights; a rollout engine with its own
+        # copy of the weights compares it to the version it last received (`RolloutModule.sync_engine`).
         self.policy_version = 0
         self.max_consecutive_skipped_updates = max_consecutive_skipped_updates
         self.skipped_updates = 0  # updates skipped for a non-finite loss or gradient norm, in all
@@ -249,12 +252,24 @@ class PolicyModule(L.LightningModule):
 class RolloutModule(PolicyModule):
     """A policy module that samples with a rollout engine and grades with a reward function.
 
+    The engine holds the policy's current weights before every rollout and every evaluation, and
+    after a checkpoint restore: the module brings its own `RolloutWeightSync` (`configure_callbacks`,
+    so no config can leave it out, and one a config lists is replaced by it), `MathEvalCallback`
+    syncs before it evaluates, and `rollout` refuses to sample from weights the engine does not hold.
+
+    Sampling settings are named `<use>_<SamplingConfig field>` and built once into a
+    `SamplingConfig` per use: `sampling_*` (the CS336 names) into `self.sampling`, for the training
+    rollouts of GRPO and expert iteration (`n` = their `group_size`, seeded per step by
+    `step_sampling`); `eval_*` into `self.eval_sampling`, for evaluation (one greedy answer by default).
+
     Args (beyond `PolicyModule`'s):
         engine: the `RolloutEngine` (default `HFEngine()`: generation on the policy itself).
         reward_fn: a registered reward function ("r1_zero", "question_only", "gsm8k"), an import
             path `package.module.fn`, or a weighted combination {name: weight}.
-        eval_temperature, eval_max_tokens: sampling for evaluation (greedy by default).
-        stop: stop strings, kept in the text.
+        stop: stop strings, kept in the text (both uses).
+        sampling_temperature, sampling_top_p, sampling_min_tokens, sampling_max_tokens: training rollouts.
+        eval_temperature, eval_max_tokens: evaluation.
+        eval_output_dir: where `validate` writes its jsonl and summary (default: the log folder).
     """
 
     def __init__(
@@ -263,6 +278,10 @@ class RolloutModule(PolicyModule):
         engine: RolloutEngine | None = None,
         reward_fn: str | dict[str, float] = "r1_zero",
         stop: list[str] | None = None,
+        sampling_temperature: float = 1.0,
+        sampling_top_p: float = 1.0,
+        sampling_min_tokens: int = 4,
+        sampling_max_tokens: int = 1024,
         eval_temperature: float = 0.0,
         eval_max_tokens: int = 1024,
         eval_output_dir: str | None = None,
@@ -274,11 +293,22 @@ class RolloutModule(PolicyModule):
         self.reward_fn = resolve_reward_fn(reward_fn)
         self.engine = engine if engine is not None else HFEngine()
         self.stop = list(stop) if stop is not None else ["</answer>"]
-        self.eval_sampling = SamplingConfig(
-            n=1, temperature=eval_temperature, max_tokens=eval_max_tokens, min_tokens=0, stop=self.stop, seed=seed_for_eval(self.seed)
-        )
+        try:
+            self.sampling = SamplingConfig(
+                temperature=sampling_temperature, top_p=sampling_top_p, min_tokens=sampling_min_tokens,
+                max_tokens=sampling_max_tokens, stop=self.stop,
+            )
+            self.eval_sampling = SamplingConfig(
+                temperature=eval_temperature, max_tokens=eval_max_tokens, min_tokens=0, stop=self.stop,
+                seed=seed_for_eval(self.seed),
+            )
+        except ValueError as error:  # name the module's options, not the dataclass's fields
+            raise ValueError(f"{type(self).__name__} sampling_* / eval_* options: {error}") from None
         self.eval_output_dir = eval_output_dir
         self._eval_records: list[dict] = []
+        # The `policy_version` whose weights the engine holds; None: not known to be any (a fresh
+        # engine, or a run that may have restored a checkpoint into the policy).
+        self.engine_version: int | None = None
 
     def configure_model(self) -> None:
         already = self.policy is not None
@@ -286,8 +316,35 @@ class RolloutModule(PolicyModule):
         if not already:
             self.engine.attach(self.policy, self.tokenizer)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [RolloutWeightSync()]
+
+    def sync_engine(self) -> float | None:
+        """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
+        them already or generates with the policy itself. Returns the seconds it took, or None."""
+        if self.engine.shares_policy_weights or self.engine_version == self.policy_version:
+            return None
+        start = time.perf_counter()
+        self.engine.load_weights(self.policy.named_parameters())
+        self.engine_version = self.policy_version
+        return time.perf_counter() - start
+
+    def set_group_size(self, group_size: int) -> None:
+        """Training rollouts sample `group_size` answers per prompt (GRPO's group, EI's candidates)."""
+        self.group_size = group_size
+        self.sampling = dataclasses.replace(self.sampling, n=group_size)
+
+    def step_sampling(self, **overrides) -> SamplingConfig:
+        """`self.sampling` seeded by the global step, so a resumed run samples what the straight run did."""
+        return dataclasses.replace(self.sampling, seed=self.seed + self.global_step, **overrides)
+
     def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
         """Sample with the engine; return completions and throughput metrics."""
+        if not self.engine.shares_policy_weights and self.engine_version != self.policy_version:
+            raise RuntimeError(
+                f"the rollout engine holds policy version {self.engine_version}, the policy is at version "
+                f"{self.policy_version}: call sync_engine() before sampling (RolloutWeightSync does in a Trainer)"
+            )
         start = time.perf_counter()
         completions = self.engine.generate(list(prompts), sampling)
         seconds = time.perf_counter() - start
@@ -297,8 +354,6 @@ class RolloutModule(PolicyModule):
     # ----------------------------------------------------------------------------- evaluation
     def evaluate_examples(self, batch: dict) -> list[dict]:
         """Generate greedily for a batch of prompts and grade each answer: one record per example."""
-        from r1_lightning.evaluation import grade_completions
-
         completions, _ = self.rollout(batch["prompt"], self.eval_sampling)
         return grade_completions(batch, completions, self.reward_fn)
 
@@ -309,12 +364,9 @@ class RolloutModule(PolicyModule):
         self._eval_records = []
 
     def on_validation_epoch_end(self) -> None:
-        from r1_lightning.evaluation import summarize, val_metrics, write_eval_outputs
-
-        summary = summarize(self._eval_records)
-        self.log_dict(val_metrics(summary))
         folder = self.eval_output_dir or (self.trainer.log_dir or ".")
-        write_eval_outputs(self._eval_records, summary, folder, tag=f"step_{self.global_step}")
+        summary = write_eval_outputs(self._eval_records, folder, tag=f"step_{self.global_step}")
+        self.log_dict(val_metrics(summary))
 
 
 def seed_for_eval(seed: int) -> int:

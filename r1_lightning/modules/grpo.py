@@ -17,20 +17,17 @@ import time
 
 import torch
 
+from r1_lightning.evaluation import grade_completions
 from r1_lightning.functional import (
-    compute_group_normalized_rewards,
+    PolicyLossConfig,
     get_response_log_probs,
+    group_normalized_advantages,
     grpo_microbatch_loss,
     microbatch_groups,
     pack_prompt_and_output_ids,
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.base import RolloutModule
-from r1_lightning.rollout import SamplingConfig
-
-LOSS_TYPES = ("no_baseline", "reinforce_with_baseline", "grpo_clip")
-LOSS_AGGS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
-IMPORTANCE_LEVELS = ("token", "sequence")
 
 
 def scatter_response_values(values: list[list[float]], prompt_lengths: list[int], shape: tuple[int, int]) -> torch.Tensor:
@@ -46,20 +43,43 @@ def scatter_response_values(values: list[list[float]], prompt_lengths: list[int]
     return out
 
 
+def rollout_metrics(
+    records: list[dict], raw_rewards: torch.Tensor, advantages: torch.Tensor, group_std: torch.Tensor
+) -> dict[str, float]:
+    """The `train/` statistics of one step's graded rollouts (records of `grade_completions`)."""
+    lengths = torch.tensor([r["response_tokens"] for r in records], dtype=torch.float32)
+    correct = torch.tensor([r["answer_reward"] >= 1.0 for r in records])
+    n = len(records)
+    metrics = {
+        "train/reward_mean": float(raw_rewards.mean()),
+        "train/reward_std": float(raw_rewards.std()) if n > 1 else 0.0,
+        "train/format_reward": sum(r["format_reward"] for r in records) / n,
+        "train/answer_reward": sum(r["answer_reward"] for r in records) / n,
+        "train/advantage_mean": float(advantages.mean()),
+        "train/advantage_abs_mean": float(advantages.abs().mean()),
+        "train/frac_groups_zero_std": float((group_std == 0).float().mean()),
+        "train/response_length": float(lengths.mean()),
+        "train/truncated_fraction": sum(r["finish_reason"] == "length" for r in records) / n,
+    }
+    if correct.any():
+        metrics["train/response_length_correct"] = float(lengths[correct].mean())
+    if (~correct).any():
+        metrics["train/response_length_incorrect"] = float(lengths[~correct].mean())
+    return metrics
+
+
 class GRPOModule(RolloutModule):
     """GRPO, Dr. GRPO, DAPO-style clip-higher / token-mean, GSPO and REINFORCE baselines.
 
     The CS336 hyperparameters keep their names: `rollout_batch_size`, `group_size`,
-    `sampling_temperature`, `sampling_min_tokens`, `sampling_max_tokens`,
-    `epochs_per_rollout_batch`, `train_batch_size`, `gradient_accumulation_steps`, `loss_type`
+    `sampling_temperature`, `sampling_min_tokens`, `sampling_max_tokens` (with `sampling_top_p`,
+    `RolloutModule`'s, as every sampling setting), `epochs_per_rollout_batch`, `train_batch_size`, `gradient_accumulation_steps`, `loss_type`
     (no_baseline | reinforce_with_baseline | grpo_clip), `use_std_normalization`,
-    `advantage_eps`, `cliprange`. Beyond them:
-        loss_agg: seq_mean_token_mean (GRPO) | token_mean (DAPO) | seq_mean_token_sum_norm (Dr. GRPO,
-            divided by `loss_normalize_constant`, default `sampling_max_tokens`).
-        cliprange_high: upper clip (DAPO clip-higher); `cliprange` is the lower one.
-        importance_level: "token" or "sequence" (GSPO).
-        beta: k3 KL penalty to a frozen copy of the initial policy (0 = no reference model).
-        tis_cap: truncated importance sampling against the engine's own log-probs (None = off).
+    `advantage_eps`, `cliprange`. Beyond them, the loss options `loss_agg`, `cliprange_high`,
+    `importance_level`, `beta`, `tis_cap` and `loss_normalize_constant` (default
+    `sampling_max_tokens`): all of the loss's options are bundled, checked once, into
+    `self.loss_config`, a `PolicyLossConfig` (see it for their meaning); `beta` > 0 also loads a
+    frozen copy of the initial policy as the KL reference. And:
         engine_logprobs: ask the engine for log-probs of all sampled tokens (true) or none (false).
             None: all when TIS needs them; else, when the engine holds its own copy of the weights,
             those of the first `engine_logprob_check_prompts` prompts' samples, for the
@@ -73,53 +93,36 @@ class GRPOModule(RolloutModule):
     def __init__(
         self,
         model_name_or_path: str,
-        rollout_batch_size: int = 256,
-        group_size: int = 8,
-        sampling_temperature: float = 1.0,
-        sampling_top_p: float = 1.0,
-        sampling_min_tokens: int = 4,
-        sampling_max_tokens: int = 1024,
-        epochs_per_rollout_batch: int = 1,
-        train_batch_size: int = 256,
-        gradient_accumulation_steps: int = 128,
-        loss_type: str = "reinforce_with_baseline",
-        use_std_normalization: bool = True,
-        advantage_eps: float = 1e-6,
-        cliprange: float = 0.2,
-        cliprange_high: float | None = None,
-        importance_level: str = "token",
-        loss_agg: str = "seq_mean_token_mean",
-        loss_normalize_constant: float | None = None,
-        beta: float = 0.0,
-        tis_cap: float | None = None,
-        engine_logprobs: bool | None = None,
-        engine_logprob_check_prompts: int = 1,
+        # the CS336 GRPO settings
+        rollout_batch_size: int = 256, group_size: int = 8, epochs_per_rollout_batch: int = 1,
+        train_batch_size: int = 256, gradient_accumulation_steps: int = 128,
+        loss_type: str = "reinforce_with_baseline", use_std_normalization: bool = True,
+        advantage_eps: float = 1e-6, cliprange: float = 0.2,
+        # the loss beyond CS336 (with loss_type and cliprange: PolicyLossConfig)
+        cliprange_high: float | None = None, importance_level: str = "token", loss_agg: str = "seq_mean_token_mean",
+        loss_normalize_constant: float | None = None, beta: float = 0.0, tis_cap: float | None = None,
+        # the engine's log-probs
+        engine_logprobs: bool | None = None, engine_logprob_check_prompts: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
-        self._check_arguments(
-            rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
-            loss_type, loss_agg, importance_level, cliprange_high, epochs_per_rollout_batch, beta,
-        )
+        self._check_batch_sizes(rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
+                                epochs_per_rollout_batch)
+        self.set_group_size(group_size)
+        try:
+            self.loss_config = PolicyLossConfig(
+                loss_type=loss_type, loss_agg=loss_agg, cliprange=cliprange, cliprange_high=cliprange_high,
+                importance_level=importance_level, beta=beta, tis_cap=tis_cap,
+                loss_normalize_constant=loss_normalize_constant or float(self.sampling.max_tokens),
+            )
+        except ValueError as error:
+            raise ValueError(f"GRPOModule: {error}") from None
         self.rollout_batch_size = rollout_batch_size
-        self.group_size = group_size
-        self.sampling_kwargs = dict(
-            n=group_size, temperature=sampling_temperature, top_p=sampling_top_p,
-            min_tokens=sampling_min_tokens, max_tokens=sampling_max_tokens,
-        )
         self.epochs_per_rollout_batch = epochs_per_rollout_batch
         self.train_batch_size = train_batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps
-        self.loss_type = loss_type
         self.use_std_normalization = use_std_normalization
         self.advantage_eps = advantage_eps
-        self.cliprange = cliprange
-        self.cliprange_high = cliprange_high
-        self.importance_level = importance_level
-        self.loss_agg = loss_agg
-        self.loss_normalize_constant = loss_normalize_constant or float(sampling_max_tokens)
-        self.beta = beta
-        self.tis_cap = tis_cap
         if tis_cap is not None and engine_logprobs is False:
             raise ValueError("GRPOModule: tis_cap needs the engine's log-probs; leave engine_logprobs unset (or true)")
         if engine_logprob_check_prompts < 0:
@@ -132,20 +135,12 @@ class GRPOModule(RolloutModule):
         self.save_hyperparameters(ignore=["engine"])
 
     @staticmethod
-    def _check_arguments(rollout, group, train, accum, loss_type, loss_agg, importance_level, clip_high, epochs, beta):
+    def _check_batch_sizes(rollout, group, train, accum, epochs):
         def fail(message: str):
             raise ValueError(f"GRPOModule: {message}")
 
-        if loss_type not in LOSS_TYPES:
-            fail(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if loss_agg not in LOSS_AGGS:
-            fail(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-        if importance_level not in IMPORTANCE_LEVELS:
-            fail(f"importance_level must be one of {IMPORTANCE_LEVELS}, got {importance_level!r}")
-        if (importance_level == "sequence" or clip_high is not None) and loss_type != "grpo_clip":
-            fail("importance_level='sequence' and cliprange_high need loss_type='grpo_clip'")
-        if min(rollout, group, train, accum, epochs) < 1 or beta < 0:
-            fail("batch sizes, group_size, epochs and gradient_accumulation_steps must be >= 1 and beta >= 0")
+        if min(rollout, group, train, accum, epochs) < 1:
+            fail("batch sizes, group_size, epochs and gradient_accumulation_steps must be >= 1")
         if rollout % group:
             fail(f"rollout_batch_size ({rollout}) must be divisible by group_size ({group})")
         if rollout % train:
@@ -160,7 +155,7 @@ class GRPOModule(RolloutModule):
     @property
     def engine_logprob_request(self) -> dict:
         """The SamplingConfig fields that ask the engine for log-probs (see `engine_logprobs`)."""
-        if self.engine_logprobs is not None or self.tis_cap is not None:
+        if self.engine_logprobs is not None or self.loss_config.tis_cap is not None:
             return {"logprobs": self.engine_logprobs is not False, "logprobs_prompts": None}
         if self.engine.shares_policy_weights or self.engine_logprob_check_prompts == 0:
             return {"logprobs": False, "logprobs_prompts": None}
@@ -170,7 +165,7 @@ class GRPOModule(RolloutModule):
     def needs_old_log_probs(self) -> bool:
         # Only when the policy moves while the same rollouts are still being trained on: more than
         # one update per rollout batch. With one update, "old" is the current policy, detached.
-        return self.loss_type == "grpo_clip" and self.updates_per_rollout > 1
+        return self.loss_config.loss_type == "grpo_clip" and self.updates_per_rollout > 1
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -185,7 +180,7 @@ class GRPOModule(RolloutModule):
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.beta > 0 and not self._reference:
+        if self.loss_config.beta > 0 and not self._reference:
             reference = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation)
             self._reference.append(reference.eval().requires_grad_(False))
 
@@ -196,49 +191,37 @@ class GRPOModule(RolloutModule):
     # ----------------------------------------------------------------------------- the step
     def training_step(self, batch: dict, batch_idx: int) -> None:
         step_start = time.perf_counter()
-        prompts, ground_truths = batch["prompt"], batch["ground_truth"]
+        prompts = batch["prompt"]
         if len(prompts) != self.prompts_per_step:
             raise ValueError(
                 f"a GRPO step needs {self.prompts_per_step} questions (rollout_batch_size / group_size), "
                 f"got a batch of {len(prompts)}: set data.init_args.batch_size to {self.prompts_per_step}"
             )
-        sampling = SamplingConfig(
-            stop=self.stop, seed=self.seed + self.global_step, **self.engine_logprob_request, **self.sampling_kwargs
-        )
-        completions, metrics = self.rollout(prompts, sampling)
+        completions, metrics = self.rollout(prompts, self.step_sampling(**self.engine_logprob_request))
 
         start = time.perf_counter()
-        reward_dicts: list[dict] = []
-
-        def recording_reward_fn(response: str, ground_truth: str) -> dict:
-            reward_dicts.append(self.reward_fn(response, ground_truth))
-            return reward_dicts[-1]
-
-        responses = [c.text for c in completions]
-        advantages, raw_rewards, _ = compute_group_normalized_rewards(
-            recording_reward_fn, responses, [ground_truths[c.prompt_index] for c in completions],
-            self.group_size, self.advantage_eps, self.use_std_normalization,
+        self.last_rollout_records = records = grade_completions(batch, completions, self.reward_fn)
+        raw_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
+        advantages, group_std = group_normalized_advantages(
+            raw_rewards, self.group_size, self.advantage_eps, self.use_std_normalization
         )
         metrics["perf/reward_seconds"] = time.perf_counter() - start
-        metrics.update(self._rollout_metrics(completions, reward_dicts, raw_rewards, advantages))
-        self.last_rollout_records = [
-            {"prompt": prompts[c.prompt_index], "response": c.text, "ground_truth": ground_truths[c.prompt_index], **r}
-            for c, r in zip(completions, reward_dicts)
-        ]
+        metrics.update(rollout_metrics(records, raw_rewards, advantages, group_std))
 
         # All microbatches go to the GPU now, once: a copy from pageable memory waits for the GPU,
         # so copying inside the update loop would stall it at every microbatch.
-        microbatches = [self._to_device(mb) for mb in self._pack_microbatches(completions, advantages, raw_rewards)]
+        microbatches = [self._to_device(microbatch)
+                        for microbatch in self._pack_microbatches(completions, advantages, raw_rewards)]
         with self.attention_kernels():
             start = time.perf_counter()
-            if self.needs_old_log_probs or self.beta > 0:
+            if self.needs_old_log_probs or self.loss_config.beta > 0:
                 self._add_frozen_log_probs(microbatches)
             metrics["perf/old_logprob_seconds"] = time.perf_counter() - start
 
             start = time.perf_counter()
             train_metrics = self._train_on_rollouts(microbatches)
             metrics["perf/update_seconds"] = time.perf_counter() - start
-        n_tokens = sum(int(mb["input_ids"].numel()) for mb in microbatches) * self.epochs_per_rollout_batch
+        n_tokens = sum(int(microbatch["input_ids"].numel()) for microbatch in microbatches) * self.epochs_per_rollout_batch
         metrics["perf/train_tokens_per_s"] = n_tokens / max(metrics["perf/update_seconds"], 1e-9)
         metrics["perf/step_seconds"] = time.perf_counter() - step_start  # rollout to update (the sync is before)
         metrics["train/grpo_step"] = float(batch_idx)
@@ -247,27 +230,6 @@ class GRPOModule(RolloutModule):
         self.log_metrics(metrics, prog_bar=("train/reward_mean", "train/loss"))
 
     # ----------------------------------------------------------------------------- pieces
-    def _rollout_metrics(self, completions, reward_dicts, raw_rewards, advantages) -> dict[str, float]:
-        lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
-        correct = torch.tensor([r["answer_reward"] >= 1.0 for r in reward_dicts])
-        group_std = raw_rewards.view(-1, self.group_size).std(dim=1, unbiased=True)
-        metrics = {
-            "train/reward_mean": float(raw_rewards.mean()),
-            "train/reward_std": float(raw_rewards.std()) if len(raw_rewards) > 1 else 0.0,
-            "train/format_reward": sum(r["format_reward"] for r in reward_dicts) / len(reward_dicts),
-            "train/answer_reward": sum(r["answer_reward"] for r in reward_dicts) / len(reward_dicts),
-            "train/advantage_mean": float(advantages.mean()),
-            "train/advantage_abs_mean": float(advantages.abs().mean()),
-            "train/frac_groups_zero_std": float((group_std == 0).float().mean()),
-            "train/response_length": float(lengths.mean()),
-            "train/truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions),
-        }
-        if correct.any():
-            metrics["train/response_length_correct"] = float(lengths[correct].mean())
-        if (~correct).any():
-            metrics["train/response_length_incorrect"] = float(lengths[~correct].mean())
-        return metrics
-
     def _pack_microbatches(self, completions, advantages, raw_rewards) -> list[dict]:
         """Split the rollouts into train batches (one optimizer update each), sort each by length
         (less padding; every loss aggregation here is invariant to the order within a train batch)
@@ -275,50 +237,54 @@ class GRPOModule(RolloutModule):
         gradient_accumulation_steps` sequences each, or as many as fit `microbatch_max_tokens`.
         Each carries `loss_divisor` (train batch size / its size: the microbatch losses then sum to
         the train batch's loss however it was cut) and `ends_update`. CPU tensors, in update order."""
-        micro = self.train_batch_size // self.gradient_accumulation_steps
+        sequences_per_microbatch = self.train_batch_size // self.gradient_accumulation_steps
         pad = self.tokenizer.pad_token_id
         microbatches = []
         for start in range(0, len(completions), self.train_batch_size):
-            batch = completions[start : start + self.train_batch_size]
-            n_response_tokens = sum(len(c.token_ids) for c in batch)
+            train_batch = completions[start : start + self.train_batch_size]
+            n_response_tokens = sum(len(c.token_ids) for c in train_batch)
             # packed rows are one shorter than the sequence (inputs and labels are shifted)
-            lengths = [len(c.prompt_token_ids) + len(c.token_ids) - 1 for c in batch]
-            groups = microbatch_groups(lengths, micro, self.microbatch_max_tokens)
-            for g, group in enumerate(groups):
-                idx = [start + i for i in group]
-                prompt_ids = [completions[i].prompt_token_ids for i in idx]
-                tokens = pack_prompt_and_output_ids(prompt_ids, [completions[i].token_ids for i in idx], pad)
-                tokens["advantages"] = advantages[idx].unsqueeze(1).float()
-                tokens["raw_rewards"] = raw_rewards[idx].unsqueeze(1).float()
-                tokens["train_batch_response_tokens"] = n_response_tokens
-                tokens["loss_divisor"] = self.train_batch_size / len(idx)
-                tokens["ends_update"] = g == len(groups) - 1
-                engine_log_probs = [completions[i].logprobs for i in idx]
+            lengths = [len(c.prompt_token_ids) + len(c.token_ids) - 1 for c in train_batch]
+            groups = microbatch_groups(lengths, sequences_per_microbatch, self.microbatch_max_tokens)
+            for position, group in enumerate(groups):
+                rows = [completions[start + i] for i in group]
+                prompt_ids = [c.prompt_token_ids for c in rows]
+                microbatch = pack_prompt_and_output_ids(prompt_ids, [c.token_ids for c in rows], pad)
+                indices = [start + i for i in group]
+                microbatch["advantages"] = advantages[indices].unsqueeze(1).float()
+                microbatch["raw_rewards"] = raw_rewards[indices].unsqueeze(1).float()
+                microbatch["train_batch_response_tokens"] = n_response_tokens
+                microbatch["loss_divisor"] = self.train_batch_size / len(rows)
+                microbatch["ends_update"] = position == len(groups) - 1
+                engine_log_probs = [c.logprobs for c in rows]
                 if any(row is not None for row in engine_log_probs):
-                    tokens["rollout_log_probs"] = scatter_response_values(
-                        [row or [] for row in engine_log_probs], [len(p) for p in prompt_ids], tuple(tokens["labels"].shape)
+                    microbatch["rollout_log_probs"] = scatter_response_values(
+                        [row or [] for row in engine_log_probs], [len(p) for p in prompt_ids],
+                        tuple(microbatch["labels"].shape),
                     )
                     # (B, 1): the rows that have them (all with TIS; a sample for the sync check)
-                    tokens["has_rollout_log_probs"] = torch.tensor([[row is not None] for row in engine_log_probs])
-                    if self.tis_cap is not None and not tokens["has_rollout_log_probs"].all():
+                    microbatch["has_rollout_log_probs"] = torch.tensor([[row is not None] for row in engine_log_probs])
+                    if self.loss_config.tis_cap is not None and not microbatch["has_rollout_log_probs"].all():
                         raise RuntimeError("tis_cap needs the engine's log-probs of every sample; the engine left some out")
-                microbatches.append(tokens)
+                microbatches.append(microbatch)
         return microbatches
 
-    def _to_device(self, mb: dict) -> dict:
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in mb.items()}
+    def _to_device(self, microbatch: dict) -> dict:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in microbatch.items()}
 
     @torch.no_grad()
     def _add_frozen_log_probs(self, microbatches: list[dict]) -> None:
         """Log-probs of the rollouts under the policy before any update ("old") and under the
         reference model, computed once per rollout batch."""
-        for mb in microbatches:  # already on the device
-            if self.needs_old_log_probs:
-                out = get_response_log_probs(self.policy, mb["input_ids"], mb["labels"], chunk_size=self.logprob_chunk_size)
-                mb["old_log_probs"] = out["log_probs"].float()
-            if self.beta > 0:
-                out = get_response_log_probs(self._reference[0], mb["input_ids"], mb["labels"], chunk_size=self.logprob_chunk_size)
-                mb["ref_log_probs"] = out["log_probs"].float()
+        frozen = {"old_log_probs": self.policy if self.needs_old_log_probs else None,
+                  "ref_log_probs": self._reference[0] if self.loss_config.beta > 0 else None}
+        for microbatch in microbatches:  # already on the device
+            for key, model in frozen.items():
+                if model is not None:
+                    out = get_response_log_probs(
+                        model, microbatch["input_ids"], microbatch["labels"], chunk_size=self.logprob_chunk_size
+                    )
+                    microbatch[key] = out["log_probs"].float()
 
     def _train_on_rollouts(self, microbatches: list[dict]) -> dict[str, float]:
         # Metrics stay on the GPU until the end: reading one back (`float(x)`, `mask.any()`) makes
@@ -338,23 +304,19 @@ class GRPOModule(RolloutModule):
         update_loss = torch.zeros((), device=self.device)  # this update's share of loss_sum
         sampler_is_current = True  # until the first update, the trainer's policy is the one that sampled
         for _ in range(self.epochs_per_rollout_batch):
-            for t in microbatches:
-                out = get_response_log_probs(
-                    self.policy, t["input_ids"], t["labels"], return_token_entropy=True, chunk_size=self.logprob_chunk_size
-                )
-                log_probs, mask = out["log_probs"], t["response_mask"]
-                old_log_probs = t.get("old_log_probs")
-                if old_log_probs is None and self.loss_type == "grpo_clip":
+            for microbatch in microbatches:
+                out = get_response_log_probs(self.policy, microbatch["input_ids"], microbatch["labels"],
+                                             return_token_entropy=True, chunk_size=self.logprob_chunk_size)
+                log_probs, mask = out["log_probs"], microbatch["response_mask"]
+                old_log_probs = microbatch.get("old_log_probs")
+                if old_log_probs is None and self.loss_config.loss_type == "grpo_clip":
                     old_log_probs = log_probs.detach()  # on-policy: the sampling policy is this one
                 loss, meta = grpo_microbatch_loss(
-                    log_probs, mask, t["loss_divisor"], self.loss_type,
-                    raw_rewards=t["raw_rewards"], advantages=t["advantages"],
-                    old_log_probs=old_log_probs, cliprange=self.cliprange,
-                    cliprange_high=self.cliprange_high, importance_level=self.importance_level,
-                    ref_log_probs=t.get("ref_log_probs"), beta=self.beta,
-                    rollout_log_probs=t.get("rollout_log_probs") if self.tis_cap is not None else None,
-                    tis_cap=self.tis_cap, loss_agg=self.loss_agg,
-                    normalize_constant=self._normalize_constant(t),
+                    log_probs, mask, microbatch["loss_divisor"], self.loss_config,
+                    step_response_tokens=float(max(1, microbatch["train_batch_response_tokens"])),
+                    raw_rewards=microbatch["raw_rewards"], advantages=microbatch["advantages"],
+                    old_log_probs=old_log_probs, ref_log_probs=microbatch.get("ref_log_probs"),
+                    rollout_log_probs=microbatch.get("rollout_log_probs"),
                 )
                 self.manual_backward(loss)
                 update_loss += loss.detach()  # microbatch losses sum to the update's objective
@@ -362,11 +324,11 @@ class GRPOModule(RolloutModule):
                 for name, value in meta.items():
                     if isinstance(value, torch.Tensor) and value.numel() == 1:
                         add(f"train/{name}", value.detach().float())
-                if sampler_is_current and "rollout_log_probs" in t:
+                if sampler_is_current and "rollout_log_probs" in microbatch:
                     # the engine/trainer log-prob gap: the weight-sync alarm
-                    gap = (log_probs.detach().float() - t["rollout_log_probs"]).abs()
-                    add_token_mean("train/engine_logprob_gap", gap, mask * t["has_rollout_log_probs"])
-                if t["ends_update"]:
+                    gap = (log_probs.detach().float() - microbatch["rollout_log_probs"]).abs()
+                    add_token_mean("train/engine_logprob_gap", gap, mask * microbatch["has_rollout_log_probs"])
+                if microbatch["ends_update"]:
                     update_metrics = self.optimizer_update(update_loss)
                     loss_sum, update_loss = loss_sum + update_loss, torch.zeros_like(update_loss)
                     sampler_is_current = False
@@ -378,10 +340,3 @@ class GRPOModule(RolloutModule):
         metrics["train/loss"] = sums[-1] / self.updates_per_rollout
         metrics.update(update_metrics)
         return metrics
-
-    def _normalize_constant(self, microbatch: dict) -> float | None:
-        if self.loss_agg == "token_mean":
-            return float(max(1, microbatch["train_batch_response_tokens"]))
-        if self.loss_agg == "seq_mean_token_sum_norm":
-            return self.loss_normalize_constant
-        return None

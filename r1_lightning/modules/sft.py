@@ -10,13 +10,12 @@ import torch
 from r1_lightning.evaluation import grade_completions
 from r1_lightning.functional import (
     get_response_log_probs,
-    pack_prompt_and_output_ids,
     microbatch_groups,
+    pack_prompt_and_output_ids,
     sft_microbatch_loss,
     tokenize_prompt_and_output,
 )
 from r1_lightning.modules.base import PolicyModule, RolloutModule
-from r1_lightning.rollout import SamplingConfig
 
 
 def truncate_batch(tokens: dict[str, torch.Tensor], max_length: int | None) -> dict[str, torch.Tensor]:
@@ -144,25 +143,18 @@ class SFTModule(PolicyModule):
 
 class ExpertIterationModule(RolloutModule):
     """Expert iteration: each training batch of questions is one EI step — sample `group_size`
-    answers per question with the engine, keep the correct ones, then run `sft_epochs` passes of
-    SFT over them in updates of `sft_batch_size` examples.
+    answers per question with the engine (`sampling_*`, `RolloutModule`'s settings, as GRPO's),
+    keep the correct ones, then run `sft_epochs` passes of SFT over them in updates of
+    `sft_batch_size` examples (`gradient_accumulation_steps`, `max_length`, `normalize_constant`:
+    as `SFTModule`'s).
 
     `trainer.max_steps` counts optimizer updates (Lightning's global step), so an EI step takes a
     variable number of them; bound a run by `max_epochs`/`limit_train_batches` or by max_steps.
     """
 
     def __init__(
-        self,
-        model_name_or_path: str,
-        group_size: int = 4,
-        sampling_temperature: float = 1.0,
-        sampling_min_tokens: int = 4,
-        sampling_max_tokens: int = 1024,
-        sft_epochs: int = 1,
-        sft_batch_size: int = 32,
-        gradient_accumulation_steps: int = 16,
-        max_length: int | None = 2048,
-        normalize_constant: float = 1.0,
+        self, model_name_or_path: str, group_size: int = 4, sft_epochs: int = 1, sft_batch_size: int = 32,
+        gradient_accumulation_steps: int = 16, max_length: int | None = 2048, normalize_constant: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -171,8 +163,7 @@ class ExpertIterationModule(RolloutModule):
                 f"model.init_args.sft_batch_size ({sft_batch_size}) must be divisible by "
                 f"model.init_args.gradient_accumulation_steps ({gradient_accumulation_steps})"
             )
-        self.group_size = group_size
-        self.sampling = dict(temperature=sampling_temperature, min_tokens=sampling_min_tokens, max_tokens=sampling_max_tokens)
+        self.set_group_size(group_size)
         self.sft_epochs = sft_epochs
         self.sft_batch_size = sft_batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps
@@ -181,8 +172,7 @@ class ExpertIterationModule(RolloutModule):
         self.save_hyperparameters(ignore=["engine"])
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        sampling = SamplingConfig(n=self.group_size, stop=self.stop, seed=self.seed + self.global_step, **self.sampling)
-        completions, metrics = self.rollout(batch["prompt"], sampling)
+        completions, metrics = self.rollout(batch["prompt"], self.step_sampling())
         records = grade_completions(batch, completions, self.reward_fn)
         kept = [r for r in records if r["reward"] >= 1.0]
         kept_prompts, kept_responses = [r["prompt"] for r in kept], [r["response"] for r in kept]

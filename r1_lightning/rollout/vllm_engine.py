@@ -192,11 +192,6 @@ class VLLMEngine:
             self._sleeping = False
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
-    def update_from_policy(self, policy: torch.nn.Module) -> None:
-        """Push all of `policy`'s parameters (a torch.compile wrapper is looked through)."""
-        policy = getattr(policy, "_orig_mod", policy)
-        self.load_weights((name, param.detach()) for name, param in policy.named_parameters())
-
     def sleep(self) -> None:
         """Colocated mode: give the GPU memory back to training (LLM.sleep(level=1))."""
         if self.colocate and not self._sleeping and self.llm is not None:

@@ -50,7 +50,6 @@ def write_config(tmp: Path, model: Path, data: dict[str, Path]) -> Path:
     trainer["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                           "init_args": {"save_dir": str(tmp / "run"), "name": "logs"}}]
     trainer["callbacks"] = [
-        {"class_path": "r1_lightning.callbacks.RolloutWeightSync"},
         {"class_path": "r1_lightning.callbacks.HFExportCheckpoint",
          "init_args": {"dirpath": str(tmp / "run" / "checkpoints"), "filename": "{step}",
                        "every_n_train_steps": 5, "save_last": True, "save_top_k": -1, "export_hf": False}},
@@ -79,8 +78,8 @@ def run_fit(config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def logged(run_dir: Path, version: int, name: str) -> dict[int, float]:
     """{global step: value} of one metric from a CSVLogger version folder."""
-    rows = csv.DictReader(open(run_dir / "logs" / f"version_{version}" / "metrics.csv"))
-    return {int(r["step"]): float(r[name]) for r in rows if r.get(name) not in (None, "")}
+    with open(run_dir / "logs" / f"version_{version}" / "metrics.csv") as file:
+        return {int(r["step"]): float(r[name]) for r in csv.DictReader(file) if r.get(name) not in (None, "")}
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +95,8 @@ def runs(tmp_path_factory):
     first = run_fit(config)
     ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
     resumed = run_fit(config, "--trainer.max_steps", str(RESUMED_STEPS), "--ckpt_path", str(ckpt))
-    return dict(tmp=tmp, run_dir=tmp / "run", model_dir=model_dir, ckpt=ckpt, first=first, resumed=resumed,
-                val=data["val"])
+    return {"tmp": tmp, "run_dir": tmp / "run", "model_dir": model_dir, "ckpt": ckpt, "first": first,
+            "resumed": resumed, "val": data["val"]}
 
 
 def test_ten_grpo_steps_with_the_engine_on_gpu1_stay_in_sync(runs):

@@ -21,14 +21,8 @@ import torch
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install 'r1-lightning[vllm]'")
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from tiny_models import tiny_qwen2, word_level_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1_lightning.rollout import HFEngine, SamplingConfig, VLLMEngine
 
@@ -43,27 +37,14 @@ MAX_LOGPROB_GAP = 1e-2  # mean |engine log-prob - policy log-prob| of a healthy 
 
 
 def save_tiny_model(path) -> None:
-    tokenizer = Tokenizer(models.WordLevel(VOCAB, unk_token="<pad>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>").save_pretrained(
-        path
-    )
-    config = Qwen2Config(
-        vocab_size=len(VOCAB),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
+    tokenizer = word_level_tokenizer(VOCAB, "<pad>", per_character=True, pad_token="<pad>", eos_token="<eos>")
+    tokenizer.save_pretrained(path)
+    model = tiny_qwen2(
+        len(VOCAB), hidden_size=256, intermediate_size=512, max_position_embeddings=512, tie_word_embeddings=False,
         initializer_range=0.05,  # logits of std ~1: clear greedy winners, bf16 errors well below
-        eos_token_id=EOS,
-        pad_token_id=VOCAB["<pad>"],
+        eos_token_id=EOS, pad_token_id=VOCAB["<pad>"],
     )
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(path)
+    model.save_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +191,7 @@ def test_weight_sync_after_optimizer_steps(setup):
     stale_gap = mean_logprob_gap(policy, stale_samples)
     assert stale_gap > 10 * MAX_LOGPROB_GAP
 
-    engine.update_from_policy(policy)
+    engine.load_weights(policy.named_parameters())  # what RolloutModule.sync_engine does
 
     after = greedy(engine)
     assert [c.token_ids for c in after] != [c.token_ids for c in before]

@@ -1,0 +1,287 @@
+"""The GRPO-family policy-gradient losses, per token and per microbatch.
+
+Every option of the loss lives in one frozen `PolicyLossConfig`, checked once when it is built
+(`GRPOModule` builds it from its constructor arguments, whose names it shares) and passed down:
+
+    grpo_microbatch_loss(config)            per-token loss -> aggregation -> / accumulation
+      └─ policy_gradient_loss(config)       -A·log π  |  clipped surrogate; x TIS weight; + β·KL
+           └─ grpo_clip_loss(config)        -min(r·A, clip(r, 1-ε_low, 1+ε_high)·A), token or GSPO ratios
+
+The CS336 functions (`compute_naive_policy_gradient_loss`, `compute_grpo_clip_loss`,
+`compute_policy_gradient_loss`, `grpo_microbatch_train_step`) keep the assignment's signatures and
+are thin adapters over these: a config with only `loss_type` and `cliprange` set reproduces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from r1_lightning.functional.masked import LOSS_AGGREGATIONS, aggregate_loss, row_mean_or_zero
+
+LOSS_TYPES = ("no_baseline", "reinforce_with_baseline", "grpo_clip")
+IMPORTANCE_LEVELS = ("token", "sequence")
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """The options of the GRPO-family loss, named as `GRPOModule`'s arguments (and the configs' keys).
+
+    loss_type: "no_baseline" (-raw reward · log π), "reinforce_with_baseline" (-advantage · log π)
+        or "grpo_clip" (the clipped surrogate of `grpo_clip_loss`).
+    loss_agg: how a microbatch's per-token losses become one number (see `aggregate_loss`):
+        "seq_mean_token_mean" (GRPO), "token_mean" (DAPO), "seq_mean_token_sum_norm" (Dr. GRPO).
+    cliprange: ε of the clip range [1-ε, 1+ε] (grpo_clip); with `cliprange_high`, the lower side only.
+    cliprange_high: the upper ε (DAPO clip-higher, e.g. 0.28 with cliprange 0.2); None: = cliprange.
+    importance_level: "token" ratios (GRPO/PPO) or "sequence" ratios (GSPO); grpo_clip only.
+    beta: weight of a k3 KL penalty to a reference policy (0: none; the KL is still reported when
+        reference log-probs are given).
+    tis_cap: truncated importance sampling: each token's policy-gradient loss is weighted by
+        min(π_old / π_rollout, tis_cap) against the rollout engine's log-probs (None: off).
+    loss_normalize_constant: the Dr. GRPO divisor of "seq_mean_token_sum_norm" (e.g. the most
+        tokens a response may have); required by it, unused by the other aggregations.
+    """
+
+    loss_type: str = "reinforce_with_baseline"
+    loss_agg: str = "seq_mean_token_mean"
+    cliprange: float | None = 0.2
+    cliprange_high: float | None = None
+    importance_level: str = "token"
+    beta: float = 0.0
+    tis_cap: float | None = None
+    loss_normalize_constant: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}; choose one of {LOSS_TYPES}")
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"unknown loss aggregation loss_agg={self.loss_agg!r}; choose one of {LOSS_AGGREGATIONS}")
+        if self.importance_level not in IMPORTANCE_LEVELS:
+            raise ValueError(
+                f"unknown importance_level {self.importance_level!r}; choose one of {IMPORTANCE_LEVELS}"
+            )
+        clip_only = {"importance_level='sequence' (GSPO)": self.importance_level == "sequence",
+                     "cliprange_high": self.cliprange_high is not None}
+        for option, is_set in clip_only.items():
+            if is_set and self.loss_type != "grpo_clip":
+                raise ValueError(f"{option} needs loss_type='grpo_clip', got loss_type={self.loss_type!r}")
+        if self.loss_type == "grpo_clip" and self.cliprange is None:
+            raise ValueError("loss_type='grpo_clip' needs cliprange (the lower ε, and the upper one unless cliprange_high)")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        for option in ("tis_cap", "loss_normalize_constant"):
+            if getattr(self, option) is not None and getattr(self, option) <= 0:
+                raise ValueError(f"{option} must be > 0 or None, got {getattr(self, option)}")
+        if self.loss_agg == "seq_mean_token_sum_norm" and self.loss_normalize_constant is None:
+            raise ValueError("loss_agg='seq_mean_token_sum_norm' needs loss_normalize_constant (e.g. max tokens)")
+
+
+def _as_column(per_sequence: torch.Tensor) -> torch.Tensor:
+    # (B,) would broadcast against (B, T) along the wrong axis (or fail): make it (B, 1).
+    return per_sequence.unsqueeze(-1) if per_sequence.dim() == 1 else per_sequence
+
+
+def compute_naive_policy_gradient_loss(
+    raw_rewards_or_advantages: torch.Tensor, policy_log_probs: torch.Tensor
+) -> torch.Tensor:
+    """REINFORCE per-token loss: -A · log π.
+
+    raw_rewards_or_advantages (B, 1) (or (B,)), policy_log_probs (B, T) -> loss (B, T).
+    """
+    return -_as_column(raw_rewards_or_advantages) * policy_log_probs
+
+
+def grpo_clip_loss(
+    advantages: torch.Tensor, policy_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
+    config: PolicyLossConfig, response_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO/GRPO clipped surrogate: -min(r·A, clip(r, 1-ε_low, 1+ε_high)·A).
+
+    Args:
+        advantages (B, 1) (or (B,)); policy_log_probs, old_log_probs (B, T).
+        config: ε_low = `cliprange`, ε_high = `cliprange_high` (default: `cliprange`), and
+            `importance_level`: "token": r = exp(log π - log π_old) per token (GRPO/PPO).
+            "sequence" (GSPO-token): s_i = exp(masked mean over the response of
+            (log π - log π_old)); each token uses r = sg(s_i) · exp(log π - sg(log π)), whose value
+            is s_i (so clipping is decided per sequence) and whose gradient flows per token.
+        response_mask (B, T): needed by the sequence level; a row with no response token gets s_i = 1.
+
+    Returns:
+        loss (B, T) and metadata (detached): "clipped" (B, T) bool, True where the clipped term
+        was the one taken (the min picked it strictly); "ratio" (B, T).
+    """
+    low = config.cliprange
+    high = low if config.cliprange_high is None else config.cliprange_high
+    advantages = _as_column(advantages)
+    log_ratio = policy_log_probs - old_log_probs
+    if config.importance_level == "token":
+        ratio = torch.exp(log_ratio)
+    else:
+        if response_mask is None:
+            raise ValueError("importance_level='sequence' (GSPO) needs response_mask")
+        seq_ratio = torch.exp(row_mean_or_zero(log_ratio, response_mask)).unsqueeze(-1)  # (B, 1)
+        ratio = seq_ratio.detach() * torch.exp(policy_log_probs - policy_log_probs.detach())
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - low, 1.0 + high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    metadata = {"clipped": (clipped < unclipped).detach(), "ratio": ratio.detach()}
+    return loss, metadata
+
+
+def compute_grpo_clip_loss(
+    advantages: torch.Tensor,
+    policy_log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    cliprange: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CS336: `grpo_clip_loss` with ε = `cliprange` on both sides and per-token ratios.
+
+    advantages (B, 1), policy_log_probs, old_log_probs (B, T) -> (loss (B, T), {"clipped", "ratio"}).
+    """
+    config = PolicyLossConfig(loss_type="grpo_clip", cliprange=cliprange)
+    return grpo_clip_loss(advantages, policy_log_probs, old_log_probs, config)
+
+
+def compute_k3_kl(policy_log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(π || π_ref) per token: exp(ref - log π) - (ref - log π) - 1 >= 0.
+
+    policy_log_probs, ref_log_probs (B, T) -> (B, T); differentiable w.r.t. policy_log_probs.
+    """
+    log_ratio = ref_log_probs - policy_log_probs
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def policy_gradient_loss(
+    policy_log_probs: torch.Tensor, config: PolicyLossConfig, *,
+    raw_rewards: torch.Tensor | None = None, advantages: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None, response_mask: torch.Tensor | None = None,
+    ref_log_probs: torch.Tensor | None = None, rollout_log_probs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The per-token policy loss of `config.loss_type`, plus the KL penalty and TIS correction.
+
+    Args:
+        policy_log_probs (B, T): log π of the sampled tokens (differentiable).
+        config: loss_type ("no_baseline" reads raw_rewards, "reinforce_with_baseline" advantages,
+            "grpo_clip" advantages and old_log_probs, see `grpo_clip_loss`), beta, tis_cap.
+        raw_rewards, advantages (B, 1) (or (B,)); old_log_probs, response_mask (B, T).
+        ref_log_probs (B, T): adds beta · k3 KL(π || π_ref) per token (beta 0: the KL is only reported).
+        rollout_log_probs (B, T): the engine's log-probs, read only with `tis_cap`: the
+            policy-gradient loss (not the KL) is multiplied per token by
+            w = min(exp(log π_old - rollout_log_probs), tis_cap), detached, where log π_old is
+            old_log_probs when given, else log π detached.
+
+    Returns:
+        loss (B, T) and metadata of detached per-token tensors: "clipped" and "ratio" (grpo_clip),
+        "kl" (when ref_log_probs is given), "tis_weight" (when TIS is on).
+    """
+    if config.beta and ref_log_probs is None:
+        raise ValueError(f"beta={config.beta} needs ref_log_probs for the KL penalty")
+    if config.tis_cap is not None and rollout_log_probs is None:
+        raise ValueError(f"tis_cap={config.tis_cap} needs rollout_log_probs (the engine's log-probs)")
+    metadata: dict[str, torch.Tensor] = {}
+    if config.loss_type == "no_baseline":
+        if raw_rewards is None:
+            raise ValueError("loss_type='no_baseline' needs raw_rewards")
+        loss = compute_naive_policy_gradient_loss(raw_rewards, policy_log_probs)
+    elif config.loss_type == "reinforce_with_baseline":
+        if advantages is None:
+            raise ValueError("loss_type='reinforce_with_baseline' needs advantages")
+        loss = compute_naive_policy_gradient_loss(advantages, policy_log_probs)
+    else:
+        if advantages is None or old_log_probs is None:
+            raise ValueError("loss_type='grpo_clip' needs advantages and old_log_probs")
+        loss, metadata = grpo_clip_loss(advantages, policy_log_probs, old_log_probs, config, response_mask)
+
+    if config.tis_cap is not None:
+        behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
+        tis_weight = torch.exp(behaviour.detach() - rollout_log_probs).clamp(max=config.tis_cap).detach()
+        loss = loss * tis_weight
+        metadata["tis_weight"] = tis_weight
+    if ref_log_probs is not None:
+        kl = compute_k3_kl(policy_log_probs, ref_log_probs)
+        if config.beta:
+            loss = loss + config.beta * kl
+        metadata["kl"] = kl.detach()
+    return loss, metadata
+
+
+def compute_policy_gradient_loss(
+    policy_log_probs: torch.Tensor, loss_type: str, raw_rewards: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None, old_log_probs: torch.Tensor | None = None, cliprange: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CS336: the per-token loss (B, T) of `loss_type` and its metadata (see `policy_gradient_loss`)."""
+    config = PolicyLossConfig(loss_type=loss_type, cliprange=cliprange)
+    return policy_gradient_loss(
+        policy_log_probs, config, raw_rewards=raw_rewards, advantages=advantages, old_log_probs=old_log_probs
+    )
+
+
+# Per-token metadata of `policy_gradient_loss` -> the name of its mean over response tokens.
+_TOKEN_METRICS = {
+    "clipped": "clip_fraction",
+    "ratio": "ratio_mean",
+    "kl": "kl_mean",
+    "tis_weight": "tis_weight_mean",
+}
+
+
+def grpo_microbatch_loss(
+    policy_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    gradient_accumulation_steps: float,
+    config: PolicyLossConfig,
+    *,
+    step_response_tokens: float | None = None,
+    **tensors: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The GRPO-family microbatch loss, without backward (for `manual_backward`).
+
+    per-token loss (`policy_gradient_loss`, given `tensors`: raw_rewards, advantages,
+    old_log_probs, ref_log_probs, rollout_log_probs) -> `aggregate_loss` by `config.loss_agg`
+    -> divided by gradient_accumulation_steps, EXCEPT for "token_mean" with `step_response_tokens`:
+    that is the number of response tokens of the whole optimizer step, so the microbatch losses
+    already sum to the step's token mean and dividing again would shrink it. "token_mean" without
+    it is this microbatch's own token mean (divided like the others).
+
+    policy_log_probs, response_mask (B, T). Returns the scalar loss and detached scalar metadata:
+    "loss_per_token" (token mean of the per-token loss), and the response-token means
+    "clip_fraction", "ratio_mean", "kl_mean", "tis_weight_mean" where they apply.
+    """
+    per_token_loss, token_metadata = policy_gradient_loss(
+        policy_log_probs, config, response_mask=response_mask, **tensors
+    )
+    if config.loss_agg == "token_mean" and step_response_tokens is not None:
+        loss = aggregate_loss(per_token_loss, response_mask, "token_mean", step_response_tokens)
+    else:
+        constant = config.loss_normalize_constant if config.loss_agg == "seq_mean_token_sum_norm" else None
+        loss = aggregate_loss(per_token_loss, response_mask, config.loss_agg, constant) / gradient_accumulation_steps
+    metadata = {"loss_per_token": aggregate_loss(per_token_loss.detach(), response_mask, "token_mean")}
+    for key, name in _TOKEN_METRICS.items():
+        if key in token_metadata:
+            metadata[name] = aggregate_loss(token_metadata[key].float(), response_mask, "token_mean")
+    return loss, metadata
+
+
+def grpo_microbatch_train_step(
+    policy_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    gradient_accumulation_steps: int,
+    loss_type: str,
+    raw_rewards: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    cliprange: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CS336: `grpo_microbatch_loss` (sequence mean of token means), then `loss.backward()`.
+
+    Gradients accumulate over calls (never zeroed). policy_log_probs, response_mask (B, T) ->
+    (scalar loss, metadata).
+    """
+    config = PolicyLossConfig(loss_type=loss_type, cliprange=cliprange)
+    loss, metadata = grpo_microbatch_loss(
+        policy_log_probs, response_mask, gradient_accumulation_steps, config,
+        raw_rewards=raw_rewards, advantages=advantages, old_log_probs=old_log_probs,
+    )
+    loss.backward()
+    return loss, metadata
