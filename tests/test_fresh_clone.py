@@ -17,8 +17,6 @@ from r1_lightning.data.readers import load_gsm8k, load_math, load_sft
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-# The one data file a config names that may not be redistributed (data/README.md says what to do).
-NOT_SHIPPED = {"data/math/sft.jsonl"}
 
 
 def data_paths(config: Path) -> dict[str, str]:
@@ -35,7 +33,7 @@ def test_every_config_reads_data_inside_the_repository(config):
     for key, value in data_paths(config).items():
         path = (ROOT / value).resolve()
         assert path.is_relative_to(ROOT), f"{config.name}: {key}: {value} is outside the repository"
-        assert path.is_file() or value in NOT_SHIPPED, f"{config.name}: {key}: {value} is not in the clone"
+        assert path.is_file(), f"{config.name}: {key}: {value} is not in the clone"
 
 
 def test_the_full_configs_name_their_data():
