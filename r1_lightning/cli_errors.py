@@ -28,14 +28,6 @@ _SUBCOMMAND_REJECTS = re.compile(r"Subcommand '([^']+)' does not accept option '
 _CLASS_REPR = re.compile(r"<class '(?:builtins\.)?([\w.]+)'>")
 
 # Data files the configs name but the repository may not redistribute, and what to do instead.
-NOT_SHIPPED = {
-    "data/math/sft.jsonl": (
-        "the MATH SFT traces are not shipped (no license to redistribute them): put your own SFT jsonl "
-        "there or pass --data.init_args.train_path FILE (the format is in data/README.md)"
-    ),
-}
-
-
 def exception_chain(error: BaseException) -> list[BaseException]:
     """`error`, then what caused it, down to the root (`__cause__`, else an unsuppressed `__context__`)."""
     chain: list[BaseException] = []
@@ -211,9 +203,7 @@ def describe_failure(error: BaseException, argv: list[str]) -> str | None:
         return f"checkpoint {ckpt} is corrupt or not a Lightning checkpoint"
     root = chain[-1]
     if isinstance(root, (FileNotFoundError, DataFormatError)):
-        message = str(root)
-        hint = next((text for path, text in NOT_SHIPPED.items() if message.endswith(path)), None)
-        return f"{message}: {hint}" if hint else message
+        return str(root)
     if isinstance(root, (ValueError, OSError)) and _raised_while_instantiating(error):
         return str(root).strip().replace("\n", " ")
     return None
