@@ -75,28 +75,35 @@ class Normalized:
     value: str  # the canonical string of the rest ("3")
 
 
-def strip_dressing(answer: str) -> str:
-    """`answer` without what does not change its value (units, degrees, `$`, `%`, `\\left`, `\\dfrac`,
-    `\\text{}` wrappers, a trailing period), spacing kept: the form the symbolic step parses."""
+def _undress(answer: str) -> tuple[str, str | None, str]:
+    """(the `x =` prefix as written, its variable, the rest without what does not change its value)."""
     s = answer.strip().rstrip(".")
     for pattern, replacement in _FORMATTING:
         s = pattern.sub(replacement, s)
-    s = s.strip().rstrip(".")
+    prefix = _VARIABLE_PREFIX.match(s)
+    head, variable = (s[: prefix.end()], prefix.group(1)) if prefix else ("", None)
+    s = s[len(head) :].strip().rstrip(".")
     if _TRAILING_TEXT_UNIT.search(s) and not _TEXT_WRAPPER.fullmatch(s):  # a unit, not a text answer
         s = _TRAILING_TEXT_UNIT.sub("", s)
     for _ in range(2):  # \textbf{\text{A}} has two layers
         s = _TEXT_WRAPPER.sub(r"\1", s)
-    return _TRAILING_UNIT_WORDS.sub("", s).strip().rstrip(".")
+    return head, variable, _TRAILING_UNIT_WORDS.sub("", s).strip().rstrip(".")
+
+
+def strip_dressing(answer: str) -> str:
+    """`answer` without what does not change its value (units, degrees, `$`, `%`, `\\left`, `\\dfrac`,
+    `\\text{}` wrappers, a trailing period), spacing and an `x =` prefix kept: the form the symbolic
+    step parses."""
+    head, _variable, rest = _undress(answer)
+    return f"{head} {rest}" if head else rest
 
 
 def normalize(answer: str) -> Normalized:
     """The leading variable and a canonical string of a final answer: equal strings mean equal
     answers. The converse does not hold: different strings go on to a numeric or symbolic test."""
-    s = strip_dressing(answer)
-    variable = None
-    prefix = _VARIABLE_PREFIX.match(s)
-    if prefix:
-        variable, s = _WHITESPACE.sub("", prefix.group(1)).replace("{", "").replace("}", ""), s[prefix.end() :]
+    _head, variable, s = _undress(answer)
+    if variable is not None:
+        variable = _WHITESPACE.sub("", variable).replace("{", "").replace("}", "")
     s = _WHITESPACE.sub("", s).rstrip(".")
     s = _SHORT_FRAC_FIRST.sub(r"\\frac{\1}", s)
     s = _SHORT_FRAC_SECOND.sub(r"\1{\2}", s)
