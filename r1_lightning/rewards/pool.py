@@ -16,6 +16,8 @@
   verdict (the sum of the last three), monotonically increasing, for logging.
 - An answer whose comparison used its whole CPU budget is remembered (the last `QUARANTINE_SIZE`)
   and scored 0 at once when it comes again: it would take the same time and a worker again.
+
+POSIX only (fork, Unix sockets, select on sockets), like the training stack it serves.
 """
 
 import atexit
@@ -223,11 +225,15 @@ class WorkerPool:
     def start(self) -> None:
         """Start the server and the workers now (idempotent); they warm up in the background."""
         with self._condition:
-            if self._server is None or not self._server.alive():
-                self._server = ForkServer()
             while len(self._workers) < self._size:
-                self._workers.append(self._server.fork_worker())
+                self._workers.append(self._fork())
                 self._idle.append(self._workers[-1])
+
+    def _fork(self) -> SymbolicWorker:
+        """A new worker, from a new server if the last one died (call with the condition held)."""
+        if self._server is None or not self._server.alive():
+            self._server = ForkServer()
+        return self._server.fork_worker()
 
     def wait_ready(self) -> bool:
         with self._condition:
@@ -263,7 +269,7 @@ class WorkerPool:
             while True:
                 if self._waiting[0] is ticket:
                     if not self._idle and len(self._workers) < self._max_size:
-                        self._workers.append(self._server.fork_worker())
+                        self._workers.append(self._fork())
                         self._idle.append(self._workers[-1])
                     if self._idle:
                         break
@@ -280,9 +286,7 @@ class WorkerPool:
                 self._quarantine[timed_out_answer] = None
                 if len(self._quarantine) > QUARANTINE_SIZE:
                     self._quarantine.popitem(last=False)
-            if self._server is None or not self._server.alive():
-                self._server = ForkServer()
-            replacement = self._server.fork_worker()
+            replacement = self._fork()
             if worker in self._workers:  # (not after close())
                 self._workers[self._workers.index(worker)] = replacement
             return replacement
@@ -315,3 +319,21 @@ def worker_pool() -> WorkerPool:
 def _close_workers() -> None:
     if _pool is not None and _pool_pid == os.getpid():
         _pool.close()
+
+
+def _forget_pool_in_child() -> None:
+    """In a child forked from this process (a DataLoader worker, say), drop the parent's pool
+    without killing anything, so the parent's fork server still exits when the parent does; the
+    child starts its own pool if it grades. Locks another thread held at the fork are replaced."""
+    global _pool, _pool_lock, _stats_lock
+    _pool_lock, _stats_lock = threading.Lock(), threading.Lock()
+    if _pool is not None:
+        for worker in _pool._workers:
+            worker._connection.close()
+        if _pool._server is not None:
+            _pool._server._control.close()
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
