@@ -8,7 +8,7 @@ from `--answers` (a JSONL file with an "answer" field, e.g. the MATH validation 
 random LaTeX, huge numbers, deep nesting, unbalanced braces, long strings, random responses with
 tags, and universal-answer candidates (constant answers: infinities, absolute values, huge, tiny and
 cancelling powers, nan, empty sets, short decimals), each graded against the same `--truths` distinct
-ground truths. `--threads` threads grade the shuffled work at once while one more thread keeps
+ground truths (plus 0, 1, 1/2 and pi where the file has them, which some constants do equal). `--threads` threads grade the shuffled work at once while one more thread keeps
 sending honest answers (ground truths rewritten in an equal form) and times them.
 
 Reports: crashes (an exception out of the reward function, or a worker that died), calls over 5 s,
@@ -146,6 +146,8 @@ def main() -> None:
     with open(args.answers) as lines:
         truths_all = sorted({json.loads(line)["answer"] for line in lines if line.strip()})
     truths = rng.sample(truths_all, min(args.truths, len(truths_all)))
+    # Plus the values some constants really equal, so that the count is seen to count.
+    truths += [t for t in ("0", "1", r"\frac{1}{2}", r"\pi") if t in truths_all and t not in truths]
     makers = {"random_latex": random_latex, "huge_number": huge_number, "deep_nesting": deep_nesting,
               "unbalanced": unbalanced, "long_string": long_string, "random_response": random_response}
     work = []  # (category, response, ground truth)
