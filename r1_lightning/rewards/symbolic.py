@@ -241,6 +241,10 @@ def _differ_somewhere(difference) -> bool:
         return False
 
 
-# math-verify's structural comparison calls these two by module-global name.
-math_verify_grader.sympy_numeric_eq = _numeric_leaf
-math_verify_grader.sympy_symbolic_eq = _symbolic_leaf
+# math-verify's structural comparison calls these two by module-global name. If a new version
+# renamed them, replacing them would silently keep the numeric shortcuts: refuse to run instead.
+for _name, _leaf in (("sympy_numeric_eq", _numeric_leaf), ("sympy_symbolic_eq", _symbolic_leaf)):
+    if not hasattr(math_verify_grader, _name):
+        raise ImportError(f"math_verify.grader.{_name} is gone: this math-verify version needs the "
+                          "grader's exact leaf comparisons ported (r1_lightning/rewards/symbolic.py)")
+    setattr(math_verify_grader, _name, _leaf)
