@@ -6,10 +6,12 @@ from r1_lightning.rewards.extract import (
     extract_last_number,
     unwrap_boxed,
 )
-from r1_lightning.rewards.grader import grade
+from r1_lightning.rewards.grader import grade, start_grader
 from r1_lightning.rewards.normalize import normalize_answer
+from r1_lightning.rewards.pool import GraderStats, grader_stats, grader_timeouts
 from r1_lightning.rewards.reward_fns import (
     REWARD_FNS,
+    CheckedRewardFn,
     RewardFn,
     combine_reward_fns,
     get_reward_fn,
@@ -22,6 +24,8 @@ from r1_lightning.rewards.reward_fns import (
 
 __all__ = [
     "REWARD_FNS",
+    "CheckedRewardFn",
+    "GraderStats",
     "RewardFn",
     "combine_reward_fns",
     "extract_answer_tag",
@@ -29,11 +33,14 @@ __all__ = [
     "extract_last_number",
     "get_reward_fn",
     "grade",
+    "grader_stats",
+    "grader_timeouts",
     "gsm8k_reward_fn",
     "normalize_answer",
     "question_only_reward_fn",
     "r1_zero_format_reward_fn",
     "r1_zero_reward_fn",
     "resolve_reward_fn",
+    "start_grader",
     "unwrap_boxed",
 ]

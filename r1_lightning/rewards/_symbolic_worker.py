@@ -1,20 +1,28 @@
-"""The symbolic step of the grader, run in a child process: `python -m r1_lightning.rewards._symbolic_worker`.
+"""The symbolic step of the grader, in child processes: a fork server and the workers it forks.
 
-Protocol (one JSON array per line): the parent writes `[request_id, given, ground_truth]` to stdin,
-the worker answers `[request_id, equal]` on stdout. It announces itself with the line `ready` once
-math-verify's parser is loaded, and exits when stdin closes (so it never outlives its parent).
+`python -m r1_lightning.rewards._symbolic_worker FD` starts the fork server: it imports sympy and
+math-verify, warms their caches, then reads messages on the Unix socket FD (its parent's control
+socket). Each message carries one socket; the server forks a worker that serves that socket. So a
+new worker costs a fork (milliseconds), not an import and warm-up (one to three seconds), and all
+workers hold identical caches and the same PYTHONHASHSEED (set by the parent), hence give the same
+verdicts. The server exits when the control socket closes, a worker when its socket closes, so
+neither outlives the parent.
 
-Why a process: sympy and the antlr LaTeX parser can run for minutes (or allocate gigabytes) on
+Worker protocol (one line each): the worker first writes its pid; then the parent writes
+`[request_id, given, ground_truth]` (JSON) and the worker answers `[request_id, equal]`.
+
+Why processes: sympy and the antlr LaTeX parser can run for minutes (or allocate gigabytes) on
 hostile input, inside C code that no signal interrupts, and math-verify's own SIGALRM timeouts
-only work in the main thread. The parent kills this process when a reply is late, which bounds
-every call from any thread. The worker itself disables math-verify's timeouts for that reason.
+only work in the main thread. The parent kills a worker whose reply is late.
 """
 
-import functools
+import gc
 import json
 import logging
+import os
 import resource
 import signal
+import socket
 import sys
 
 # A hostile expression like (10^6)! or 9^(9^9) must fail fast with MemoryError instead of
@@ -31,7 +39,7 @@ WARM_UP = [
     ("(x+1)(x+2)", "x^2 + 3x + 2"),
     ("y = 2x + 3", "2x+3"),
     ("1 + i", "i + 1"),
-    ("\\frac{\\sqrt{2}}{2}", "0.707107"),
+    ("3.464102", "2\\sqrt{3}"),
 ]
 
 
@@ -44,44 +52,51 @@ def _limit_memory() -> None:
         pass
 
 
-def main() -> None:
+def _equal(given: str, ground_truth: str) -> bool:
+    from r1_lightning.rewards.symbolic import symbolic_equal
+
+    try:
+        return symbolic_equal(given, ground_truth)
+    except Exception:  # noqa: BLE001 - MemoryError, RecursionError, sympy internals: "not equal"
+        return False
+
+
+def _serve(connection: socket.socket) -> None:
+    """A worker's life: answer requests on `connection` until it closes."""
+    connection.sendall(f"{os.getpid()}\n".encode())
+    with connection.makefile("rb") as requests:
+        for line in requests:
+            request_id, given, ground_truth = json.loads(line)
+            connection.sendall((json.dumps([request_id, _equal(given, ground_truth)]) + "\n").encode())
+
+
+def main(control_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; EOF ends us
-    replies, sys.stdout = sys.stdout, sys.stderr  # a stray print() in a library must not break the protocol
+    sys.stdout = sys.stderr  # a stray print() in a library must not write where it should not
     _limit_memory()
     logging.disable(logging.WARNING)  # math-verify warns once that its own timeouts are off
-    from math_verify import LatexExtractionConfig, parse, verify
-
-    # The answer is already extracted, so parse the whole string as one LaTeX expression
-    # (as if it were boxed) rather than fishing for any number in it: "2 or maybe 3" must not
-    # match 3. No fallback to the raw string: an unparsable answer compares as not equal.
-    whole_answer = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
-
-    @functools.lru_cache(maxsize=8192)  # a GRPO group repeats its ground truth and often its answers
-    def parse_answer(text: str):
-        return parse("\\boxed{" + text + "}", extraction_config=whole_answer,
-                     fallback_mode="no_fallback", parsing_timeout=None)
-
-    def equal(given: str, ground_truth: str) -> bool:
-        gold, pred = parse_answer(ground_truth), parse_answer(given)
-        if not gold or not pred:
-            return False
-        return bool(verify(gold, pred, timeout_seconds=None))
-
-    # Load the parser and warm sympy's caches before announcing readiness: a cold worker takes up
-    # to a second over its first radical or interval, which a caller's timeout must not pay for.
+    # Load the parser and warm sympy's caches once, here: every worker starts warm.
     for given, ground_truth in WARM_UP:
-        equal(given, ground_truth)
-    replies.write("ready\n")
-    replies.flush()
-    for line in sys.stdin:
-        request_id, given, ground_truth = json.loads(line)
+        _equal(given, ground_truth)
+    gc.freeze()  # keep the warm objects in pages the workers share rather than copy
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped automatically
+    control = socket.socket(fileno=control_fd)
+    while True:
         try:
-            result = equal(given, ground_truth)
-        except Exception:  # noqa: BLE001 - MemoryError, RecursionError, sympy internals: "not equal"
-            result = False
-        replies.write(json.dumps([request_id, result]) + "\n")
-        replies.flush()
+            message, fds, _flags, _address = socket.recv_fds(control, 16, 4)
+        except OSError:
+            return
+        if not message:  # the parent closed the control socket: it is gone or done
+            return
+        for fd in fds:
+            if os.fork() == 0:
+                control.close()
+                try:
+                    _serve(socket.socket(fileno=fd))
+                finally:
+                    os._exit(0)
+            os.close(fd)
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]))

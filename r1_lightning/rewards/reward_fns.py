@@ -7,13 +7,14 @@ cannot climb by learning the format alone. `format_reward` is reported for loggi
 Reward hacks guarded against (see tests/test_rewards.py):
 - several `<answer>` blocks: only the last one counts, so hedging with many answers gains nothing;
   text after its `</answer>` is ignored;
-- an empty answer (`<answer></answer>`, `\\boxed{}`) is not well formatted and earns nothing;
+- an empty answer (`<answer></answer>`, `<answer> \\boxed{} </answer>`, an empty last block after a
+  full one) is not well formatted and earns nothing; an unclosed `\\boxed{` is formatted but wrong;
 - the ground truth written in the reasoning, outside the answer block, earns nothing;
 - a list of candidates in one answer ("1, 2, 3") is a set, not equal to a single value.
 """
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 
 from r1_lightning.rewards.extract import (
@@ -48,12 +49,18 @@ def _grade_any(answer: str, ground_truth: GroundTruth) -> bool:
 
 
 def _r1_zero_answer(response: str) -> str | None:
-    """The graded answer of an R1-Zero response, or None if the response is not well formatted:
-    it must contain `</think> <answer>`, and its last `<answer>` must be closed and non-empty."""
+    """The answer of an R1-Zero response as written (a box not yet unwrapped), or None if the
+    response is not well formatted: it must contain `</think> <answer>`, and its last `<answer>`
+    must be closed and not empty, nor hold only an empty `\\boxed{}`."""
     if R1_ZERO_SEPARATOR not in response:
         return None
     answer = extract_answer_tag(response)
-    return answer or None
+    if not answer:
+        return None
+    unwrapped = unwrap_boxed(answer)
+    if unwrapped is not None and not unwrapped.strip():
+        return None
+    return answer
 
 
 def r1_zero_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float]:
@@ -66,9 +73,7 @@ def r1_zero_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, flo
     if answer is None:
         return _rewards(well_formatted=False, correct=False)
     answer = unwrap_boxed(answer)
-    if not answer:
-        return _rewards(well_formatted=True, correct=False)
-    return _rewards(well_formatted=True, correct=_grade_any(answer, ground_truth))
+    return _rewards(well_formatted=True, correct=answer is not None and _grade_any(answer, ground_truth))
 
 
 def question_only_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float]:
@@ -129,11 +134,31 @@ def get_reward_fn(name: str) -> RewardFn:
             raise ValueError(f"reward function {name!r} could not be imported: {error}") from error
         if not callable(fn):
             raise ValueError(f"reward function {name!r} is not callable")
-        return fn
+        return fn if fn in REWARD_FNS.values() else CheckedRewardFn(name, fn)
     raise ValueError(
         f"unknown reward function {name!r}; choose one of {sorted(REWARD_FNS)} or give an import path "
         f"such as my_package.rewards.my_reward_fn"
     )
+
+
+class CheckedRewardFn:
+    """A user's reward function, checked on every call to return the three reward keys, so that a
+    wrong return value fails at once with one line naming the function and the missing keys,
+    rather than as a KeyError deep in the trainer."""
+
+    def __init__(self, name: str, fn: RewardFn):
+        self.name, self.fn = name, fn
+
+    def __call__(self, response: str, ground_truth: GroundTruth) -> dict[str, float]:
+        rewards = self.fn(response, ground_truth)
+        if not isinstance(rewards, Mapping):
+            raise TypeError(f"reward function {self.name!r} returned {type(rewards).__name__}, not a dict "
+                            f"with keys {list(REWARD_KEYS)}")
+        missing = [key for key in REWARD_KEYS if key not in rewards]
+        if missing:
+            raise ValueError(f"reward function {self.name!r} returned a dict without the keys {missing} "
+                             f"(it has {sorted(rewards)}; every reward function returns {list(REWARD_KEYS)})")
+        return rewards
 
 
 def resolve_reward_fn(spec: str | dict[str, float]) -> RewardFn:
