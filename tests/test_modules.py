@@ -454,3 +454,35 @@ def test_summarize_counts_accuracy_by_level_and_subject():
     assert summary["truncated_rate"] == pytest.approx(1 / 3)
     assert summary["accuracy_by_level"] == {"1": 0.5, "2": 0.0}
     assert summary["accuracy_by_subject"] == {"Algebra": 0.5, "Geometry": 0.0}
+
+
+def test_each_step_logs_its_grader_timeouts_and_setup_starts_the_grader(tiny_model_dir, toy_task_dir, tmp_path,
+                                                                        monkeypatch):
+    """`train/grader_timeouts` counts the answers the grader ran out of time on in that step (not
+    the run's total), and the grader's workers start when the module is set up, before any step."""
+    import r1_lightning.rewards as rewards
+
+    counts = {"timeouts": 0, "starts": 0, "starts_before_first_grade": None}
+    monkeypatch.setattr(rewards, "grader_timeouts", lambda: counts["timeouts"])
+    monkeypatch.setattr(rewards, "start_grader", lambda: counts.update(starts=counts["starts"] + 1))
+
+    def timing_out_reward(response: str, ground_truth: str) -> dict[str, float]:
+        if counts["starts_before_first_grade"] is None:
+            counts["starts_before_first_grade"] = counts["starts"]
+        counts["timeouts"] += 1  # as if the grader ran out of time on every answer
+        return {"format_reward": 1.0, "answer_reward": 0.0, "reward": 0.0}
+
+    logged = []
+
+    class RecordTimeouts(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            logged.append(float(trainer.callback_metrics["train/grader_timeouts"]))
+
+    module = GRPOModule(tiny_model_dir, engine=FixedEngine(), rollout_batch_size=8, group_size=4, train_batch_size=8,
+                        gradient_accumulation_steps=1, reward_fn="toy_rewards.digit_fraction_reward")
+    module.reward_fn = timing_out_reward
+    data = PromptDataModule(str(toy_task_dir / "train.jsonl"), batch_size=2)
+    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[RecordTimeouts()], default_root_dir=tmp_path).fit(module, data)
+    assert logged == [8.0, 8.0]  # 2 prompts x 4 samples a step
+    assert counts["starts_before_first_grade"] == 1

@@ -319,6 +319,26 @@ class RolloutModule(PolicyModule):
     def configure_callbacks(self) -> list[L.Callback]:
         return [RolloutWeightSync()]
 
+    def setup(self, stage: str) -> None:
+        # The grader's worker processes take seconds to start: start them now, not in the first step.
+        from r1_lightning.rewards import start_grader
+
+        start_grader()
+
+    def grade(self, batch: dict, completions: list[Completion]) -> tuple[list[dict], dict[str, float]]:
+        """Grade each completion against its prompt's ground truth (one record per completion) and
+        return the grading metrics: its seconds, and how many answers the grader scored 0 because
+        they ran out of time (`train/grader_timeouts`: never silent, a rise means a policy found
+        expressions that are slow to grade)."""
+        from r1_lightning.rewards import grader_timeouts
+
+        start, timeouts_before = time.perf_counter(), grader_timeouts()
+        records = grade_completions(batch, completions, self.reward_fn)
+        return records, {
+            "perf/reward_seconds": time.perf_counter() - start,
+            "train/grader_timeouts": float(grader_timeouts() - timeouts_before),
+        }
+
     def sync_engine(self) -> float | None:
         """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
         them already or generates with the policy itself. Returns the seconds it took, or None."""

@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from r1_lightning.evaluation import grade_completions
 from r1_lightning.functional import (
     PolicyLossConfig,
     get_response_log_probs,
@@ -169,6 +168,7 @@ class GRPOModule(RolloutModule):
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         batch_size = getattr(datamodule, "batch_size", None)
         if stage == "fit" and batch_size is not None and batch_size != self.prompts_per_step:
@@ -199,13 +199,13 @@ class GRPOModule(RolloutModule):
             )
         completions, metrics = self.rollout(prompts, self.step_sampling(**self.engine_logprob_request))
 
-        start = time.perf_counter()
-        self.last_rollout_records = records = grade_completions(batch, completions, self.reward_fn)
+        records, grading_metrics = self.grade(batch, completions)
+        self.last_rollout_records = records
+        metrics.update(grading_metrics)
         raw_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
         advantages, group_std = group_normalized_advantages(
             raw_rewards, self.group_size, self.advantage_eps, self.use_std_normalization
         )
-        metrics["perf/reward_seconds"] = time.perf_counter() - start
         metrics.update(rollout_metrics(records, raw_rewards, advantages, group_std))
 
         # All microbatches go to the GPU now, once: a copy from pageable memory waits for the GPU,

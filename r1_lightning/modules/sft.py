@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import torch
 
-from r1_lightning.evaluation import grade_completions
 from r1_lightning.functional import (
     get_response_log_probs,
     microbatch_groups,
@@ -173,7 +172,8 @@ class ExpertIterationModule(RolloutModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         completions, metrics = self.rollout(batch["prompt"], self.step_sampling())
-        records = grade_completions(batch, completions, self.reward_fn)
+        records, grading_metrics = self.grade(batch, completions)
+        metrics.update(grading_metrics)
         kept = [r for r in records if r["reward"] >= 1.0]
         kept_prompts, kept_responses = [r["prompt"] for r in kept], [r["response"] for r in kept]
         self.last_rollout_records = records
