@@ -102,8 +102,8 @@ def filler_range(tokenizer) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------------- data
 def find_gsm8k(path: str | None = None) -> Path:
-    candidates = [path, os.environ.get("R1L_GSM8K"), REPO_ROOT.parent / "shared/data/gsm8k/test.jsonl",
-                  REPO_ROOT / "shared/data/gsm8k/test.jsonl", "/work/shared/data/gsm8k/test.jsonl"]
+    """GSM8K test questions: `path`, else $R1L_GSM8K, else the copy shipped in data/."""
+    candidates = [path, os.environ.get("R1L_GSM8K"), REPO_ROOT / "data/gsm8k/test.jsonl"]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)

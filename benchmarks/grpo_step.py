@@ -10,7 +10,7 @@ string after ~512 tokens on average, ~13% reach 1024), the questions are GSM8K's
 checkpoint. The breakdown comes from what the module logs every step:
 `perf/rollout_seconds`, `perf/reward_seconds`, `perf/old_logprob_seconds` (0 here: one update per
 rollout batch needs no old log-probs), `perf/update_seconds`, `perf/step_seconds` (rollout to
-update) and the `RolloutWeightSync` time `perf/weight_sync_seconds` before each step after the
+update) and the weight sync's time (`RolloutWeightSync`, which the module brings) `perf/weight_sync_seconds` before each step after the
 first. Random weights earn no reward, so every advantage is 0: the update still runs every forward,
 backward and optimizer step (nothing is skipped for zero advantages).
 
@@ -46,7 +46,7 @@ def parse_args(argv):
     p.add_argument("--tiny", action="store_true", help="2-layer model, 2 questions x 2 samples x 16 tokens, HF engine")
     p.add_argument("--device", default="auto", help="auto | cpu (cpu: --tiny with the HF engine)")
     p.add_argument("--config", default=str(C.REPO_ROOT / "configs" / "grpo.yaml"))
-    p.add_argument("--gsm8k", help="GSM8K jsonl for the questions (default: ../shared/data/gsm8k/test.jsonl)")
+    p.add_argument("--gsm8k", help="GSM8K jsonl for the questions (default: $R1L_GSM8K, else data/gsm8k/test.jsonl)")
     p.add_argument("--stop-token-fraction", type=float, default=1 / 512)
     p.add_argument("--workdir", help="logs go here (default: a temporary folder)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds before the fit is stopped")
@@ -59,9 +59,8 @@ def derived_config(args, folder: Path, gsm8k: Path, workdir: Path) -> dict:
     config = yaml.safe_load(Path(args.config).read_text())
     trainer, init, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
     trainer.update(max_steps=args.steps, default_root_dir=str(workdir), enable_checkpointing=False,
-                   enable_progress_bar=False, callbacks=[{"class_path": "r1_lightning.callbacks.RolloutWeightSync"}],
-                   logger=[{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                            "init_args": {"save_dir": str(workdir), "name": "logs"}}])
+                   enable_progress_bar=False, callbacks=[],  # the module brings its own weight sync
+                   logger=[{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "logs"}}])
     init.update(model_name_or_path=str(folder), tokenizer_name_or_path=str(folder / "tokenizer"))
     data.update(train_path=str(gsm8k), val_path=str(gsm8k), dataset="gsm8k")
     if args.tiny:

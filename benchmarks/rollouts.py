@@ -80,7 +80,7 @@ def parse_args(argv):
                    help="cProfile the (unseeded) vLLM generate; write the top functions by own time to PATH")
     p.add_argument("--sync-repeats", type=int, default=5, help="timed weight syncs (after one untimed)")
     p.add_argument("--stop-token-fraction", type=float, default=1 / 512, help="1.5B shape: see above")
-    p.add_argument("--gsm8k", help="GSM8K test.jsonl (default: ../shared/data/gsm8k/test.jsonl, $R1L_GSM8K)")
+    p.add_argument("--gsm8k", help="GSM8K test.jsonl (default: $R1L_GSM8K, else data/gsm8k/test.jsonl)")
     p.add_argument("--gguf", default=C.DEFAULT_GGUF, help="SmolLM2 GGUF ($SMOLLM2_GGUF)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)

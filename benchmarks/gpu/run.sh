@@ -57,14 +57,12 @@ rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU
 step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_step"; }
 
 smollm2() {  # the GGUF becomes an HF folder, then `r1-lightning fit` on configs/gsm8k/smollm2_grpo.yaml
-  local data=${GSM8K_DIR:-/tmp/data/gsm8k}
   python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
     >"$work/convert.log" 2>&1 || { cat "$work/convert.log"; return 1; }
   # the run's CSV log and evaluations land in $work/logs as they are written (kept if the run is cut)
   mkdir -p runs/smollm2_gsm8k "$work/logs" && rm -rf runs/smollm2_gsm8k/logs && ln -s "$(realpath "$work/logs")" runs/smollm2_gsm8k/logs
   within 120 560 python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_grpo.yaml \
     --model.init_args.model_name_or_path /tmp/smollm2 \
-    --data.init_args.train_path "$data/train.jsonl" --data.init_args.val_path "$data/test.jsonl" \
     --trainer.max_steps 500 --trainer.max_time "${SMOLLM2_MAX_TIME:-00:00:06:30}" >"$work/fit.log" 2>&1
   echo "[smollm2] fit rc=$? at ${SECONDS} s"; cat "$work"/logs/version_*/eval/*_summary.json 2>/dev/null; }
 
