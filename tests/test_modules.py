@@ -460,7 +460,7 @@ def test_each_step_logs_its_grader_timeouts_and_setup_starts_the_grader(tiny_mod
                                                                         monkeypatch):
     """`train/grader_timeouts` counts the answers the grader ran out of time on in that step (not
     the run's total), and the grader's workers start when the module is set up, before any step."""
-    import r1_lightning.rewards as rewards
+    from r1_lightning import rewards
 
     counts = {"timeouts": 0, "starts": 0, "starts_before_first_grade": None}
     monkeypatch.setattr(rewards, "grader_timeouts", lambda: counts["timeouts"])
