@@ -4,10 +4,9 @@ The TRL side of `bash benchmarks/gpu/run.sh pipeline`, which runs it on GPU 1 wh
 the same recipe on GPU 0 for the same wall time. The recipe is read from r1-lightning's configs, so
 the two sides cannot drift apart:
 
-- SFT (`configs/gsm8k/smollm2_sft.yaml`): the same rows (`--sft-data`, built by
-  `python -m r1_lightning.data.build_sft gsm8k data/gsm8k/train.jsonl /tmp/gsm8k_sft_chat.jsonl
-  --template configs/gsm8k/r1_zero_chat.prompt`) as prompt/completion pairs (loss on the completion
-  only), its learning rate, schedule, warm-up, batch, epochs and max length.
+- SFT (`configs/gsm8k/smollm2_sft.yaml`): the same rows (its `train_path`,
+  `data/gsm8k/sft_chat.jsonl`: GSM8K's solutions in the GRPO prompt) as prompt/completion pairs (loss
+  on the completion only), its learning rate, schedule, warm-up, batch, epochs and max length.
 - GRPO (`configs/gsm8k/smollm2_grpo.yaml`): its training questions in its prompt template, its
   reward function (`r1_lightning.rewards.resolve_reward_fn` of the config's `reward_fn`, through
   `trl_reward_fn`, an adapter to TRL's reward-function signature), group size, rollouts per update
@@ -172,7 +171,7 @@ def run_sft(settings: dict, model: str, out: Path, deadline: float) -> str:
 
     from r1_lightning.data.readers import load_sft
 
-    rows = load_sft(settings["data"])
+    rows = load_sft(C.REPO_ROOT / settings["data"])
     dataset = datasets.Dataset.from_dict({"prompt": [r.prompt for r in rows], "completion": [r.response for r in rows]})
     keys = ("learning_rate", "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size",
             "gradient_accumulation_steps", "num_train_epochs", "max_length", "adam_beta1", "adam_beta2", "max_grad_norm")

@@ -82,12 +82,10 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
     python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
       >"$work/convert.log" 2>&1 || { cat "$work/convert.log"; return 1; }
   fi
-  python -m r1_lightning.data.build_sft gsm8k data/gsm8k/train.jsonl /tmp/gsm8k_sft_chat.jsonl \
-    --template configs/gsm8k/r1_zero_chat.prompt 2>"$work/build_sft.log" || { cat "$work/build_sft.log"; return 1; }
   local trl_pid=
   if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
     CUDA_VISIBLE_DEVICES=1 timeout $((${DEADLINE:-570} - SECONDS - 20)) python benchmarks/trl_gsm8k_pipeline.py \
-      --model /tmp/smollm2 --sft-data /tmp/gsm8k_sft_chat.jsonl --workdir "$work/trl" \
+      --model /tmp/smollm2 --workdir "$work/trl" \
       --budget-seconds $((${DEADLINE:-570} - SECONDS - 60)) --out "$work/trl_$(date +%s).json" >>"$work/trl.log" 2>&1 &
     trl_pid=$!
   fi
