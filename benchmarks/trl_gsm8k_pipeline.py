@@ -238,11 +238,20 @@ def main(argv=None) -> dict:
         result = fn()
         state.finish(stage, result, time.monotonic() - t)
 
+    def free_gpu():  # the trainer (and TRL's colocated vLLM) is gone: give its memory to the evaluation
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
     if not state.done("eval_base"):
         timed("eval_base", lambda: evaluate(Path(args.model), workdir / "eval_base"))
     if not state.done("sft"):
         deadline = min(time.monotonic() + args.sft_seconds, end - args.eval_reserve_seconds)
         timed("sft", lambda: run_sft(settings["sft"], args.model, workdir / "sft", deadline))
+        free_gpu()
     if not state.done("eval_sft"):
         timed("eval_sft", lambda: evaluate(sft_model, workdir / "eval_sft"))
     if time.monotonic() < end - args.eval_reserve_seconds:
@@ -250,6 +259,7 @@ def main(argv=None) -> dict:
         grpo_log = run_grpo(settings["grpo"], str(sft_model), grpo_dir, end - args.eval_reserve_seconds,
                             args.grpo_max_steps, args.save_steps)
         state.add_seconds("grpo", time.monotonic() - t)
+        free_gpu()
         t = time.monotonic()
         state.data.setdefault("eval_grpo", []).append(evaluate(grpo_dir / "final", workdir / f"eval_grpo_{int(t)}"))
         state.add_seconds("eval_grpo", time.monotonic() - t)
