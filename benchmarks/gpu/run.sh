@@ -99,15 +99,12 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
       --model.init_args.model_name_or_path /tmp/smollm2 --trainer.default_root_dir "$work/sft" \
       --trainer.max_time 00:00:02:30 >"$work/sft.log" 2>&1
     echo "[pipeline] SFT rc=$? at ${SECONDS} s"
-    # GRPO part 1 from the SFT export; 90 s of the command are kept for the evaluation at the end and the save
-    local part1=$((${DEADLINE:-570} - SECONDS - 90))
-    echo "$part1" >"$work/grpo_part1_seconds"
-    within 120 $((part1 + 80)) "${grpo[@]}" --model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf" \
+XX --model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf" \
       --trainer.max_time "$(hms "$part1")" >"$work/grpo_part1.log" 2>&1
     echo "[pipeline] GRPO part 1 rc=$? at ${SECONDS} s"
   else
     # Lightning's Timer restores the training time already spent from the checkpoint: max_time is the total
-    local total=$(($(cat "$work/grpo_part1_seconds") + ${DEADLINE:-570} - SECONDS - 90))
+    local total=$(($(cat "$work/grpo_part1_seconds") + ${DEADLINE:-570} - SECONDS - 120))
     within 120 $((${DEADLINE:-570} - SECONDS)) "${grpo[@]}" --model.init_args.model_name_or_path \
       "$work/sft/checkpoints/last_hf" --trainer.max_time "$(hms "$total")" --ckpt_path last >"$work/grpo_part2.log" 2>&1
     echo "[pipeline] GRPO part 2 (resumed) rc=$? at ${SECONDS} s"
