@@ -142,5 +142,9 @@ def test_gpu_runner_parses_and_dispatches_the_pipeline():
     text = RUN_SH.read_text()
     assert re.search(r"^pipeline\(\) \{", text, re.MULTILINE)
     assert re.search(r"^  [a-z|0-9]*\|pipeline\) \$what ;;", text, re.MULTILINE)
-    # part 2 resumes the run part 1 checkpoints
-    assert "--ckpt_path last" in text and "$work/sft/checkpoints/last_hf" in text
+    # GRPO from the SFT export runs twice: part 1, then part 2 resuming the run part 1 checkpoints
+    body = text[text.index("pipeline() {"):text.index("\ncase $what in")]
+    runs = [" ".join(command.split("2>&1")[0].replace("\\\n", " ").split())
+            for command in body.split('"${grpo[@]}"')[1:]]
+    assert all('--model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf"' in run for run in runs), runs
+    assert len(runs) == 2 and "--ckpt_path last" in runs[1] and "--ckpt_path" not in runs[0], runs

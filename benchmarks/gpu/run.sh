@@ -99,7 +99,11 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
       --model.init_args.model_name_or_path /tmp/smollm2 --trainer.default_root_dir "$work/sft" \
       --trainer.max_time 00:00:02:30 >"$work/sft.log" 2>&1
     echo "[pipeline] SFT rc=$? at ${SECONDS} s"
-XX --model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf" \
+    # GRPO part 1 from the SFT export; max_time counts training only: 120 s of the command are kept for
+    # the start (weights, engine, the evaluation at step 0), the evaluation at the end and the save
+    local part1=$((${DEADLINE:-570} - SECONDS - 120))
+    echo "$part1" >"$work/grpo_part1_seconds"
+    within 120 $((part1 + 110)) "${grpo[@]}" --model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf" \
       --trainer.max_time "$(hms "$part1")" >"$work/grpo_part1.log" 2>&1
     echo "[pipeline] GRPO part 1 rc=$? at ${SECONDS} s"
   else
