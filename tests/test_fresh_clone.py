@@ -67,7 +67,7 @@ def test_every_shipped_file_is_documented_and_parses(recwarn):
         path = DATA / name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha, name
         assert path.read_bytes().count(b"\n") == lines == expected_lines.get(name, lines), name
-        reader = {"sft.jsonl": load_sft}.get(path.name, load_gsm8k if name.startswith("gsm8k") else load_math)
+        reader = load_sft if path.name.startswith("sft") else load_gsm8k if name.startswith("gsm8k") else load_math
         assert len(reader(path)) == read, name
     for folder in ("math", "gsm8k"):  # the MIT notices travel with the data
         assert "MIT License" in (DATA / folder / "LICENSE").read_text()

@@ -8,11 +8,14 @@
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
 #     smollm2   GRPO on GSM8K with SmolLM2-135M-Instruct, accuracy before/after (1 GPU; SMOLLM2_MAX_TIME)
+#     pipeline  the CS336 pipeline on GSM8K with SmolLM2: greedy test evaluation, SFT, GRPO from the SFT
+#               export; run it twice (two 10-minute commands: the second resumes GRPO with --ckpt_path
+#               last); with 2 GPUs, TRL's SFTTrainer + GRPOTrainer on GPU 1 for the same time
 # Each run writes its JSON and log to $R1L_GPU_WORK/WHAT (default /tmp/r1l-gpu/WHAT); with ARCHIVE_DIR,
 # everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
 # skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
 set -uo pipefail
-what=${1:?"WHAT: setup | tests | update | rollouts | step | smollm2"}; archive=${2:-}
+what=${1:?"WHAT: setup | tests | update | rollouts | step | smollm2 | pipeline"}; archive=${2:-}
 work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
 source benchmarks/gpu/setup.sh
 
@@ -66,10 +69,57 @@ smollm2() {  # the GGUF becomes an HF folder, then `r1-lightning fit` on configs
     --trainer.max_steps 500 --trainer.max_time "${SMOLLM2_MAX_TIME:-00:00:06:30}" >"$work/fit.log" 2>&1
   echo "[smollm2] fit rc=$? at ${SECONDS} s"; cat "$work"/logs/version_*/eval/*_summary.json 2>/dev/null; }
 
+# hms SECONDS: Lightning's max_time (DD:HH:MM:SS)
+hms() { printf "00:%02d:%02d:%02d" $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
+
+pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkpoint exists): GRPO part 2
+  # r1-lightning on GPU 0 (policy and vLLM share it); with 2 GPUs, TRL on GPU 1 for the same wall time,
+  # resuming where its own previous call stopped. rm -rf $work to start over. Every evaluation is
+  # greedy on all 1,319 GSM8K test questions with configs/gsm8k/smollm2_grpo.yaml's settings.
+  local grpo=(python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_grpo.yaml
+    --trainer.default_root_dir "$work/grpo" --trainer.max_steps 500 --data.init_args.max_val_examples null)
+  if [ ! -f /tmp/smollm2/config.json ]; then
+    python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
+      >"$work/convert.log" 2>&1 || { cat "$work/convert.log"; return 1; }
+  fi
+  local trl_pid=
+  if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    CUDA_VISIBLE_DEVICES=1 timeout $((${DEADLINE:-570} - SECONDS - 20)) python benchmarks/trl_gsm8k_pipeline.py \
+      --model /tmp/smollm2 --workdir "$work/trl" \
+      --budget-seconds $((${DEADLINE:-570} - SECONDS - 60)) --out "$work/trl_$(date +%s).json" >>"$work/trl.log" 2>&1 &
+    trl_pid=$!
+  fi
+  export CUDA_VISIBLE_DEVICES=0
+  if [ ! -f "$work/grpo/checkpoints/last.ckpt" ]; then
+    within 60 150 python -m r1_lightning.cli validate --config configs/gsm8k/smollm2_grpo.yaml \
+      --model.init_args.model_name_or_path /tmp/smollm2 --trainer.limit_val_batches 1.0 \
+      --trainer.default_root_dir "$work/eval_base" --data.init_args.max_val_examples null >"$work/eval_base.log" 2>&1
+    echo "[pipeline] base evaluation rc=$? at ${SECONDS} s"
+    within 90 200 python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_sft.yaml \
+      --model.init_args.model_name_or_path /tmp/smollm2 --trainer.default_root_dir "$work/sft" \
+      --trainer.max_time 00:00:02:30 >"$work/sft.log" 2>&1
+    echo "[pipeline] SFT rc=$? at ${SECONDS} s"
+    # GRPO part 1 from the SFT export; max_time counts training only: 120 s of the command are kept for
+    # the start (weights, engine, the evaluation at step 0), the evaluation at the end and the save
+    local part1=$((${DEADLINE:-570} - SECONDS - 120))
+    echo "$part1" >"$work/grpo_part1_seconds"
+    within 120 $((part1 + 110)) "${grpo[@]}" --model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf" \
+      --trainer.max_time "$(hms "$part1")" >"$work/grpo_part1.log" 2>&1
+    echo "[pipeline] GRPO part 1 rc=$? at ${SECONDS} s"
+  else
+    # Lightning's Timer restores the training time already spent from the checkpoint: max_time is the total
+    local total=$(($(cat "$work/grpo_part1_seconds") + ${DEADLINE:-570} - SECONDS - 120))
+    within 120 $((${DEADLINE:-570} - SECONDS)) "${grpo[@]}" --model.init_args.model_name_or_path \
+      "$work/sft/checkpoints/last_hf" --trainer.max_time "$(hms "$total")" --ckpt_path last >"$work/grpo_part2.log" 2>&1
+    echo "[pipeline] GRPO part 2 (resumed) rc=$? at ${SECONDS} s"
+  fi
+  cat "$work"/eval_base/logs/version_*/*_summary.json "$work"/grpo/logs/version_*/eval/*_summary.json 2>/dev/null
+  if [ -n "$trl_pid" ]; then wait "$trl_pid"; echo "[pipeline] TRL rc=$? at ${SECONDS} s"; tail -3 "$work/trl.log"; fi; }
+
 case $what in
   setup) ;;
-  tests|update|rollouts|step|smollm2) $what ;;
-  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | smollm2)"; exit 2 ;;
+  tests|update|rollouts|step|smollm2|pipeline) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | smollm2 | pipeline)"; exit 2 ;;
 esac
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \
   --exclude="*.safetensors" -C "$(dirname "$work")" "$what"

@@ -1,0 +1,150 @@
+"""The recipes made for GPU runs that cannot run here: the leaderboard config, the SmolLM2 GSM8K
+SFT -> GRPO pipeline (its SFT config, data build and GPU runner) and the TRL side of that pipeline.
+
+What can be checked on a CPU: the configs parse through the real CLI, hold together (batch sizes, the
+loss options, the budget), the SFT file the SmolLM2 config names is its documented build, with
+exactly the prompts GRPO samples from, and the TRL script runs without TRL as far as it needs to.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r1_lightning.cli import main
+from r1_lightning.data import SFTDataModule
+from r1_lightning.data.build_sft import build
+from r1_lightning.data.readers import load_gsm8k
+from r1_lightning.data.templates import load_template, render_prompt
+from r1_lightning.functional import PolicyLossConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+LEADERBOARD, SFT, GRPO = (ROOT / "configs" / name for name in
+                          ("leaderboard.yaml", "gsm8k/smollm2_sft.yaml", "gsm8k/smollm2_grpo.yaml"))
+TRL_SCRIPT = ROOT / "benchmarks" / "trl_gsm8k_pipeline.py"
+RUN_SH = ROOT / "benchmarks" / "gpu" / "run.sh"
+
+
+def printed_config(capsys, path: Path) -> dict:
+    """`r1-lightning fit --config PATH --print_config`, in-process (the console script calls the same `main`)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_leaderboard_config_parses_and_holds_together(capsys):
+    config = printed_config(capsys, LEADERBOARD)
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert config["model"]["class_path"].endswith("GRPOModule")
+    assert model["model_name_or_path"] == "Qwen/Qwen2.5-Math-1.5B"
+    assert data["val_path"] == "data/math/validation.jsonl" and data["train_path"] == "data/math/train.jsonl"
+    # Dr. GRPO's advantages and loss, DAPO's clip-higher
+    assert model["use_std_normalization"] is False and model["loss_agg"] == "seq_mean_token_sum_norm"
+    assert model["loss_type"] == "grpo_clip" and model["cliprange"] == 0.2 and model["cliprange_high"] == 0.28
+    PolicyLossConfig(loss_type=model["loss_type"], loss_agg=model["loss_agg"], cliprange=model["cliprange"],
+                     cliprange_high=model["cliprange_high"], beta=model["beta"],
+                     loss_normalize_constant=float(model["sampling_max_tokens"]))
+    # the batch arithmetic GRPOModule and its data module check at setup
+    rollouts, group, train = model["rollout_batch_size"], model["group_size"], model["train_batch_size"]
+    assert data["batch_size"] * group == rollouts
+    assert rollouts % train == 0 and train % model["gradient_accumulation_steps"] == 0
+    updates_per_step = model["epochs_per_rollout_batch"] * rollouts // train
+    assert updates_per_step > 1, "clip-higher only acts on updates after the first of a rollout batch"
+
+    # The budget, recomputed from the measured 2 x H200 step of configs/grpo.yaml (256 rollouts, mean
+    # ~430 tokens): 4.16 s sampling, 5.20 s update; H100 x1.3 sampling, x1.1 update; old log-probs
+    # 0.3 x the update; a 600-token mean; 4 h less start (180 s) and the final evaluation (360 s),
+    # less 15%; evaluations and checkpoints ~1.65 s a step. The configured steps must fit.
+    length = 600 / 430
+    sampling = rollouts / 256 * 4.16 * 1.3 * length
+    update = updates_per_step * (train / 256) * 5.20 * 1.3 * 1.1 * length  # x1.3: the old log-probs
+    seconds_per_step = sampling + update + 0.03 + 1.65
+    fits = int((14_400 - 180 - 360) * 0.85 / seconds_per_step)
+    assert config["trainer"]["max_steps"] // updates_per_step <= fits, (seconds_per_step, fits)
+    assert config["trainer"]["max_time"] == "00:03:35:00"  # 25 minutes of the 4 hours left for the rest
+
+
+def test_smollm2_sft_config_trains_on_the_documented_build(capsys, tmp_path):
+    config = printed_config(capsys, SFT)
+    assert config["model"]["class_path"].endswith("SFTModule")
+    train_path = config["data"]["init_args"]["train_path"]
+    # The build command documented in the config, its output redirected into tmp, rebuilds the
+    # file the config names byte for byte
+    text = SFT.read_text()
+    command = re.search(r"python -m r1_lightning\.data\.build_sft (.*?\\\n#\s*.*?)\n", text).group(1)
+    argv = shlex.split(command.replace("\\\n#", " "))
+    assert argv[2] == train_path, "the config must name the file its documented command builds"
+    built = tmp_path / "gsm8k_sft_chat.jsonl"
+    assert build([*argv[:2], built, *argv[3:]]) == 7473 and built.is_file()
+    assert built.read_bytes() == (ROOT / train_path).read_bytes()
+
+    # SFT's prompts are exactly those GRPO samples from: GSM8K's questions in the GRPO config's template
+    grpo_data = yaml.safe_load(GRPO.read_text())["data"]["init_args"]
+    template = load_template(ROOT / grpo_data["template"])
+    expected = [render_prompt(template, example.question) for example in load_gsm8k(ROOT / grpo_data["train_path"])]
+    sft_data = config["data"]["init_args"]
+    module = SFTDataModule(ROOT / train_path, batch_size=sft_data["batch_size"], filter_correct=sft_data["filter_correct"],
+                           reward_fn=sft_data["reward_fn"])
+    module.setup("fit")
+    trained_on = [prompt for batch in module.train_dataloader() for prompt in batch["prompt"]]
+    assert sorted(trained_on) == sorted(expected)
+    assert module.filter_stats == {"total": 7473, "kept": 7473}  # every row grades correct under its reward
+
+
+def test_trl_script_runs_its_help_and_dry_run_without_trl():
+    # One process, TRL made unimportable (as where it is not installed): --help, then --dry-run.
+    run = ("import runpy, sys\nsys.modules['trl'] = None\nsys.argv = [sys.argv[1], '--help']\n"
+           "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code\n"
+           "print('=== dry run')\nsys.argv[1] = '--dry-run'\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", run, str(TRL_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    help_text, dry_run = proc.stdout.split("=== dry run\n")
+    assert "--budget-seconds" in help_text and "--dry-run" in help_text
+    settings = json.loads(dry_run)["settings"]
+    grpo = yaml.safe_load(GRPO.read_text())["model"]["init_args"]
+    sft = yaml.safe_load(SFT.read_text())
+    assert settings["grpo"]["max_completion_length"] == grpo["sampling_max_tokens"] == 384
+    assert settings["grpo"]["num_generations"] == grpo["group_size"]
+    g = settings["grpo"]
+    assert g["per_device_train_batch_size"] * g["gradient_accumulation_steps"] == grpo["rollout_batch_size"]
+    assert g["reward_fn"] == grpo["reward_fn"] and g["learning_rate"] == grpo["learning_rate"]
+    s = settings["sft"]
+    assert s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] == sft["data"]["init_args"]["batch_size"]
+    assert s["data"] == sft["data"]["init_args"]["train_path"]
+
+
+def test_trl_reward_adapter_scores_like_the_r1_reward():
+    spec = importlib.util.spec_from_file_location("trl_gsm8k_pipeline", TRL_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from r1_lightning.rewards import resolve_reward_fn
+
+    reward = script.trl_reward_fn(resolve_reward_fn({"gsm8k": 1.0, "r1_zero_format": 0.1}))
+    completions = [" 3 + 4 = 7 </think> <answer> 7 </answer>",   # right, well formed: 1 + 0.1
+                   " 3 + 4 = 8 </think> <answer> 8 </answer>",   # wrong, well formed: 0.1
+                   " the answer is 7"]                           # no answer block: 0
+    scores = reward(prompts=["p"] * 3, completions=completions, ground_truth=["7"] * 3, extra_column=[0, 1, 2])
+    assert scores == pytest.approx([1.1, 0.1, 0.0])
+
+
+def test_gpu_runner_parses_and_dispatches_the_pipeline():
+    subprocess.run(["bash", "-n", str(RUN_SH)], check=True)
+    text = RUN_SH.read_text()
+    assert re.search(r"^pipeline\(\) \{", text, re.MULTILINE)
+    assert re.search(r"^  [a-z|0-9]*\|pipeline\) \$what ;;", text, re.MULTILINE)
+    # GRPO from the SFT export runs twice: part 1, then part 2 resuming the run part 1 checkpoints
+    body = text[text.index("pipeline() {"):text.index("\ncase $what in")]
+    runs = [" ".join(command.split("2>&1")[0].replace("\\\n", " ").split())
+            for command in body.split('"${grpo[@]}"')[1:]]
+    assert all('--model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf"' in run for run in runs), runs
+    assert len(runs) == 2 and "--ckpt_path last" in runs[1] and "--ckpt_path" not in runs[0], runs
