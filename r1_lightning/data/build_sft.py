@@ -9,7 +9,8 @@ Each output line is `{"prompt", "response", "ground_truth"}`, the format `load_s
   `Assistant: <think>`;
 - `ground_truth`: the answer, which `filter_correct: true` grades the response against.
 
-    python -m r1_lightning.data.build_sft gsm8k data/gsm8k/train.jsonl data/gsm8k/sft.jsonl
+    python -m r1_lightning.data.build_sft gsm8k data/gsm8k/train.jsonl data/gsm8k/sft_chat.jsonl \\
+        --template configs/gsm8k/r1_zero_chat.prompt
     python -m r1_lightning.data.build_sft math prm800k/math_splits/train.jsonl data/math/sft.jsonl \\
         --id-prefix train/ --exclude data/math/validation.jsonl
 
