@@ -1,7 +1,7 @@
 """Fuzz the verifiable reward: generated answers against real ground truths, from several threads.
 
     python benchmarks/grader_fuzz.py --answers PATH/TO/math/validation.jsonl \
-        --out benchmarks/results/grader_fuzz.json
+        --out benchmarks/results/raw/grader_fuzz.json
 
 Every answer is graded with `r1_zero_reward_fn` inside an R1-Zero response, against a ground truth
 from `--answers` (a JSONL file with an "answer" field, e.g. the MATH validation split). Categories:
