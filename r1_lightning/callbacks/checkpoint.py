@@ -7,6 +7,7 @@ import copy
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from weakref import proxy
 
@@ -121,7 +122,11 @@ class HFExportCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         state = copy.deepcopy(trainer.fit_loop.state_dict())
         self._batch_end_state = (trainer.global_step, trainer.current_epoch, state)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        with warnings.catch_warnings():
+            # Lightning warns that under manual optimization a batch-end checkpoint holds the weights
+            # after the update. That is the state we want: it matches the loop counters saved with it.
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
