@@ -1,0 +1,149 @@
+"""Data parallelism on the CPU: Lightning's DDP strategy over 2 gloo processes gives the gradients
+of one process training on the same global batch.
+
+The 2 processes run this file as a script (`run_workers`, with the environment torchrun would set),
+so pytest itself stays single-process; the single-process reference runs in pytest, through the
+same `fit_and_record`. Every run records the gradient of each optimizer update (after DDP's
+all-reduce, before clipping) and the final parameters. Gradients, not only parameters: AdamW's first
+step is nearly lr·sign(g), blind to most errors of scale or weighting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+WORLD = 2
+GRPO_BASE = {"rollout_batch_size": 8, "group_size": 4, "train_batch_size": 8, "gradient_accumulation_steps": 2,
+             "reward_fn": "toy_rewards.digit_fraction_reward", "learning_rate": 1e-2, "seed": 0}
+# name -> GRPOModule options beyond GRPO_BASE; the batch sizes are per rank (as Lightning's batch_size)
+GRPO_RUNS = {
+    "seq_mean_token_mean": {"loss_agg": "seq_mean_token_mean"},
+    "token_mean": {"loss_agg": "token_mean"},
+    "seq_mean_token_sum_norm": {"loss_agg": "seq_mean_token_sum_norm", "sampling_max_tokens": 16},
+    # 2 epochs x 2 train batches: 4 updates from one rollout batch, with old log-probs and clipping
+    "grpo_clip_epochs": {"loss_type": "grpo_clip", "epochs_per_rollout_batch": 2, "train_batch_size": 4,
+                         "gradient_accumulation_steps": 2, "cliprange": 0.1},
+}
+BATCH_KEYS = ("rollout_batch_size", "train_batch_size", "gradient_accumulation_steps")
+
+
+def grpo_options(name: str, world: int) -> dict:
+    """The options of run `name` for one rank of `world` ranks that together train the global
+    batch of `WORLD` ranks: 1 process has `WORLD` times the rollouts per step and the train batch,
+    with as many sequences per microbatch."""
+    options = {**GRPO_BASE, **GRPO_RUNS[name]}
+    return {k: v * WORLD // world if k in BATCH_KEYS else v for k, v in options.items()}
+
+
+def fit_and_record(spec: dict, name: str, world: int) -> dict:
+    """Fit run `name` (one GRPO step) on `world` ranks (this process is one of them) and return
+    {"grads": [per update: {param: grad}], "params": {param: tensor}}."""
+    import lightning as L
+    from test_modules import FixedEngine
+
+    from r1_lightning.data import PromptDataModule
+    from r1_lightning.modules import GRPOModule
+    from r1_lightning.modules.base import PolicyModule
+
+    grads: list[dict[str, torch.Tensor]] = []
+    original = PolicyModule.optimizer_update
+
+    def recording_update(self, *args):
+        grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
+        return original(self, *args)
+
+    PolicyModule.optimizer_update = recording_update
+    try:
+        options = grpo_options(name, world)
+        module = GRPOModule(spec["model_dir"], engine=FixedEngine(), **options)
+        data = PromptDataModule(spec["train_path"], batch_size=options["rollout_batch_size"] // options["group_size"])
+        trainer = L.Trainer(
+            max_steps=module.updates_per_rollout, accelerator="cpu", devices=world,
+            strategy="ddp" if world > 1 else "auto", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            default_root_dir=spec["folder"],
+        )
+        trainer.fit(module, datamodule=data)
+    finally:
+        PolicyModule.optimizer_update = original
+    return {"grads": grads, "params": {k: v.detach().clone() for k, v in module.policy.named_parameters()}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(spec: dict, tmp_path: Path, timeout: float = 240) -> None:
+    """Run this file as `WORLD` worker processes (ranks of one node, gloo) on `spec`."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(WORLD),
+           "NODE_RANK": "0", "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, __file__, str(spec_path)], env={**env, "LOCAL_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in range(WORLD)]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, (proc, output) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"rank {rank} failed:\n{output[-4000:]}"
+
+
+def test_grpo_ddp_update_equals_the_single_process_update(tiny_model_dir, toy_task_dir, tmp_path):
+    """One GRPO step on 2 ranks of 2 prompts x 4 samples each = one process on the same 4 prompts,
+    for every loss aggregation (token_mean's normalizer is the step's token count over both ranks)
+    and for grpo_clip with 2 epochs of 2 updates each: every update's gradient and the final weights.
+    Fails if a group were split across ranks (advantages over half groups), if a rank normalized
+    token_mean by its own tokens, or if both ranks trained on the same prompts."""
+    spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(tmp_path),
+            "runs": list(GRPO_RUNS)}
+    run_workers(spec, tmp_path)
+    mismatched = {}  # run -> the first difference found
+    for name in GRPO_RUNS:
+        distributed, other_rank = torch.load(tmp_path / f"{name}.pt"), torch.load(tmp_path / f"{name}.rank1.pt")
+        single = fit_and_record(spec, name, world=1)
+        assert len(distributed["grads"]) == len(single["grads"]) == (4 if name == "grpo_clip_epochs" else 1)
+        assert all(any(g.abs().max() > 0 for g in grads.values()) for grads in single["grads"])
+        try:
+            for update, (ddp_grads, grads) in enumerate(zip(distributed["grads"], single["grads"])):
+                for param in grads:
+                    torch.testing.assert_close(ddp_grads[param], grads[param], rtol=1e-4, atol=1e-6,
+                                               msg=f"update {update}, {param}: not close")
+            for param in single["params"]:
+                # looser: AdamW's steps turn float32 rounding in near-zero gradients into lr-sized noise
+                torch.testing.assert_close(distributed["params"][param], single["params"][param], rtol=1e-3,
+                                           atol=1e-4, msg=f"final {param}: not close")
+                torch.testing.assert_close(other_rank["params"][param], distributed["params"][param], rtol=0, atol=0)
+        except AssertionError as error:
+            mismatched[name] = str(error).splitlines()[0]
+    assert not mismatched, mismatched
+
+
+def main(spec_path: str) -> None:
+    """One worker rank: fit every run of the spec under DDP and save what it recorded."""
+    torch.set_num_threads(1)
+    spec = json.loads(Path(spec_path).read_text())
+    rank = int(os.environ["LOCAL_RANK"])
+    for name in spec["runs"]:
+        record = fit_and_record(spec, name, world=WORLD)
+        torch.save(record, Path(spec["folder"]) / (f"{name}.pt" if rank == 0 else f"{name}.rank{rank}.pt"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
