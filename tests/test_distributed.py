@@ -20,36 +20,42 @@ from pathlib import Path
 import torch
 
 WORLD = 2
-GRPO_BASE = {"rollout_batch_size": 8, "group_size": 4, "train_batch_size": 8, "gradient_accumulation_steps": 2,
-             "reward_fn": "toy_rewards.digit_fraction_reward", "learning_rate": 1e-2, "seed": 0}
-# name -> GRPOModule options beyond GRPO_BASE; the batch sizes are per rank (as Lightning's batch_size)
-GRPO_RUNS = {
-    "seq_mean_token_mean": {"loss_agg": "seq_mean_token_mean"},
-    "token_mean": {"loss_agg": "token_mean"},
-    "seq_mean_token_sum_norm": {"loss_agg": "seq_mean_token_sum_norm", "sampling_max_tokens": 16},
+GRPO = {"rollout_batch_size": 8, "group_size": 4, "train_batch_size": 8, "gradient_accumulation_steps": 2,
+        "reward_fn": "toy_rewards.digit_fraction_reward"}
+# name -> (module, its options beyond learning rate and seed, prompts or examples per rank and step);
+# the batch sizes are per rank, as Lightning's batch_size
+RUNS = {
+    "seq_mean_token_mean": ("GRPOModule", {**GRPO, "loss_agg": "seq_mean_token_mean"}, 2),
+    "token_mean": ("GRPOModule", {**GRPO, "loss_agg": "token_mean"}, 2),
+    "seq_mean_token_sum_norm": ("GRPOModule", {**GRPO, "loss_agg": "seq_mean_token_sum_norm",
+                                               "sampling_max_tokens": 16}, 2),
     # 2 epochs x 2 train batches: 4 updates from one rollout batch, with old log-probs and clipping
-    "grpo_clip_epochs": {"loss_type": "grpo_clip", "epochs_per_rollout_batch": 2, "train_batch_size": 4,
-                         "gradient_accumulation_steps": 2, "cliprange": 0.1},
+    "grpo_clip_epochs": ("GRPOModule", {**GRPO, "loss_type": "grpo_clip", "epochs_per_rollout_batch": 2,
+                                        "train_batch_size": 4, "cliprange": 0.1}, 2),
+    "sft": ("SFTModule", {"gradient_accumulation_steps": 2}, 4),
+    # 4 prompts x 4 answers per rank; the all-digit answers (reward 1) are kept, in updates of 2 per rank
+    "expert_iteration": ("ExpertIterationModule", {"group_size": 4, "sft_batch_size": 2, "gradient_accumulation_steps": 1,
+                                                   "reward_fn": "toy_rewards.digit_fraction_reward"}, 4),
 }
-BATCH_KEYS = ("rollout_batch_size", "train_batch_size", "gradient_accumulation_steps")
+BATCH_KEYS = ("rollout_batch_size", "train_batch_size", "gradient_accumulation_steps", "sft_batch_size")
 
 
-def grpo_options(name: str, world: int) -> dict:
-    """The options of run `name` for one rank of `world` ranks that together train the global
-    batch of `WORLD` ranks: 1 process has `WORLD` times the rollouts per step and the train batch,
-    with as many sequences per microbatch."""
-    options = {**GRPO_BASE, **GRPO_RUNS[name]}
-    return {k: v * WORLD // world if k in BATCH_KEYS else v for k, v in options.items()}
+def run_options(name: str, world: int) -> tuple[str, dict, int]:
+    """Run `name` for one rank of `world` ranks that together train the global batch of `WORLD`
+    ranks: 1 process has `WORLD` times the batches, with as many sequences per microbatch."""
+    module, options, batch_size = RUNS[name]
+    scale = WORLD // world
+    return module, {k: v * scale if k in BATCH_KEYS else v for k, v in options.items()}, batch_size * scale
 
 
 def fit_and_record(spec: dict, name: str, world: int) -> dict:
-    """Fit run `name` (one GRPO step) on `world` ranks (this process is one of them) and return
-    {"grads": [per update: {param: grad}], "params": {param: tensor}}."""
+    """Fit run `name` (one training step) on `world` ranks (this process is one of them) and return
+    {"grads": [per optimizer update: {param: grad}], "params": {param: tensor}}."""
     import lightning as L
     from test_modules import FixedEngine
 
-    from r1_lightning.data import PromptDataModule
-    from r1_lightning.modules import GRPOModule
+    from r1_lightning import modules
+    from r1_lightning.data import PromptDataModule, SFTDataModule
     from r1_lightning.modules.base import PolicyModule
 
     grads: list[dict[str, torch.Tensor]] = []
@@ -61,11 +67,16 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
 
     PolicyModule.optimizer_update = recording_update
     try:
-        options = grpo_options(name, world)
-        module = GRPOModule(spec["model_dir"], engine=FixedEngine(), **options)
-        data = PromptDataModule(spec["train_path"], batch_size=options["rollout_batch_size"] // options["group_size"])
+        module_name, options, batch_size = run_options(name, world)
+        if module_name == "SFTModule":
+            module = modules.SFTModule(spec["model_dir"], learning_rate=1e-2, seed=0, **options)
+            data = SFTDataModule(spec["sft_path"], batch_size=batch_size)
+        else:
+            module = getattr(modules, module_name)(spec["model_dir"], engine=FixedEngine(), learning_rate=1e-2,
+                                                   seed=0, **options)
+            data = PromptDataModule(spec["train_path"], batch_size=batch_size)
         trainer = L.Trainer(
-            max_steps=module.updates_per_rollout, accelerator="cpu", devices=world,
+            max_epochs=1, limit_train_batches=1, accelerator="cpu", devices=world,
             strategy="ddp" if world > 1 else "auto", logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
             default_root_dir=spec["folder"],
@@ -105,22 +116,26 @@ def run_workers(spec: dict, tmp_path: Path, timeout: float = 240) -> None:
         assert proc.returncode == 0, f"rank {rank} failed:\n{output[-4000:]}"
 
 
-def test_grpo_ddp_update_equals_the_single_process_update(tiny_model_dir, toy_task_dir, tmp_path):
-    """One GRPO step on 2 ranks of 2 prompts x 4 samples each = one process on the same 4 prompts,
-    for every loss aggregation (token_mean's normalizer is the step's token count over both ranks)
-    and for grpo_clip with 2 epochs of 2 updates each: every update's gradient and the final weights.
-    Fails if a group were split across ranks (advantages over half groups), if a rank normalized
-    token_mean by its own tokens, or if both ranks trained on the same prompts."""
+def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_dir, tmp_path):
+    """One training step on 2 ranks = one process on the same global batch (twice the per-rank
+    batch), compared gradient by gradient and on the final weights: GRPO (2 prompts x 4 samples per
+    rank) with each loss aggregation, and grpo_clip with 2 epochs of 2 updates; SFT (4 examples per
+    rank); expert iteration (4 prompts x 4 samples per rank, the kept answers pooled). Fails if a
+    group were split across ranks (advantages over half groups), if a rank normalized token_mean by
+    its own tokens, or if the ranks trained on the same prompts."""
     spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(tmp_path),
-            "runs": list(GRPO_RUNS)}
+            "sft_path": str(toy_task_dir / "sft.jsonl"), "runs": list(RUNS)}
     run_workers(spec, tmp_path)
     mismatched = {}  # run -> the first difference found
-    for name in GRPO_RUNS:
+    for name in RUNS:
         distributed, other_rank = torch.load(tmp_path / f"{name}.pt"), torch.load(tmp_path / f"{name}.rank1.pt")
         single = fit_and_record(spec, name, world=1)
-        assert len(distributed["grads"]) == len(single["grads"]) == (4 if name == "grpo_clip_epochs" else 1)
+        # expert iteration makes as many updates as its kept answers fill: at least one here
+        expected_updates = {"grpo_clip_epochs": 4, "expert_iteration": max(1, len(single["grads"]))}.get(name, 1)
+        assert len(single["grads"]) == expected_updates, name
         assert all(any(g.abs().max() > 0 for g in grads.values()) for grads in single["grads"])
         try:
+            assert len(distributed["grads"]) == len(single["grads"]), f"{len(distributed['grads'])} updates"
             for update, (ddp_grads, grads) in enumerate(zip(distributed["grads"], single["grads"])):
                 for param in grads:
                     torch.testing.assert_close(ddp_grads[param], grads[param], rtol=1e-4, atol=1e-6,

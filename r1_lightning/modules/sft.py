@@ -149,6 +149,8 @@ class ExpertIterationModule(RolloutModule):
 
     `trainer.max_steps` counts optimizer updates (Lightning's global step), so an EI step takes a
     variable number of them; bound a run by `max_epochs`/`limit_train_batches` or by max_steps.
+    On several ranks (DDP), the batch sizes are per rank and the ranks pool their kept answers:
+    an update trains on `sft_batch_size` x world size of them, each rank its share.
     """
 
     def __init__(
@@ -181,10 +183,11 @@ class ExpertIterationModule(RolloutModule):
             "ei/kept": float(len(kept)),
             "ei/kept_fraction": len(kept) / len(records),
         })
-        # The ranks keep different numbers of answers, so they pool them (in rank order) and every
-        # rank walks the same pool: the same number of updates on every rank (DDP needs each
-        # backward on all of them), and update k trains on its examples rank r's share.
-        kept, world, rank = self.pool_across_ranks(kept), self.trainer.world_size, self.global_rank
+        # The ranks keep different numbers of answers, so they pool them and every rank walks the
+        # same pool: the same number of updates on every rank (DDP needs each backward on all of
+        # them), and rank r trains on its share of each update. Sorted before the seeded shuffle, so
+        # the updates are those of one process on the same prompts however they were spread.
+        kept, world, rank = sorted(self.pool_across_ranks(kept)), self.trainer.world_size, self.global_rank
         update_size = self.sft_batch_size * world  # examples per update, over all ranks
         # Whole updates only: the remainder that does not fill an update is dropped (it is a
         # random subset, since the order is shuffled with a step-derived seed, the same on every rank).
