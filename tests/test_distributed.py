@@ -10,6 +10,7 @@ step is nearly lr·sign(g), blind to most errors of scale or weighting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -148,6 +149,53 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
         except AssertionError as error:
             mismatched[name] = str(error).splitlines()[0]
     assert not mismatched, mismatched
+
+
+def launch_two_nodes(args: list, tmp_path: Path, timeout: float = 240) -> None:
+    """`r1-lightning fit ...` as two launcher processes, one per "node" (NODE_RANK 0 and 1) of 1
+    process each, meeting on the loopback address: what torchrun or SLURM start on two machines."""
+    from test_cli import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
+    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    command = [sys.executable, "-m", "r1_lightning.cli", *map(str, args), "--trainer.num_nodes", "2",
+               "--trainer.devices", "1", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    logs = [tmp_path / f"node{node}_{len(list(tmp_path.glob(f'node{node}_*.log')))}.log" for node in range(2)]
+    with contextlib.ExitStack() as files:
+        procs = [subprocess.Popen(command, env={**env, "NODE_RANK": str(node)}, cwd=tmp_path,
+                                  stdout=files.enter_context(open(log, "w")), stderr=subprocess.STDOUT)
+                 for node, log in enumerate(logs)]
+        try:
+            for proc in procs:
+                proc.wait(timeout=timeout)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+    failed = {log: log.read_text()[-3000:] for proc, log in zip(procs, logs) if proc.returncode}
+    assert not failed, "\n".join(f"{log} failed:\n{output}" for log, output in failed.items())
+
+
+def test_two_nodes_train_checkpoint_and_resume_exactly(tiny_model_dir, toy_task_dir, tmp_path):
+    """Two "nodes" on 127.0.0.1 train GRPO from the CLI (HF engine, real sampling, seeded per rank)
+    and checkpoint every step; a second launch resumed from step 1 ends with the straight run's
+    step-2 weights bit for bit: each rank continues at its own next batch with its own seed."""
+    from safetensors.torch import load_file
+    from test_cli import tiny_grpo_args
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=2), tmp_path)
+    (step_1,) = (straight / "ckpt").glob("*step=1*.ckpt")
+    assert torch.load(step_1, map_location="cpu", weights_only=True)["global_step"] == 1
+    launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, resumed, max_steps=2,
+                                    extra=["--ckpt_path", step_1]), tmp_path)
+    expected = load_file(straight / "ckpt" / "last_hf" / "model.safetensors")
+    got = load_file(resumed / "ckpt" / "last_hf" / "model.safetensors")
+    initial = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert expected.keys() == got.keys() and any(not torch.equal(expected[k], initial[k]) for k in expected)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
 
 
 def main(spec_path: str) -> None:

@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import ParallelStrategy
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
-from r1_lightning.evaluation import grade_completions, val_metrics, write_eval_outputs
+from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
@@ -230,6 +230,15 @@ class PolicyModule(L.LightningModule):
             return tensor
         return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum")
 
+    def pool_across_ranks(self, items: list) -> list:
+        """The concatenation of every rank's `items` (picklable), in rank order (`items` itself on
+        one process). Every rank must call it."""
+        if self.trainer.world_size == 1:
+            return items
+        gathered: list[list] = [[] for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather_object(gathered, items)
+        return [item for rank_items in gathered for item in rank_items]
+
     # ----------------------------------------------------------------------------- attention kernels
     def attention_kernels(self):
         """The context of every training forward and backward: PyTorch SDPA limited to
@@ -422,8 +431,14 @@ class RolloutModule(PolicyModule):
         self._eval_records = []
 
     def on_validation_epoch_end(self) -> None:
-        folder = self.eval_output_dir or (self.trainer.log_dir or ".")
-        summary = write_eval_outputs(self._eval_records, folder, tag=f"step_{self.global_step}")
+        # On several ranks each graded its shard (Lightning's distributed sampler): pool them, and
+        # write once. The sampler repeats a few examples to even the shards out when the set does
+        # not divide by the world size; they are graded and counted twice.
+        records = self.pool_across_ranks(self._eval_records)
+        log_dir = self.trainer.log_dir  # on every rank: a collective (a broadcast)
+        folder = self.eval_output_dir or (log_dir or ".")
+        tag = f"step_{self.global_step}"
+        summary = write_eval_outputs(records, folder, tag) if self.trainer.is_global_zero else summarize(records)
         self.log_dict(val_metrics(summary))
 
 

@@ -203,11 +203,3 @@ class ExpertIterationModule(RolloutModule):
                 ))
         metrics.update(self.peak_memory_metrics())
         self.log_metrics(metrics, prog_bar=("train/reward_mean", "ei/kept"))
-
-    def pool_across_ranks(self, items: list) -> list:
-        """The concatenation of every rank's `items`, in rank order (`items` itself on one process)."""
-        if self.trainer.world_size == 1:
-            return items
-        gathered: list[list] = [[] for _ in range(self.trainer.world_size)]
-        torch.distributed.all_gather_object(gathered, items)
-        return [item for rank_items in gathered for item in rank_items]
