@@ -51,7 +51,8 @@ def run_options(name: str, world: int) -> tuple[str, dict, int]:
 
 def fit_and_record(spec: dict, name: str, world: int) -> dict:
     """Fit run `name` (one training step) on `world` ranks (this process is one of them) and return
-    {"grads": [per optimizer update: {param: grad}], "params": {param: tensor}}."""
+    {"grads": [per optimizer update: {param: grad}], "params": {param: tensor}, "allreduces": how
+    many gradient all-reduces DDP made, "rollout_seed": this rank's next rollout seed}."""
     import lightning as L
     from test_modules import FixedEngine
 
@@ -60,7 +61,18 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
     from r1_lightning.modules.base import PolicyModule
 
     grads: list[dict[str, torch.Tensor]] = []
+    allreduces = []  # one per gradient bucket DDP all-reduced (the tiny model fits one bucket)
     original = PolicyModule.optimizer_update
+
+    def counting_allreduce(state, bucket):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        allreduces.append(1)
+        return allreduce_hook(state, bucket)  # DDP's default: the mean over ranks
+
+    def count_allreduces(trainer, module):
+        if world > 1:  # (Lightning registers its own `ddp_comm_hook` on CUDA only)
+            trainer.strategy.model.register_comm_hook(None, counting_allreduce)
 
     def recording_update(self, *args):
         grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
@@ -80,12 +92,13 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
             max_epochs=1, limit_train_batches=1, accelerator="cpu", devices=world,
             strategy="ddp" if world > 1 else "auto", logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-            default_root_dir=spec["folder"],
+            default_root_dir=spec["folder"], callbacks=[L.pytorch.callbacks.LambdaCallback(on_fit_start=count_allreduces)],
         )
         trainer.fit(module, datamodule=data)
     finally:
         PolicyModule.optimizer_update = original
-    return {"grads": grads, "params": {k: v.detach().clone() for k, v in module.policy.named_parameters()}}
+    return {"grads": grads, "params": {k: v.detach().clone() for k, v in module.policy.named_parameters()},
+            "allreduces": len(allreduces), "rollout_seed": getattr(module, "step_seed", lambda: None)()}
 
 
 def free_port() -> int:
@@ -123,7 +136,8 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
     rank) with each loss aggregation, and grpo_clip with 2 epochs of 2 updates; SFT (4 examples per
     rank); expert iteration (4 prompts x 4 samples per rank, the kept answers pooled). Fails if a
     group were split across ranks (advantages over half groups), if a rank normalized token_mean by
-    its own tokens, or if the ranks trained on the same prompts."""
+    its own tokens, or if the ranks trained on the same prompts. Also: DDP all-reduces the
+    gradients once per update (not once per microbatch), and the ranks sample with different seeds."""
     spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(tmp_path),
             "sft_path": str(toy_task_dir / "sft.jsonl"), "runs": list(RUNS)}
     run_workers(spec, tmp_path)
@@ -149,6 +163,12 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
         except AssertionError as error:
             mismatched[name] = str(error).splitlines()[0]
     assert not mismatched, mismatched
+    # one gradient all-reduce per update, however many microbatches (no_sync before the last)
+    for name in RUNS:
+        distributed = torch.load(tmp_path / f"{name}.pt")
+        assert distributed["allreduces"] == len(distributed["grads"]), name
+    # the ranks sample with different seeds (the same seed would correlate their samples)
+    assert distributed["rollout_seed"] != torch.load(tmp_path / f"{name}.rank1.pt")["rollout_seed"]
 
 
 def launch_two_nodes(args: list, tmp_path: Path, timeout: float = 240) -> None:
