@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 WORLD = 2
@@ -38,6 +39,9 @@ RUNS = {
     "expert_iteration": ("ExpertIterationModule", {"group_size": 4, "sft_batch_size": 2, "gradient_accumulation_steps": 1,
                                                    "reward_fn": "toy_rewards.digit_fraction_reward"}, 4),
 }
+# Logged metrics that are means over the global batch (a rank's own would differ)
+LOGGED_AS_ONE_PROCESS = ("train/loss", "train/entropy", "train/reward_mean", "train/response_length",
+                         "train/advantage_abs_mean", "train/grad_norm", "ei/kept")
 BATCH_KEYS = ("rollout_batch_size", "train_batch_size", "gradient_accumulation_steps", "sft_batch_size")
 
 
@@ -52,7 +56,8 @@ def run_options(name: str, world: int) -> tuple[str, dict, int]:
 def fit_and_record(spec: dict, name: str, world: int) -> dict:
     """Fit run `name` (one training step) on `world` ranks (this process is one of them) and return
     {"grads": [per optimizer update: {param: grad}], "params": {param: tensor}, "allreduces": how
-    many gradient all-reduces DDP made, "rollout_seed": this rank's next rollout seed}."""
+    many gradient all-reduces DDP made, "rollout_seed": this rank's next rollout seed, "logged": the
+    last logged metrics}."""
     import lightning as L
     from test_modules import FixedEngine
 
@@ -98,7 +103,8 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
     finally:
         PolicyModule.optimizer_update = original
     return {"grads": grads, "params": {k: v.detach().clone() for k, v in module.policy.named_parameters()},
-            "allreduces": len(allreduces), "rollout_seed": getattr(module, "step_seed", lambda: None)()}
+            "allreduces": len(allreduces), "rollout_seed": getattr(module, "step_seed", lambda: None)(),
+            "logged": {k: float(v) for k, v in trainer.logged_metrics.items()}}
 
 
 def free_port() -> int:
@@ -160,6 +166,10 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
                 torch.testing.assert_close(distributed["params"][param], single["params"][param], rtol=1e-3,
                                            atol=1e-4, msg=f"final {param}: not close")
                 torch.testing.assert_close(other_rank["params"][param], distributed["params"][param], rtol=0, atol=0)
+            # metrics of the global batch: means over all sequences, tokens and updates
+            for metric in LOGGED_AS_ONE_PROCESS:
+                if metric in single["logged"]:
+                    assert distributed["logged"][metric] == pytest.approx(single["logged"][metric], rel=1e-4), metric
         except AssertionError as error:
             mismatched[name] = str(error).splitlines()[0]
     assert not mismatched, mismatched

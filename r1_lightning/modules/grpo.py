@@ -9,6 +9,9 @@ One `training_step` is one GRPO step (CS336 / DeepSeek-R1-Zero):
 Lightning's global step (and so `trainer.max_steps`) counts optimizer updates, as in TRL: a GRPO
 step makes `epochs_per_rollout_batch * rollout_batch_size / train_batch_size` of them (1 with the
 CS336 defaults).
+
+Under DDP the batch sizes are per rank: each rank samples whole groups for its own prompts, and an
+update equals one process's update on the ranks' batches together (see `token_mean_divisors`).
 """
 
 from __future__ import annotations

@@ -176,18 +176,18 @@ class ExpertIterationModule(RolloutModule):
         completions, metrics = self.rollout(batch["prompt"], self.step_sampling())
         records, grading_metrics = self.grade(batch, completions)
         metrics.update(grading_metrics)
-        kept = [(r["prompt"], r["response"]) for r in records if r["reward"] >= 1.0]
         self.last_rollout_records = records
-        metrics.update({
-            "train/reward_mean": sum(r["reward"] for r in records) / len(records),
-            "ei/kept": float(len(kept)),
-            "ei/kept_fraction": len(kept) / len(records),
-        })
         # The ranks keep different numbers of answers, so they pool them and every rank walks the
         # same pool: the same number of updates on every rank (DDP needs each backward on all of
         # them), and rank r trains on its share of each update. Sorted before the seeded shuffle, so
         # the updates are those of one process on the same prompts however they were spread.
-        kept, world, rank = sorted(self.pool_across_ranks(kept)), self.trainer.world_size, self.global_rank
+        kept = sorted(self.pool_across_ranks([(r["prompt"], r["response"]) for r in records if r["reward"] >= 1.0]))
+        world, rank = self.trainer.world_size, self.global_rank
+        metrics.update({
+            "train/reward_mean": sum(r["reward"] for r in records) / len(records),
+            "ei/kept": float(len(kept)),  # over all ranks
+            "ei/kept_fraction": len(kept) / (len(records) * world),
+        })
         update_size = self.sft_batch_size * world  # examples per update, over all ranks
         # Whole updates only: the remainder that does not fill an update is dropped (it is a
         # random subset, since the order is shuffled with a step-derived seed, the same on every rank).
