@@ -215,11 +215,12 @@ def test_two_nodes_train_checkpoint_and_resume_exactly(tiny_model_dir, toy_task_
     from test_cli import tiny_grpo_args
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=2), tmp_path)
+    checkpointing = ["--model.init_args.gradient_checkpointing", "true"]  # as the shipped configs
+    launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=2, extra=checkpointing), tmp_path)
     (step_1,) = (straight / "ckpt").glob("*step=1*.ckpt")
     assert torch.load(step_1, map_location="cpu", weights_only=True)["global_step"] == 1
     launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, resumed, max_steps=2,
-                                    extra=["--ckpt_path", step_1]), tmp_path)
+                                    extra=[*checkpointing, "--ckpt_path", step_1]), tmp_path)
     expected = load_file(straight / "ckpt" / "last_hf" / "model.safetensors")
     got = load_file(resumed / "ckpt" / "last_hf" / "model.safetensors")
     initial = load_file(Path(tiny_model_dir) / "model.safetensors")
