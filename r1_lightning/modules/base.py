@@ -439,7 +439,9 @@ class RolloutModule(PolicyModule):
         folder = self.eval_output_dir or (log_dir or ".")
         tag = f"step_{self.global_step}"
         summary = write_eval_outputs(records, folder, tag) if self.trainer.is_global_zero else summarize(records)
-        self.log_dict(val_metrics(summary))
+        # the same pooled values on every rank: the sync averages equal numbers (and silences
+        # Lightning's warning about unsynced epoch-level metrics)
+        self.log_dict(val_metrics(summary), sync_dist=self.trainer.world_size > 1)
 
 
 def seed_for_eval(seed: int) -> int:
