@@ -210,12 +210,14 @@ def launch_two_nodes(args: list, tmp_path: Path, timeout: float = 240) -> None:
 def test_two_nodes_train_checkpoint_and_resume_exactly(tiny_model_dir, toy_task_dir, tmp_path):
     """Two "nodes" on 127.0.0.1 train GRPO from the CLI (HF engine, real sampling, seeded per rank)
     and checkpoint every step; a second launch resumed from step 1 ends with the straight run's
-    step-2 weights bit for bit: each rank continues at its own next batch with its own seed."""
+    step-2 weights bit for bit: each rank continues at its own next batch with its own seed. The
+    evaluations (one val batch per rank) hold every val question once."""
     from safetensors.torch import load_file
     from test_cli import tiny_grpo_args
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    checkpointing = ["--model.init_args.gradient_checkpointing", "true"]  # as the shipped configs
+    # gradient checkpointing as the shipped configs; 2 val batches of 5: one per rank
+    checkpointing = ["--model.init_args.gradient_checkpointing", "true", "--data.init_args.val_batch_size", 5]
     launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=2, extra=checkpointing), tmp_path)
     (step_1,) = (straight / "ckpt").glob("*step=1*.ckpt")
     assert torch.load(step_1, map_location="cpu", weights_only=True)["global_step"] == 1
@@ -227,6 +229,13 @@ def test_two_nodes_train_checkpoint_and_resume_exactly(tiny_model_dir, toy_task_
     assert expected.keys() == got.keys() and any(not torch.equal(expected[k], initial[k]) for k in expected)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+    # the evaluations pooled both ranks' batches: each of the 10 val questions once, in order
+    val = [json.loads(line)["problem"] for line in (toy_task_dir / "val.jsonl").read_text().splitlines()][:10]
+    evaluations = sorted(straight.glob("logs/version_*/eval/eval_step_*.jsonl"))
+    assert [e.name for e in evaluations] == ["eval_step_0.jsonl", "eval_step_2.jsonl"]
+    for evaluation in evaluations:
+        records = [json.loads(line) for line in evaluation.read_text().splitlines()]
+        assert [r["prompt"].count(q) for r, q in zip(records, val)] == [1] * 10
 
 
 def main(spec_path: str) -> None:
