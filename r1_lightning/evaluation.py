@@ -112,11 +112,16 @@ class MathEvalCallback(L.Callback):
 
     def evaluate(self, trainer, pl_module) -> dict:
         pl_module.sync_engine()  # evaluate the weights being trained, never stale ones
-        records = []
-        for batch in islice(trainer.datamodule.val_dataloader(), self.max_batches):
-            records.extend(pl_module.evaluate_examples(batch))
+        # On several ranks, rank r grades batches r, r + world size, ...; the ranks pool the records
+        # in batch order and rank 0 writes them: the records and summary of one process.
+        shares = [(index, pl_module.evaluate_examples(batch))
+                  for index, batch in enumerate(islice(trainer.datamodule.val_dataloader(), self.max_batches))
+                  if index % trainer.world_size == trainer.global_rank]
+        records = [r for _, batch_records in sorted(pl_module.pool_across_ranks(shares), key=lambda s: s[0])
+                   for r in batch_records]
         step = trainer.global_step
-        summary = write_eval_outputs(records, f"{trainer.log_dir or '.'}/eval", tag=f"step_{step}")
+        folder = f"{trainer.log_dir or '.'}/eval"  # on every rank: `log_dir` is a collective (a broadcast)
+        summary = write_eval_outputs(records, folder, tag=f"step_{step}") if trainer.is_global_zero else summarize(records)
         for logger in trainer.loggers:
             logger.log_metrics(val_metrics(summary), step=step)
         self._last_step = step

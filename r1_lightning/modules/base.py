@@ -12,13 +12,15 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
-from r1_lightning.evaluation import grade_completions, val_metrics, write_eval_outputs
+from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
 
+RANK_SEED_STRIDE = 1_000_000_007  # far beyond any step count, so no two (rank, step) share a seed
 LR_SCHEDULES = ("constant", "cosine", "linear")
 SDPA_BACKENDS = {  # the `sdpa_backends` names
     "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -211,6 +213,32 @@ class PolicyModule(L.LightningModule):
             self.policy_version += 1
         return {"train/grad_norm": grad_norm_value, "train/lr": lr, "train/skipped_updates": float(self.skipped_updates)}
 
+    # ----------------------------------------------------------------------------- data parallel
+    def backward_microbatch(self, loss: torch.Tensor, ends_update: bool) -> None:
+        """`manual_backward` of one microbatch of an update. Under DDP, only the update's last
+        microbatch all-reduces the gradients (DDP's `no_sync` before it: the gradients accumulate
+        locally and the last backward averages their sum over the ranks), so an update costs one
+        all-reduce however many microbatches it has."""
+        strategy = self.trainer.strategy
+        local = not ends_update and isinstance(strategy, ParallelStrategy)
+        with strategy.block_backward_sync() if local else contextlib.nullcontext():
+            self.manual_backward(loss)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over the data-parallel ranks (itself on one process)."""
+        if self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum")
+
+    def pool_across_ranks(self, items: list) -> list:
+        """The concatenation of every rank's `items` (picklable), in rank order (`items` itself on
+        one process). Every rank must call it."""
+        if self.trainer.world_size == 1:
+            return items
+        gathered: list[list] = [[] for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather_object(gathered, items)
+        return [item for rank_items in gathered for item in rank_items]
+
     # ----------------------------------------------------------------------------- attention kernels
     def attention_kernels(self):
         """The context of every training forward and backward: PyTorch SDPA limited to
@@ -239,9 +267,19 @@ class PolicyModule(L.LightningModule):
         self.tokenizer.save_pretrained(folder)
 
     # ----------------------------------------------------------------------------- helpers
-    def log_metrics(self, metrics: dict[str, float], prog_bar: Sequence[str] = ()) -> None:
+    def log_metrics(self, metrics: dict[str, float | None], prog_bar: Sequence[str] = ()) -> None:
+        """Log step metrics; a value of None is a metric this rank has no sample of (e.g. the length
+        of correct answers when none was). On several ranks, each metric is the mean over the ranks
+        that have it, in one all-reduce (every rank must pass the same names, in the same order)."""
+        if self.trainer.world_size > 1:
+            values = [float(metrics[name]) if metrics[name] is not None else 0.0 for name in metrics]
+            present = [float(metrics[name] is not None) for name in metrics]
+            reduced = self.all_reduce_sum(torch.tensor(values + present, dtype=torch.float64)).tolist()
+            n = len(metrics)
+            metrics = {name: s / c if c else None for name, s, c in zip(metrics, reduced[:n], reduced[n:])}
         for name, value in metrics.items():
-            self.log(name, float(value), prog_bar=name in prog_bar, on_step=True, on_epoch=False)
+            if value is not None:
+                self.log(name, float(value), prog_bar=name in prog_bar, on_step=True, on_epoch=False)
 
     def peak_memory_metrics(self) -> dict[str, float]:
         if self.device.type != "cuda":
@@ -355,8 +393,17 @@ class RolloutModule(PolicyModule):
         self.sampling = dataclasses.replace(self.sampling, n=group_size)
 
     def step_sampling(self, **overrides) -> SamplingConfig:
-        """`self.sampling` seeded by the global step, so a resumed run samples what the straight run did."""
-        return dataclasses.replace(self.sampling, seed=self.seed + self.global_step, **overrides)
+        """`self.sampling` seeded by the global step and the rank (`step_seed`)."""
+        return dataclasses.replace(self.sampling, seed=self.step_seed(), **overrides)
+
+    def step_seed(self) -> int:
+        """The seed of this step's rollouts: seed + global step (a resumed run samples what the
+        straight run did), plus a large stride per data-parallel rank. The ranks sample different
+        prompts, but with one seed they would draw the same random numbers for them, so the answers
+        of prompt i on every rank would be correlated (same uniforms through similar distributions);
+        the stride makes the ranks' streams independent and is the same on resume at the same world
+        size. Rank 0 keeps seed + step, so one process samples as before."""
+        return self.seed + self.global_step + RANK_SEED_STRIDE * self.global_rank
 
     def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
         """Sample with the engine; return completions and throughput metrics."""
@@ -384,9 +431,17 @@ class RolloutModule(PolicyModule):
         self._eval_records = []
 
     def on_validation_epoch_end(self) -> None:
-        folder = self.eval_output_dir or (self.trainer.log_dir or ".")
-        summary = write_eval_outputs(self._eval_records, folder, tag=f"step_{self.global_step}")
-        self.log_dict(val_metrics(summary))
+        # On several ranks each graded its shard (Lightning's distributed sampler): pool them, and
+        # write once. The sampler repeats a few examples to even the shards out when the set does
+        # not divide by the world size; they are graded and counted twice.
+        records = self.pool_across_ranks(self._eval_records)
+        log_dir = self.trainer.log_dir  # on every rank: a collective (a broadcast)
+        folder = self.eval_output_dir or (log_dir or ".")
+        tag = f"step_{self.global_step}"
+        summary = write_eval_outputs(records, folder, tag) if self.trainer.is_global_zero else summarize(records)
+        # the same pooled values on every rank: the sync averages equal numbers (and silences
+        # Lightning's warning about unsynced epoch-level metrics)
+        self.log_dict(val_metrics(summary), sync_dist=self.trainer.world_size > 1)
 
 
 def seed_for_eval(seed: int) -> int:

@@ -9,6 +9,9 @@ One `training_step` is one GRPO step (CS336 / DeepSeek-R1-Zero):
 Lightning's global step (and so `trainer.max_steps`) counts optimizer updates, as in TRL: a GRPO
 step makes `epochs_per_rollout_batch * rollout_batch_size / train_batch_size` of them (1 with the
 CS336 defaults).
+
+Under DDP the batch sizes are per rank: each rank samples whole groups for its own prompts, and an
+update equals one process's update on the ranks' batches together (see `token_mean_divisors`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def scatter_response_values(values: list[list[float]], prompt_lengths: list[int]
 
 def rollout_metrics(
     records: list[dict], raw_rewards: torch.Tensor, advantages: torch.Tensor, group_std: torch.Tensor
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """The `train/` statistics of one step's graded rollouts (records of `grade_completions`)."""
     lengths = torch.tensor([r["response_tokens"] for r in records], dtype=torch.float32)
     correct = torch.tensor([r["answer_reward"] >= 1.0 for r in records])
@@ -60,10 +63,9 @@ def rollout_metrics(
         "train/response_length": float(lengths.mean()),
         "train/truncated_fraction": sum(r["finish_reason"] == "length" for r in records) / n,
     }
-    if correct.any():
-        metrics["train/response_length_correct"] = float(lengths[correct].mean())
-    if (~correct).any():
-        metrics["train/response_length_incorrect"] = float(lengths[~correct].mean())
+    # None when this step (or rank) has no such answer: every rank logs the same names
+    metrics["train/response_length_correct"] = float(lengths[correct].mean()) if correct.any() else None
+    metrics["train/response_length_incorrect"] = float(lengths[~correct].mean()) if (~correct).any() else None
     return metrics
 
 
@@ -236,13 +238,15 @@ class GRPOModule(RolloutModule):
         and cut it into microbatches padded to their own longest sequence: `train_batch_size /
         gradient_accumulation_steps` sequences each, or as many as fit `microbatch_max_tokens`.
         Each carries `loss_divisor` (train batch size / its size: the microbatch losses then sum to
-        the train batch's loss however it was cut) and `ends_update`. CPU tensors, in update order."""
+        the train batch's loss however it was cut), `ends_update` and `token_mean_divisor`
+        (`token_mean_divisors`). CPU tensors, in update order."""
         sequences_per_microbatch = self.train_batch_size // self.gradient_accumulation_steps
         pad = self.tokenizer.pad_token_id
+        starts = range(0, len(completions), self.train_batch_size)
+        divisors = self.token_mean_divisors([completions[s : s + self.train_batch_size] for s in starts])
         microbatches = []
-        for start in range(0, len(completions), self.train_batch_size):
+        for start, token_mean_divisor in zip(starts, divisors):
             train_batch = completions[start : start + self.train_batch_size]
-            n_response_tokens = sum(len(c.token_ids) for c in train_batch)
             # packed rows are one shorter than the sequence (inputs and labels are shifted)
             lengths = [len(c.prompt_token_ids) + len(c.token_ids) - 1 for c in train_batch]
             groups = microbatch_groups(lengths, sequences_per_microbatch, self.microbatch_max_tokens)
@@ -253,7 +257,7 @@ class GRPOModule(RolloutModule):
                 indices = [start + i for i in group]
                 microbatch["advantages"] = advantages[indices].unsqueeze(1).float()
                 microbatch["raw_rewards"] = raw_rewards[indices].unsqueeze(1).float()
-                microbatch["train_batch_response_tokens"] = n_response_tokens
+                microbatch["token_mean_divisor"] = token_mean_divisor
                 microbatch["loss_divisor"] = self.train_batch_size / len(rows)
                 microbatch["ends_update"] = position == len(groups) - 1
                 engine_log_probs = [c.logprobs for c in rows]
@@ -268,6 +272,19 @@ class GRPOModule(RolloutModule):
                         raise RuntimeError("tis_cap needs the engine's log-probs of every sample; the engine left some out")
                 microbatches.append(microbatch)
         return microbatches
+
+    def token_mean_divisors(self, train_batches: list[list]) -> list[float]:
+        """Per train batch (optimizer update), what `token_mean` divides its masked loss sum by:
+        the update's response-token count over all ranks (at least 1), divided by the world size,
+        because DDP averages the ranks' gradients. The rank's loss is then its token sum x W / N,
+        and their average is the single-process token mean over the N tokens of the global batch.
+        (The other aggregations are means over sequences, which DDP's average already gets right:
+        every rank has the same number of sequences.) One all-reduce, for token_mean only."""
+        counts = torch.tensor([float(sum(len(c.token_ids) for c in batch)) for batch in train_batches],
+                              dtype=torch.float64)
+        if self.loss_config.loss_agg == "token_mean" and self.trainer.world_size > 1:
+            counts = self.all_reduce_sum(counts).cpu()
+        return (counts.clamp(min=1) / self.trainer.world_size).tolist()
 
     def _to_device(self, microbatch: dict) -> dict:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in microbatch.items()}
@@ -313,12 +330,12 @@ class GRPOModule(RolloutModule):
                     old_log_probs = log_probs.detach()  # on-policy: the sampling policy is this one
                 loss, meta = grpo_microbatch_loss(
                     log_probs, mask, microbatch["loss_divisor"], self.loss_config,
-                    step_response_tokens=float(max(1, microbatch["train_batch_response_tokens"])),
+                    step_response_tokens=microbatch["token_mean_divisor"],
                     raw_rewards=microbatch["raw_rewards"], advantages=microbatch["advantages"],
                     old_log_probs=old_log_probs, ref_log_probs=microbatch.get("ref_log_probs"),
                     rollout_log_probs=microbatch.get("rollout_log_probs"),
                 )
-                self.manual_backward(loss)
+                self.backward_microbatch(loss, microbatch["ends_update"])
                 update_loss += loss.detach()  # microbatch losses sum to the update's objective
                 add_token_mean("train/entropy", out["token_entropy"].detach(), mask)
                 for name, value in meta.items():
@@ -332,11 +349,16 @@ class GRPOModule(RolloutModule):
                     update_metrics = self.optimizer_update(update_loss)
                     loss_sum, update_loss = loss_sum + update_loss, torch.zeros_like(update_loss)
                     sampler_is_current = False
+        # Sums and counts over all ranks (one all-reduce), so token means are over the global batch.
+        # The loss sums the ranks' losses, which DDP averages: its count is updates x world size.
+        add("train/loss", loss_sum, float(self.updates_per_rollout))
         names = list(totals)
-        sums = torch.stack([torch.as_tensor(totals[n], dtype=torch.float32, device=self.device) for n in names] + [loss_sum])
-        counts = torch.stack([torch.as_tensor(weights[n], dtype=torch.float32, device=self.device) for n in names])
-        sums, counts = sums.tolist(), counts.clamp(min=1).tolist()  # the one read-back of the update
-        metrics = {name: total / count for name, total, count in zip(names, sums, counts)}
-        metrics["train/loss"] = sums[-1] / self.updates_per_rollout
+        sums_and_counts = torch.stack(
+            [torch.as_tensor(totals[n], dtype=torch.float32, device=self.device) for n in names]
+            + [torch.as_tensor(weights[n], dtype=torch.float32, device=self.device) for n in names]
+        )
+        reduced = self.all_reduce_sum(sums_and_counts).tolist()  # the one read-back of the update
+        sums, counts = reduced[: len(names)], reduced[len(names) :]
+        metrics = {name: total / max(count, 1.0) for name, total, count in zip(names, sums, counts)}
         metrics.update(update_metrics)
         return metrics

@@ -71,7 +71,7 @@ def sft_update(
     total_loss = torch.zeros((), device=module.device)  # on the device: no host sync per microbatch
     n_response_tokens = torch.zeros((), device=module.device, dtype=torch.long)
     n_tokens = 0
-    for group in groups:
+    for position, group in enumerate(groups):
         tokens = pack_prompt_and_output_ids([prompt_ids[i] for i in group], [response_ids[i] for i in group],
                                             tokenizer.pad_token_id)
         tokens = {key: value.to(module.device) for key, value in truncate_batch(tokens, max_length).items()}
@@ -82,7 +82,7 @@ def sft_update(
             loss, _ = sft_microbatch_loss(
                 out["log_probs"], tokens["response_mask"], len(prompts) / len(group), normalize_constant
             )
-            module.manual_backward(loss)
+            module.backward_microbatch(loss, ends_update=position == len(groups) - 1)
         total_loss += loss.detach()
         n_tokens += tokens["input_ids"].numel()
         n_response_tokens += tokens["response_mask"].sum()
@@ -149,6 +149,8 @@ class ExpertIterationModule(RolloutModule):
 
     `trainer.max_steps` counts optimizer updates (Lightning's global step), so an EI step takes a
     variable number of them; bound a run by `max_epochs`/`limit_train_batches` or by max_steps.
+    On several ranks (DDP), the batch sizes are per rank and the ranks pool their kept answers:
+    an update trains on `sft_batch_size` x world size of them, each rank its share.
     """
 
     def __init__(
@@ -174,23 +176,28 @@ class ExpertIterationModule(RolloutModule):
         completions, metrics = self.rollout(batch["prompt"], self.step_sampling())
         records, grading_metrics = self.grade(batch, completions)
         metrics.update(grading_metrics)
-        kept = [r for r in records if r["reward"] >= 1.0]
-        kept_prompts, kept_responses = [r["prompt"] for r in kept], [r["response"] for r in kept]
         self.last_rollout_records = records
+        # The ranks keep different numbers of answers, so they pool them and every rank walks the
+        # same pool: the same number of updates on every rank (DDP needs each backward on all of
+        # them), and rank r trains on its share of each update. Sorted before the seeded shuffle, so
+        # the updates are those of one process on the same prompts however they were spread.
+        kept = sorted(self.pool_across_ranks([(r["prompt"], r["response"]) for r in records if r["reward"] >= 1.0]))
+        world, rank = self.trainer.world_size, self.global_rank
         metrics.update({
             "train/reward_mean": sum(r["reward"] for r in records) / len(records),
-            "ei/kept": float(len(kept)),
-            "ei/kept_fraction": len(kept) / len(records),
+            "ei/kept": float(len(kept)),  # over all ranks
+            "ei/kept_fraction": len(kept) / (len(records) * world),
         })
+        update_size = self.sft_batch_size * world  # examples per update, over all ranks
         # Whole updates only: the remainder that does not fill an update is dropped (it is a
-        # random subset, since the order is shuffled with a step-derived seed).
+        # random subset, since the order is shuffled with a step-derived seed, the same on every rank).
         generator = torch.Generator().manual_seed(self.seed + self.global_step)
         for _ in range(self.sft_epochs):
-            order = torch.randperm(len(kept_prompts), generator=generator).tolist()
-            for start in range(0, len(order) - self.sft_batch_size + 1, self.sft_batch_size):
-                idx = order[start : start + self.sft_batch_size]
+            order = torch.randperm(len(kept), generator=generator).tolist()
+            for start in range(0, len(order) - update_size + 1, update_size):
+                share = order[start + rank * self.sft_batch_size : start + (rank + 1) * self.sft_batch_size]
                 metrics.update(sft_update(
-                    self, [kept_prompts[i] for i in idx], [kept_responses[i] for i in idx],
+                    self, [kept[i][0] for i in share], [kept[i][1] for i in share],
                     self.gradient_accumulation_steps, self.max_length, self.normalize_constant,
                     self.microbatch_max_tokens,
                 ))
