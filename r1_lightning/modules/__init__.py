@@ -6,8 +6,9 @@ engine, a reward function and evaluation), which on its own is the module of zer
 (`r1-lightning validate --config configs/eval.yaml`).
 """
 
-from r1_lightning.modules.base import PolicyModule, RolloutModule
+from r1_lightning.modules.base import PolicyModule
 from r1_lightning.modules.grpo import GRPOModule
+from r1_lightning.modules.rollout import RolloutModule
 from r1_lightning.modules.sft import ExpertIterationModule, SFTModule
 
 __all__ = ["ExpertIterationModule", "GRPOModule", "PolicyModule", "RolloutModule", "SFTModule"]

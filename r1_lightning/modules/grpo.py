@@ -29,7 +29,7 @@ from r1_lightning.functional import (
     pack_prompt_and_output_ids,
 )
 from r1_lightning.models import load_causal_lm
-from r1_lightning.modules.base import RolloutModule
+from r1_lightning.modules.rollout import RolloutModule
 
 
 def scatter_response_values(values: list[list[float]], prompt_lengths: list[int], shape: tuple[int, int]) -> torch.Tensor:

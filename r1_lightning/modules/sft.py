@@ -14,7 +14,8 @@ from r1_lightning.functional import (
     sft_microbatch_loss,
     tokenize_prompt_and_output,
 )
-from r1_lightning.modules.base import PolicyModule, RolloutModule
+from r1_lightning.modules.base import PolicyModule
+from r1_lightning.modules.rollout import RolloutModule
 
 
 def truncate_batch(tokens: dict[str, torch.Tensor], max_length: int | None) -> dict[str, torch.Tensor]:
