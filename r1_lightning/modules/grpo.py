@@ -26,6 +26,7 @@ from r1_lightning.functional import (
     group_normalized_advantages,
     grpo_microbatch_loss,
     microbatch_groups,
+    overlong_penalty,
     pack_prompt_and_output_ids,
 )
 from r1_lightning.models import load_causal_lm
@@ -88,6 +89,17 @@ class GRPOModule(RolloutModule):
         engine_logprob_check_prompts: prompts per step whose samples carry engine log-probs for that
             check (default 1: `group_size` samples). A sample, not all: vLLM turns every log-prob
             into Python objects, and for all samples that halved SmolLM2's rollout throughput.
+        overlong_filter: DAPO's overlong filtering: samples cut off at `sampling_max_tokens`
+            (finish reason "length") get no loss, as if they had not been sampled, since their
+            reward judges an unfinished answer. They still count in their group's advantage
+            baseline. Exact for `token_mean` (they leave its token count); the seq_mean
+            aggregations still divide by the train batch size. Logs `train/overlong_filtered`
+            (the share of samples dropped; `train/truncated_fraction` is the share cut off).
+        overlong_penalty, overlong_buffer: DAPO's soft overlong punishment, added to each reward
+            before the advantages: 0 up to `sampling_max_tokens - overlong_buffer` tokens, then
+            linearly down to -`overlong_penalty` at the limit (`functional.overlong_penalty`; DAPO
+            uses 1.0 and a buffer of 4,096 of 20,480 tokens). `train/reward_mean` stays the reward
+            function's; `train/overlong_penalty` logs the mean penalty.
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -104,6 +116,8 @@ class GRPOModule(RolloutModule):
         loss_normalize_constant: float | None = None, beta: float = 0.0, tis_cap: float | None = None,
         # the engine's log-probs
         engine_logprobs: bool | None = None, engine_logprob_check_prompts: int = 1,
+        # DAPO's overlong handling
+        overlong_filter: bool = False, overlong_penalty: float | None = None, overlong_buffer: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -130,6 +144,16 @@ class GRPOModule(RolloutModule):
             raise ValueError(f"GRPOModule: engine_logprob_check_prompts must be >= 0, got {engine_logprob_check_prompts}")
         self.engine_logprobs = engine_logprobs
         self.engine_logprob_check_prompts = engine_logprob_check_prompts
+        if overlong_penalty is not None and not (
+            overlong_penalty >= 0 and overlong_buffer is not None and 1 <= overlong_buffer <= self.sampling.max_tokens
+        ):
+            raise ValueError(
+                f"GRPOModule: overlong_penalty ({overlong_penalty}) must be >= 0 and needs overlong_buffer in "
+                f"[1, sampling_max_tokens={self.sampling.max_tokens}], got {overlong_buffer}"
+            )
+        self.overlong_filter = overlong_filter
+        self.overlong_penalty = overlong_penalty
+        self.overlong_buffer = overlong_buffer
         self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
@@ -204,16 +228,19 @@ class GRPOModule(RolloutModule):
         records, grading_metrics = self.grade(batch, completions)
         self.last_rollout_records = records
         metrics.update(grading_metrics)
-        raw_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
+        verifier_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
+        raw_rewards = verifier_rewards + self._overlong_penalties(completions, metrics)
         advantages, group_std = group_normalized_advantages(
             raw_rewards, self.group_size, self.advantage_eps, self.use_std_normalization
         )
-        metrics.update(rollout_metrics(records, raw_rewards, advantages, group_std))
+        metrics.update(rollout_metrics(records, verifier_rewards, advantages, group_std))
+        in_loss = torch.tensor([not (self.overlong_filter and c.finish_reason == "length") for c in completions])
+        metrics["train/overlong_filtered"] = 1.0 - float(in_loss.float().mean())
 
         # All microbatches go to the GPU now, once: a copy from pageable memory waits for the GPU,
         # so copying inside the update loop would stall it at every microbatch.
         microbatches = [self._to_device(microbatch)
-                        for microbatch in self._pack_microbatches(completions, advantages, raw_rewards)]
+                        for microbatch in self._pack_microbatches(completions, advantages, raw_rewards, in_loss)]
         with self.attention_kernels():
             start = time.perf_counter()
             if self.needs_old_log_probs or self.loss_config.beta > 0:
@@ -232,18 +259,33 @@ class GRPOModule(RolloutModule):
         self.log_metrics(metrics, prog_bar=("train/reward_mean", "train/loss"))
 
     # ----------------------------------------------------------------------------- pieces
-    def _pack_microbatches(self, completions, advantages, raw_rewards) -> list[dict]:
+    def _overlong_penalties(self, completions, metrics: dict) -> torch.Tensor:
+        """(N,) the soft overlong penalty of each completion (zeros when off); logs its mean."""
+        if self.overlong_penalty is None:
+            return torch.zeros(len(completions))
+        lengths = torch.tensor([len(c.token_ids) for c in completions])
+        penalties = overlong_penalty(lengths, self.sampling.max_tokens, self.overlong_buffer, self.overlong_penalty)
+        metrics["train/overlong_penalty"] = float(penalties.mean())
+        return penalties
+
+    def _pack_microbatches(self, completions, advantages, raw_rewards, in_loss=None) -> list[dict]:
         """Split the rollouts into train batches (one optimizer update each), sort each by length
         (less padding; every loss aggregation here is invariant to the order within a train batch)
         and cut it into microbatches padded to their own longest sequence: `train_batch_size /
         gradient_accumulation_steps` sequences each, or as many as fit `microbatch_max_tokens`.
         Each carries `loss_divisor` (train batch size / its size: the microbatch losses then sum to
         the train batch's loss however it was cut), `ends_update` and `token_mean_divisor`
-        (`token_mean_divisors`). CPU tensors, in update order."""
+        (`token_mean_divisors`). `in_loss` (N,) bool: False zeroes a sample's response mask (no
+        loss, no token in the token count; default: all in). CPU tensors, in update order."""
         sequences_per_microbatch = self.train_batch_size // self.gradient_accumulation_steps
         pad = self.tokenizer.pad_token_id
+        in_loss = torch.ones(len(completions), dtype=torch.bool) if in_loss is None else in_loss
         starts = range(0, len(completions), self.train_batch_size)
-        divisors = self.token_mean_divisors([completions[s : s + self.train_batch_size] for s in starts])
+        divisors = self.token_mean_divisors(
+            [sum(len(c.token_ids) for c, kept in zip(completions[s : s + self.train_batch_size],
+                                                      in_loss[s : s + self.train_batch_size]) if kept)
+             for s in starts]
+        )
         microbatches = []
         for start, token_mean_divisor in zip(starts, divisors):
             train_batch = completions[start : start + self.train_batch_size]
@@ -255,6 +297,7 @@ class GRPOModule(RolloutModule):
                 prompt_ids = [c.prompt_token_ids for c in rows]
                 microbatch = pack_prompt_and_output_ids(prompt_ids, [c.token_ids for c in rows], pad)
                 indices = [start + i for i in group]
+                microbatch["response_mask"] = microbatch["response_mask"] & in_loss[indices].unsqueeze(1)
                 microbatch["advantages"] = advantages[indices].unsqueeze(1).float()
                 microbatch["raw_rewards"] = raw_rewards[indices].unsqueeze(1).float()
                 microbatch["token_mean_divisor"] = token_mean_divisor
@@ -273,15 +316,15 @@ class GRPOModule(RolloutModule):
                 microbatches.append(microbatch)
         return microbatches
 
-    def token_mean_divisors(self, train_batches: list[list]) -> list[float]:
+    def token_mean_divisors(self, token_counts: list[int]) -> list[float]:
         """Per train batch (optimizer update), what `token_mean` divides its masked loss sum by:
-        the update's response-token count over all ranks (at least 1), divided by the world size,
+        the update's response-token count in the loss (`token_counts`, this rank's) over all ranks
+        (at least 1), divided by the world size,
         because DDP averages the ranks' gradients. The rank's loss is then its token sum x W / N,
         and their average is the single-process token mean over the N tokens of the global batch.
         (The other aggregations are means over sequences, which DDP's average already gets right:
         every rank has the same number of sequences.) One all-reduce, for token_mean only."""
-        counts = torch.tensor([float(sum(len(c.token_ids) for c in batch)) for batch in train_batches],
-                              dtype=torch.float64)
+        counts = torch.tensor([float(count) for count in token_counts], dtype=torch.float64)
         if self.loss_config.loss_agg == "token_mean" and self.trainer.world_size > 1:
             counts = self.all_reduce_sum(counts).cpu()
         return (counts.clamp(min=1) / self.trainer.world_size).tolist()
