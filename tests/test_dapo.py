@@ -7,6 +7,9 @@ advantages of the rewards that should be used."""
 
 from __future__ import annotations
 
+import re
+
+import lightning as L
 import pytest
 import torch
 from ablation_helpers import (
@@ -19,6 +22,8 @@ from ablation_helpers import (
 from test_ablations import fit_fixed_rollouts
 from transformers import AutoModelForCausalLM
 
+from r1_lightning.callbacks import HFExportCheckpoint
+from r1_lightning.data import PromptDataModule
 from r1_lightning.functional import get_response_log_probs, overlong_penalty, tokenize_prompt_and_output
 from r1_lightning.modules import GRPOModule
 from r1_lightning.rollout import Completion
@@ -115,9 +120,102 @@ def test_overlong_penalty_enters_the_rewards_before_the_advantages(tiny_model_di
         assert float(metrics["train/overlong_penalty"]) == pytest.approx((sum(penalized) - sum(rewards)) / 8)
 
 
-def test_overlong_options_are_checked(tiny_model_dir):
+def test_dapo_options_are_checked(tiny_model_dir):
     for buffer in (None, 0, 2000):
         with pytest.raises(ValueError, match="overlong_buffer"):
             GRPOModule(tiny_model_dir, engine=FixedEngine(), overlong_penalty=1.0, overlong_buffer=buffer)
     with pytest.raises(ValueError, match="overlong_penalty"):
         GRPOModule(tiny_model_dir, engine=FixedEngine(), overlong_penalty=-1.0, overlong_buffer=8)
+    with pytest.raises(ValueError, match="dynamic_sampling_max_rounds"):
+        GRPOModule(tiny_model_dir, engine=FixedEngine(), dynamic_sampling=True, dynamic_sampling_max_rounds=0)
+
+
+# ----------------------------------------------------------------------------- dynamic sampling
+class SometimesConstantEngine(FixedEngine):
+    """All samples of a question with an even answer a + b start with the same digit (a group
+    without reward variance); a question with an odd answer gets FixedEngine's distinct samples."""
+
+    def response(self, prompt: str, k: int) -> str:
+        return "5" if has_even_answer(prompt) else super().response(prompt, k)
+
+
+def has_even_answer(prompt: str) -> bool:
+    a, b = map(int, re.search(r"What is (\d+) \+ (\d+)\?", prompt).groups())
+    return (a + b) % 2 == 0
+
+
+class RecordSteps(L.Callback):
+    """Per step: the data batch's prompts, the trained records and the logged metrics."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        self.steps.append((list(batch["prompt"]), list(pl_module.last_rollout_records), metrics))
+
+
+def fit_dynamic(model_dir, task_dir, tmp_path, steps, engine, callbacks=(), ckpt_path=None):
+    """GRPO with dynamic sampling: 2 groups of 4 per step, up to 3 slices of 2 questions."""
+    module = GRPOModule(model_dir, engine=engine, rollout_batch_size=8, group_size=4, train_batch_size=8,
+                        gradient_accumulation_steps=1, reward_fn="ablation_helpers.leading_digit_reward",
+                        learning_rate=1e-2, seed=0, sampling_min_tokens=0, dynamic_sampling=True,
+                        dynamic_sampling_max_rounds=3)
+    data = PromptDataModule(str(task_dir / "train.jsonl"), batch_size=6, seed=0)
+    checkpointing = any(isinstance(c, HFExportCheckpoint) for c in callbacks)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=checkpointing,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module
+
+
+def test_dynamic_sampling_trains_on_varied_groups_from_extra_slices(tiny_model_dir, toy_task_dir, tmp_path):
+    """Each step samples slices of 2 of its 6 questions until 2 have varied rewards (at most 3
+    slices), trains on those first (then on constant ones if it ran out), and logs the first
+    slice's and the trained batch's share of constant groups and the questions it sampled."""
+    engine, recorder = SometimesConstantEngine(), RecordSteps()
+    fit_dynamic(tiny_model_dir, toy_task_dir, tmp_path, 8, engine, callbacks=[recorder])
+    calls = iter(engine.calls)
+    rounds_seen = set()
+    for step, (questions, records, metrics) in enumerate(recorder.steps):
+        varied = [not has_even_answer(q) for q in questions]
+        rounds = next((r for r in (1, 2, 3) if sum(varied[: 2 * r]) >= 2), 3)
+        rounds_seen.add((rounds, sum(varied[: 2 * rounds]) >= 2))
+        seeds = []
+        for r in range(rounds):  # the engine saw exactly these slices, each with its own seed
+            prompts, sampling = next(calls)
+            assert prompts == questions[2 * r : 2 * r + 2]
+            seeds.append(sampling.seed)
+        assert seeds[0] == step and len(set(seeds)) == rounds  # the first slice: the step's usual seed
+        sampled = questions[: 2 * rounds]
+        expected = ([q for q in sampled if not has_even_answer(q)] + [q for q in sampled if has_even_answer(q)])[:2]
+        assert [rec["prompt"] for rec in records[::4]] == expected
+        for g in range(2):  # a trained group varies exactly when its question's answer is odd
+            rewards = {rec["reward"] for rec in records[4 * g : 4 * g + 4]}
+            assert (len(rewards) > 1) == (not has_even_answer(expected[g]))
+        assert metrics["train/frac_groups_zero_std_before"] == sum(not v for v in varied[:2]) / 2
+        assert metrics["train/frac_groups_zero_std"] == sum(has_even_answer(q) for q in expected) / 2
+        assert metrics["train/dynamic_sampling_prompts"] == 2 * rounds
+    assert next(calls, None) is None
+    # the steps covered one slice, extra slices, and running out of slices
+    assert {(1, True), (3, False)} <= rounds_seen and any(r > 1 and full for r, full in rounds_seen), rounds_seen
+
+
+def test_dynamic_sampling_resumes_exactly(tiny_model_dir, toy_task_dir, tmp_path):
+    """4 steps straight, and 2 steps then a resume from last.ckpt to 4, sample the same slices with
+    the same seeds after the resume and end at the same weights."""
+    straight_engine = SometimesConstantEngine()
+    straight = fit_dynamic(tiny_model_dir, toy_task_dir, tmp_path / "straight", 4, straight_engine)
+    ckpt_dir = tmp_path / "ckpt"
+    first, second = SometimesConstantEngine(), SometimesConstantEngine()
+    fit_dynamic(tiny_model_dir, toy_task_dir, tmp_path / "a", 2, first,
+                callbacks=[HFExportCheckpoint(dirpath=ckpt_dir, save_last=True, export_hf=False)])
+    resumed = fit_dynamic(tiny_model_dir, toy_task_dir, tmp_path / "b", 4, second,
+                          callbacks=[HFExportCheckpoint(dirpath=ckpt_dir, save_last=True, export_hf=False)],
+                          ckpt_path=str(ckpt_dir / "last.ckpt"))
+    calls = [(prompts, sampling.seed) for prompts, sampling in straight_engine.calls]
+    assert [(p, s.seed) for p, s in first.calls + second.calls] == calls
+    assert len(calls) > 4  # some step sampled more than one slice
+    for name, param in straight.policy.named_parameters():
+        assert torch.equal(param, dict(resumed.policy.named_parameters())[name]), name

@@ -12,10 +12,17 @@ CS336 defaults).
 
 Under DDP the batch sizes are per rank: each rank samples whole groups for its own prompts, and an
 update equals one process's update on the ranks' batches together (see `token_mean_divisors`).
+
+Dynamic sampling (DAPO) keeps resume exact by taking its extra questions from the step's own data
+batch: the data module hands each step `dynamic_sampling_max_rounds` x `prompts_per_step`
+questions, the step samples the first `prompts_per_step` and only samples the next slice while
+groups with varied rewards are still missing. The loader's position is per batch, so a resumed run
+sees the same questions at the same step; the questions a step does not need are skipped, not kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -70,6 +77,18 @@ def rollout_metrics(
     return metrics
 
 
+# Seed offset between the rollout rounds of one dynamic-sampling step: beyond any step count (the
+# step is added to the seed too), far below the rank stride, so no two (rank, step, round) collide.
+ROUND_SEED_STRIDE = 1_000_003
+
+
+def varied_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards (N,) in groups of `group_size` -> (N / group_size,) bool: the groups whose rewards
+    are not all equal, the only ones with a nonzero group-normalized advantage."""
+    groups = rewards.view(-1, group_size)
+    return (groups != groups[:, :1]).any(dim=1)
+
+
 class GRPOModule(RolloutModule):
     """GRPO, Dr. GRPO, DAPO-style clip-higher / token-mean, GSPO and REINFORCE baselines.
 
@@ -100,6 +119,14 @@ class GRPOModule(RolloutModule):
             linearly down to -`overlong_penalty` at the limit (`functional.overlong_penalty`; DAPO
             uses 1.0 and a buffer of 4,096 of 20,480 tokens). `train/reward_mean` stays the reward
             function's; `train/overlong_penalty` logs the mean penalty.
+        dynamic_sampling, dynamic_sampling_max_rounds: DAPO's dynamic sampling: train only on groups
+            whose rewards (with any overlong penalty) vary, sampling further slices of
+            `prompts_per_step` questions until `prompts_per_step` such groups are found, at most
+            `dynamic_sampling_max_rounds` slices; then groups without variance fill what is still
+            missing (a fixed batch shape, the same on every rank). Needs data batches of
+            `dynamic_sampling_max_rounds x prompts_per_step` questions (see the module docstring).
+            Logs `train/frac_groups_zero_std_before` (the first slice's share; the trained batch's
+            is `train/frac_groups_zero_std`) and `train/dynamic_sampling_prompts` (questions sampled).
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -118,6 +145,8 @@ class GRPOModule(RolloutModule):
         engine_logprobs: bool | None = None, engine_logprob_check_prompts: int = 1,
         # DAPO's overlong handling
         overlong_filter: bool = False, overlong_penalty: float | None = None, overlong_buffer: int | None = None,
+        # DAPO's dynamic sampling
+        dynamic_sampling: bool = False, dynamic_sampling_max_rounds: int = 3,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -154,6 +183,10 @@ class GRPOModule(RolloutModule):
         self.overlong_filter = overlong_filter
         self.overlong_penalty = overlong_penalty
         self.overlong_buffer = overlong_buffer
+        if dynamic_sampling_max_rounds < 1:
+            raise ValueError(f"GRPOModule: dynamic_sampling_max_rounds must be >= 1, got {dynamic_sampling_max_rounds}")
+        self.dynamic_sampling = dynamic_sampling
+        self.dynamic_sampling_max_rounds = dynamic_sampling_max_rounds
         self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
@@ -178,6 +211,11 @@ class GRPOModule(RolloutModule):
         return self.rollout_batch_size // self.group_size
 
     @property
+    def questions_per_step(self) -> int:
+        """The data batch size a step needs: `prompts_per_step`, times the rounds of dynamic sampling."""
+        return self.prompts_per_step * (self.dynamic_sampling_max_rounds if self.dynamic_sampling else 1)
+
+    @property
     def engine_logprob_request(self) -> dict:
         """The SamplingConfig fields that ask the engine for log-probs (see `engine_logprobs`)."""
         if self.engine_logprobs is not None or self.loss_config.tis_cap is not None:
@@ -197,11 +235,12 @@ class GRPOModule(RolloutModule):
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         batch_size = getattr(datamodule, "batch_size", None)
-        if stage == "fit" and batch_size is not None and batch_size != self.prompts_per_step:
+        if stage == "fit" and batch_size is not None and batch_size != self.questions_per_step:
+            rounds = f" x dynamic_sampling_max_rounds {self.dynamic_sampling_max_rounds}" if self.dynamic_sampling else ""
             raise ValueError(
                 f"data.init_args.batch_size ({batch_size}) must equal model.init_args.rollout_batch_size "
-                f"/ group_size = {self.rollout_batch_size} / {self.group_size} = {self.prompts_per_step} "
-                f"(questions per GRPO step)"
+                f"/ group_size{rounds} = {self.questions_per_step} (questions per GRPO step; rollout_batch_size "
+                f"{self.rollout_batch_size}, group_size {self.group_size})"
             )
 
     def configure_model(self) -> None:
@@ -217,19 +256,17 @@ class GRPOModule(RolloutModule):
     # ----------------------------------------------------------------------------- the step
     def training_step(self, batch: dict, batch_idx: int) -> None:
         step_start = time.perf_counter()
-        prompts = batch["prompt"]
-        if len(prompts) != self.prompts_per_step:
+        if len(batch["prompt"]) != self.questions_per_step:
             raise ValueError(
-                f"a GRPO step needs {self.prompts_per_step} questions (rollout_batch_size / group_size), "
-                f"got a batch of {len(prompts)}: set data.init_args.batch_size to {self.prompts_per_step}"
+                f"a GRPO step needs {self.questions_per_step} questions (rollout_batch_size / group_size"
+                f"{', x dynamic_sampling_max_rounds' if self.dynamic_sampling else ''}), got a batch of "
+                f"{len(batch['prompt'])}: set data.init_args.batch_size to {self.questions_per_step}"
             )
-        completions, metrics = self.rollout(prompts, self.step_sampling(**self.engine_logprob_request))
-
-        records, grading_metrics = self.grade(batch, completions)
+        completions, records, raw_rewards, metrics = self._sample_groups(batch)
         self.last_rollout_records = records
-        metrics.update(grading_metrics)
         verifier_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
-        raw_rewards = verifier_rewards + self._overlong_penalties(completions, metrics)
+        if self.overlong_penalty is not None:
+            metrics["train/overlong_penalty"] = float((raw_rewards - verifier_rewards).mean())
         advantages, group_std = group_normalized_advantages(
             raw_rewards, self.group_size, self.advantage_eps, self.use_std_normalization
         )
@@ -259,14 +296,45 @@ class GRPOModule(RolloutModule):
         self.log_metrics(metrics, prog_bar=("train/reward_mean", "train/loss"))
 
     # ----------------------------------------------------------------------------- pieces
-    def _overlong_penalties(self, completions, metrics: dict) -> torch.Tensor:
-        """(N,) the soft overlong penalty of each completion (zeros when off); logs its mean."""
+    def _sample_groups(self, batch: dict) -> tuple[list, list[dict], torch.Tensor, dict[str, float]]:
+        """Roll out and grade `prompts_per_step` groups: those of the batch's first `prompts_per_step`
+        questions, or, with dynamic sampling, the first groups with varied rewards over as many slices
+        of that many questions as it takes (at most `dynamic_sampling_max_rounds`), then groups
+        without variance for any still missing. Returns the chosen groups' completions, records and
+        rewards (with any overlong penalty), in sampling order but varied groups first, and the
+        step's rollout metrics."""
+        per_step, n = self.prompts_per_step, self.group_size
+        sampling = self.step_sampling(**self.engine_logprob_request)
+        groups, metrics = [], {}  # groups: (rewards vary, completions, records, rewards)
+        for round_ in range(self.questions_per_step // per_step):
+            questions = {key: values[round_ * per_step : (round_ + 1) * per_step] for key, values in batch.items()}
+            round_sampling = dataclasses.replace(sampling, seed=sampling.seed + round_ * ROUND_SEED_STRIDE)
+            completions, round_metrics = self.rollout(questions["prompt"], round_sampling)
+            records, grading_metrics = self.grade(questions, completions)
+            for name, value in {**round_metrics, **grading_metrics}.items():  # seconds and counts add up
+                metrics[name] = metrics.get(name, 0.0) + value
+            rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
+            rewards = rewards + self._overlong_penalties(completions)
+            groups += [(bool(vary), completions[g * n : (g + 1) * n], records[g * n : (g + 1) * n],
+                        rewards[g * n : (g + 1) * n]) for g, vary in enumerate(varied_groups(rewards, n))]
+            if not self.dynamic_sampling or sum(group[0] for group in groups) >= per_step:
+                break
+        metrics["perf/rollout_tokens_per_s"] = (
+            sum(len(c.token_ids) for group in groups for c in group[1]) / max(metrics["perf/rollout_seconds"], 1e-9)
+        )
+        if self.dynamic_sampling:
+            metrics["train/frac_groups_zero_std_before"] = sum(not group[0] for group in groups[:per_step]) / per_step
+            metrics["train/dynamic_sampling_prompts"] = float(len(groups))
+            groups = ([group for group in groups if group[0]] + [group for group in groups if not group[0]])[:per_step]
+        return ([c for group in groups for c in group[1]], [r for group in groups for r in group[2]],
+                torch.cat([group[3] for group in groups]), metrics)
+
+    def _overlong_penalties(self, completions) -> torch.Tensor:
+        """(N,) the soft overlong penalty of each completion (zeros when off)."""
         if self.overlong_penalty is None:
             return torch.zeros(len(completions))
         lengths = torch.tensor([len(c.token_ids) for c in completions])
-        penalties = overlong_penalty(lengths, self.sampling.max_tokens, self.overlong_buffer, self.overlong_penalty)
-        metrics["train/overlong_penalty"] = float(penalties.mean())
-        return penalties
+        return overlong_penalty(lengths, self.sampling.max_tokens, self.overlong_buffer, self.overlong_penalty)
 
     def _pack_microbatches(self, completions, advantages, raw_rewards, in_loss=None) -> list[dict]:
         """Split the rollouts into train batches (one optimizer update each), sort each by length
