@@ -24,7 +24,12 @@ from transformers import AutoModelForCausalLM
 
 from r1_lightning.callbacks import HFExportCheckpoint
 from r1_lightning.data import PromptDataModule
-from r1_lightning.functional import get_response_log_probs, overlong_penalty, tokenize_prompt_and_output
+from r1_lightning.functional import (
+    get_response_log_probs,
+    overlong_penalty,
+    tokenize_prompt_and_output,
+    varied_groups,
+)
 from r1_lightning.modules import GRPOModule
 from r1_lightning.rollout import Completion
 
@@ -131,6 +136,11 @@ def test_dapo_options_are_checked(tiny_model_dir):
 
 
 # ----------------------------------------------------------------------------- dynamic sampling
+def test_varied_groups_finds_the_groups_with_any_reward_difference():
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 0.5, 0.2, 0.2, 0.3])
+    assert varied_groups(rewards, 3).tolist() == [False, True, False, True]
+
+
 class SometimesConstantEngine(FixedEngine):
     """All samples of a question with an even answer a + b start with the same digit (a group
     without reward variance); a question with an odd answer gets FixedEngine's distinct samples."""

@@ -14,7 +14,8 @@ testable on plain tensors. Everything is importable from here; one concept per m
 - `masked`: masked mean / sum and `aggregate_loss`, the GRPO, DAPO and Dr. GRPO loss aggregations.
 - `sft`: the SFT microbatch loss (masked NLL).
 - `advantages`: group-normalized advantages from a tensor of rewards (and the CS336 function that
-  grades with a reward function first); DAPO's soft overlong penalty, a reward term.
+  grades with a reward function first); which groups carry any reward
+  variance; DAPO's soft overlong penalty, a reward term.
 - `policy_loss`: `PolicyLossConfig` (every option of the loss, checked once) and the
   policy-gradient losses it drives: REINFORCE with or without baseline, the clipped GRPO/PPO
   surrogate with DAPO clip-higher, GSPO sequence ratios, a k3 KL penalty, truncated importance
@@ -32,6 +33,7 @@ from r1_lightning.functional.advantages import (
     compute_group_normalized_rewards,
     group_normalized_advantages,
     overlong_penalty,
+    varied_groups,
 )
 from r1_lightning.functional.logprobs import (
     compute_entropy,
@@ -88,4 +90,5 @@ __all__ = [
     "sft_microbatch_train_step",
     "split_by_token_budget",
     "tokenize_prompt_and_output",
+    "varied_groups",
 ]

@@ -31,6 +31,14 @@ def group_normalized_advantages(
     return advantages.reshape(-1), group_std
 
 
+def varied_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards (N,) in groups of `group_size` consecutive responses -> (N / group_size,) bool: the
+    groups whose rewards are not all equal, the only ones with a nonzero advantage (DAPO's dynamic
+    sampling keeps these)."""
+    groups = rewards.view(-1, group_size)
+    return (groups != groups[:, :1]).any(dim=1)
+
+
 def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
     """DAPO's soft overlong punishment, a reward term for responses near the length limit.
 

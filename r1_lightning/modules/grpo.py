@@ -35,6 +35,7 @@ from r1_lightning.functional import (
     microbatch_groups,
     overlong_penalty,
     pack_prompt_and_output_ids,
+    varied_groups,
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.base import RolloutModule
@@ -80,13 +81,6 @@ def rollout_metrics(
 # Seed offset between the rollout rounds of one dynamic-sampling step: beyond any step count (the
 # step is added to the seed too), far below the rank stride, so no two (rank, step, round) collide.
 ROUND_SEED_STRIDE = 1_000_003
-
-
-def varied_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """rewards (N,) in groups of `group_size` -> (N / group_size,) bool: the groups whose rewards
-    are not all equal, the only ones with a nonzero group-normalized advantage."""
-    groups = rewards.view(-1, group_size)
-    return (groups != groups[:, :1]).any(dim=1)
 
 
 class GRPOModule(RolloutModule):
