@@ -118,6 +118,22 @@ def reference_grpo_step(model_dir: str, tokenizer, prompts: list[str], responses
     return {name: p.detach() for name, p in policy.named_parameters()}
 
 
+def record_update_gradients(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """Make every optimizer update first copy the gradient it steps with (before clipping) into
+    the returned list, one dict of named gradients per update."""
+    from r1_lightning.modules.base import PolicyModule
+
+    grads: list[dict[str, torch.Tensor]] = []
+    original = PolicyModule.optimizer_update
+
+    def recording_update(self, *args):
+        grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
+        return original(self, *args)
+
+    monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
+    return grads
+
+
 def read_csv_metrics(log_dir: Path) -> list[dict[str, float]]:
     """The rows of the one `metrics.csv` under `log_dir`, empty cells dropped."""
     (path,) = Path(log_dir).rglob("metrics.csv")

@@ -10,6 +10,7 @@ import random
 import lightning as L
 import pytest
 import torch
+from ablation_helpers import record_update_gradients
 
 from r1_lightning.callbacks import HFExportCheckpoint, MathEvalCallback
 from r1_lightning.data import PromptDataModule
@@ -98,15 +99,7 @@ def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_
     """The accumulated gradient of one update over 8 rollouts is the same in 1 microbatch as in 4
     microbatches of 2 (sorted and padded differently): the loss aggregation is exact across
     microbatches. (Gradients, not parameters: Adam's first step is nearly sign(g), blind to scale.)"""
-    from r1_lightning.modules.base import PolicyModule
-
-    grads = []
-    original = PolicyModule.optimizer_update
-
-    def recording_update(self, *args):
-        grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
-        return original(self, *args)
-
+    grads = record_update_gradients(monkeypatch)
     sizes, row_lengths = [], []
     original_pack = GRPOModule._pack_microbatches
 
@@ -117,7 +110,6 @@ def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_
         row_lengths.append(sorted(int(row.nonzero().max()) + 1 for mb in microbatches for row in mb["response_mask"]))
         return microbatches
 
-    monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
     monkeypatch.setattr(GRPOModule, "_pack_microbatches", recording_pack)
     fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_agg=loss_agg, gradient_accumulation_steps=1)
     fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_agg=loss_agg, gradient_accumulation_steps=4)
@@ -191,16 +183,7 @@ def test_sft_update_runs_under_sdpa_backends(tiny_model_dir, toy_task_dir, tmp_p
 def test_compiled_decoder_layers_give_the_same_gradient(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
     """`compile=...` compiles each decoder layer in place (names unchanged) and computes the same
     update. The aot_eager backend traces forward and backward like inductor, without a C compiler."""
-    from r1_lightning.modules.base import PolicyModule
-
-    grads = []
-    original = PolicyModule.optimizer_update
-
-    def recording_update(self, *args):
-        grads.append({k: p.grad.detach().clone() for k, p in self.policy.named_parameters()})
-        return original(self, *args)
-
-    monkeypatch.setattr(PolicyModule, "optimizer_update", recording_update)
+    grads = record_update_gradients(monkeypatch)
     plain = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True)
     compiled = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True,
                         compile="aot_eager")

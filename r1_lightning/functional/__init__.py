@@ -14,7 +14,8 @@ testable on plain tensors. Everything is importable from here; one concept per m
 - `masked`: masked mean / sum and `aggregate_loss`, the GRPO, DAPO and Dr. GRPO loss aggregations.
 - `sft`: the SFT microbatch loss (masked NLL).
 - `advantages`: group-normalized advantages from a tensor of rewards (and the CS336 function that
-  grades with a reward function first).
+  grades with a reward function first); which groups carry any reward
+  variance; DAPO's soft overlong penalty, a reward term.
 - `policy_loss`: `PolicyLossConfig` (every option of the loss, checked once) and the
   policy-gradient losses it drives: REINFORCE with or without baseline, the clipped GRPO/PPO
   surrogate with DAPO clip-higher, GSPO sequence ratios, a k3 KL penalty, truncated importance
@@ -28,7 +29,12 @@ Shapes: B = batch (sequences), T = sequence length (tokens), V = vocabulary, H =
 N = flattened tokens (B·T).
 """
 
-from r1_lightning.functional.advantages import compute_group_normalized_rewards, group_normalized_advantages
+from r1_lightning.functional.advantages import (
+    compute_group_normalized_rewards,
+    group_normalized_advantages,
+    overlong_penalty,
+    varied_groups,
+)
 from r1_lightning.functional.logprobs import (
     compute_entropy,
     get_response_log_probs,
@@ -76,6 +82,7 @@ __all__ = [
     "masked_mean",
     "masked_normalize",
     "microbatch_groups",
+    "overlong_penalty",
     "pack_prompt_and_output_ids",
     "policy_gradient_loss",
     "response_log_probs_from_hidden",
@@ -83,4 +90,5 @@ __all__ = [
     "sft_microbatch_train_step",
     "split_by_token_budget",
     "tokenize_prompt_and_output",
+    "varied_groups",
 ]

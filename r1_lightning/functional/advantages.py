@@ -31,6 +31,32 @@ def group_normalized_advantages(
     return advantages.reshape(-1), group_std
 
 
+def varied_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards (N,) in groups of `group_size` consecutive responses -> (N / group_size,) bool: the
+    groups whose rewards are not all equal, the only ones with a nonzero advantage (DAPO's dynamic
+    sampling keeps these)."""
+    groups = rewards.view(-1, group_size)
+    return (groups != groups[:, :1]).any(dim=1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment, a reward term for responses near the length limit.
+
+    With L_max = `max_tokens` and L_cache = `buffer`, a response of |y| tokens gets
+        0                                   if |y| <= L_max - L_cache
+        ((L_max - L_cache) - |y|) / L_cache  if L_max - L_cache < |y| <= L_max
+        -1                                  if |y| > L_max
+    times `factor`: a penalty growing linearly through the last `buffer` tokens, so the policy
+    learns to finish before the limit without a cliff between one token short of it and at it.
+
+    lengths (N,) response token counts -> (N,) float32 penalties in [-factor, 0].
+    """
+    if not 1 <= buffer <= max_tokens:
+        raise ValueError(f"overlong buffer must be in [1, max_tokens={max_tokens}], got {buffer}")
+    excess = (lengths.float() - (max_tokens - buffer)) / buffer
+    return -factor * excess.clamp(min=0.0, max=1.0)
+
+
 def compute_group_normalized_rewards(
     reward_fn: Callable[[str, str], dict[str, float]],
     rollout_responses: Sequence[str],

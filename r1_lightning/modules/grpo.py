@@ -12,10 +12,17 @@ CS336 defaults).
 
 Under DDP the batch sizes are per rank: each rank samples whole groups for its own prompts, and an
 update equals one process's update on the ranks' batches together (see `token_mean_divisors`).
+
+Dynamic sampling (DAPO) keeps resume exact by taking its extra questions from the step's own data
+batch: the data module hands each step `dynamic_sampling_max_rounds` x `prompts_per_step`
+questions, the step samples the first `prompts_per_step` and only samples the next slice while
+groups with varied rewards are still missing. The loader's position is per batch, so a resumed run
+sees the same questions at the same step; the questions a step does not need are skipped, not kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -26,7 +33,9 @@ from r1_lightning.functional import (
     group_normalized_advantages,
     grpo_microbatch_loss,
     microbatch_groups,
+    overlong_penalty,
     pack_prompt_and_output_ids,
+    varied_groups,
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.rollout import RolloutModule
@@ -69,6 +78,11 @@ def rollout_metrics(
     return metrics
 
 
+# Seed offset between the rollout rounds of one dynamic-sampling step: beyond any step count (the
+# step is added to the seed too), far below the rank stride, so no two (rank, step, round) collide.
+ROUND_SEED_STRIDE = 1_000_003
+
+
 class GRPOModule(RolloutModule):
     """GRPO, Dr. GRPO, DAPO-style clip-higher / token-mean, GSPO and REINFORCE baselines.
 
@@ -88,6 +102,25 @@ class GRPOModule(RolloutModule):
         engine_logprob_check_prompts: prompts per step whose samples carry engine log-probs for that
             check (default 1: `group_size` samples). A sample, not all: vLLM turns every log-prob
             into Python objects, and for all samples that halved SmolLM2's rollout throughput.
+        overlong_filter: DAPO's overlong filtering: samples cut off at `sampling_max_tokens`
+            (finish reason "length") get no loss, as if they had not been sampled, since their
+            reward judges an unfinished answer. They still count in their group's advantage
+            baseline. Exact for `token_mean` (they leave its token count); the seq_mean
+            aggregations still divide by the train batch size. Logs `train/overlong_filtered`
+            (the share of samples dropped; `train/truncated_fraction` is the share cut off).
+        overlong_penalty, overlong_buffer: DAPO's soft overlong punishment, added to each reward
+            before the advantages: 0 up to `sampling_max_tokens - overlong_buffer` tokens, then
+            linearly down to -`overlong_penalty` at the limit (`functional.overlong_penalty`; DAPO
+            uses 1.0 and a buffer of 4,096 of 20,480 tokens). `train/reward_mean` stays the reward
+            function's; `train/overlong_penalty` logs the mean penalty.
+        dynamic_sampling, dynamic_sampling_max_rounds: DAPO's dynamic sampling: train only on groups
+            whose rewards (with any overlong penalty) vary, sampling further slices of
+            `prompts_per_step` questions until `prompts_per_step` such groups are found, at most
+            `dynamic_sampling_max_rounds` slices; then groups without variance fill what is still
+            missing (a fixed batch shape, the same on every rank). Needs data batches of
+            `dynamic_sampling_max_rounds x prompts_per_step` questions (see the module docstring).
+            Logs `train/frac_groups_zero_std_before` (the first slice's share; the trained batch's
+            is `train/frac_groups_zero_std`) and `train/dynamic_sampling_prompts` (questions sampled).
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -104,6 +137,10 @@ class GRPOModule(RolloutModule):
         loss_normalize_constant: float | None = None, beta: float = 0.0, tis_cap: float | None = None,
         # the engine's log-probs
         engine_logprobs: bool | None = None, engine_logprob_check_prompts: int = 1,
+        # DAPO's overlong handling
+        overlong_filter: bool = False, overlong_penalty: float | None = None, overlong_buffer: int | None = None,
+        # DAPO's dynamic sampling
+        dynamic_sampling: bool = False, dynamic_sampling_max_rounds: int = 3,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -130,6 +167,20 @@ class GRPOModule(RolloutModule):
             raise ValueError(f"GRPOModule: engine_logprob_check_prompts must be >= 0, got {engine_logprob_check_prompts}")
         self.engine_logprobs = engine_logprobs
         self.engine_logprob_check_prompts = engine_logprob_check_prompts
+        if overlong_penalty is not None and not (
+            overlong_penalty >= 0 and overlong_buffer is not None and 1 <= overlong_buffer <= self.sampling.max_tokens
+        ):
+            raise ValueError(
+                f"GRPOModule: overlong_penalty ({overlong_penalty}) must be >= 0 and needs overlong_buffer in "
+                f"[1, sampling_max_tokens={self.sampling.max_tokens}], got {overlong_buffer}"
+            )
+        self.overlong_filter = overlong_filter
+        self.overlong_penalty = overlong_penalty
+        self.overlong_buffer = overlong_buffer
+        if dynamic_sampling_max_rounds < 1:
+            raise ValueError(f"GRPOModule: dynamic_sampling_max_rounds must be >= 1, got {dynamic_sampling_max_rounds}")
+        self.dynamic_sampling = dynamic_sampling
+        self.dynamic_sampling_max_rounds = dynamic_sampling_max_rounds
         self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
@@ -154,6 +205,11 @@ class GRPOModule(RolloutModule):
         return self.rollout_batch_size // self.group_size
 
     @property
+    def questions_per_step(self) -> int:
+        """The data batch size a step needs: `prompts_per_step`, times the rounds of dynamic sampling."""
+        return self.prompts_per_step * (self.dynamic_sampling_max_rounds if self.dynamic_sampling else 1)
+
+    @property
     def engine_logprob_request(self) -> dict:
         """The SamplingConfig fields that ask the engine for log-probs (see `engine_logprobs`)."""
         if self.engine_logprobs is not None or self.loss_config.tis_cap is not None:
@@ -173,11 +229,12 @@ class GRPOModule(RolloutModule):
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         batch_size = getattr(datamodule, "batch_size", None)
-        if stage == "fit" and batch_size is not None and batch_size != self.prompts_per_step:
+        if stage == "fit" and batch_size is not None and batch_size != self.questions_per_step:
+            rounds = f" x dynamic_sampling_max_rounds {self.dynamic_sampling_max_rounds}" if self.dynamic_sampling else ""
             raise ValueError(
                 f"data.init_args.batch_size ({batch_size}) must equal model.init_args.rollout_batch_size "
-                f"/ group_size = {self.rollout_batch_size} / {self.group_size} = {self.prompts_per_step} "
-                f"(questions per GRPO step)"
+                f"/ group_size{rounds} = {self.questions_per_step} (questions per GRPO step; rollout_batch_size "
+                f"{self.rollout_batch_size}, group_size {self.group_size})"
             )
 
     def configure_model(self) -> None:
@@ -193,27 +250,28 @@ class GRPOModule(RolloutModule):
     # ----------------------------------------------------------------------------- the step
     def training_step(self, batch: dict, batch_idx: int) -> None:
         step_start = time.perf_counter()
-        prompts = batch["prompt"]
-        if len(prompts) != self.prompts_per_step:
+        if len(batch["prompt"]) != self.questions_per_step:
             raise ValueError(
-                f"a GRPO step needs {self.prompts_per_step} questions (rollout_batch_size / group_size), "
-                f"got a batch of {len(prompts)}: set data.init_args.batch_size to {self.prompts_per_step}"
+                f"a GRPO step needs {self.questions_per_step} questions (rollout_batch_size / group_size"
+                f"{', x dynamic_sampling_max_rounds' if self.dynamic_sampling else ''}), got a batch of "
+                f"{len(batch['prompt'])}: set data.init_args.batch_size to {self.questions_per_step}"
             )
-        completions, metrics = self.rollout(prompts, self.step_sampling(**self.engine_logprob_request))
-
-        records, grading_metrics = self.grade(batch, completions)
+        completions, records, raw_rewards, metrics = self._sample_groups(batch)
         self.last_rollout_records = records
-        metrics.update(grading_metrics)
-        raw_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
+        verifier_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
+        if self.overlong_penalty is not None:
+            metrics["train/overlong_penalty"] = float((raw_rewards - verifier_rewards).mean())
         advantages, group_std = group_normalized_advantages(
             raw_rewards, self.group_size, self.advantage_eps, self.use_std_normalization
         )
-        metrics.update(rollout_metrics(records, raw_rewards, advantages, group_std))
+        metrics.update(rollout_metrics(records, verifier_rewards, advantages, group_std))
+        in_loss = torch.tensor([not (self.overlong_filter and c.finish_reason == "length") for c in completions])
+        metrics["train/overlong_filtered"] = 1.0 - float(in_loss.float().mean())
 
         # All microbatches go to the GPU now, once: a copy from pageable memory waits for the GPU,
         # so copying inside the update loop would stall it at every microbatch.
         microbatches = [self._to_device(microbatch)
-                        for microbatch in self._pack_microbatches(completions, advantages, raw_rewards)]
+                        for microbatch in self._pack_microbatches(completions, advantages, raw_rewards, in_loss)]
         with self.attention_kernels():
             start = time.perf_counter()
             if self.needs_old_log_probs or self.loss_config.beta > 0:
@@ -232,18 +290,64 @@ class GRPOModule(RolloutModule):
         self.log_metrics(metrics, prog_bar=("train/reward_mean", "train/loss"))
 
     # ----------------------------------------------------------------------------- pieces
-    def _pack_microbatches(self, completions, advantages, raw_rewards) -> list[dict]:
+    def _sample_groups(self, batch: dict) -> tuple[list, list[dict], torch.Tensor, dict[str, float]]:
+        """Roll out and grade `prompts_per_step` groups: those of the batch's first `prompts_per_step`
+        questions, or, with dynamic sampling, the first groups with varied rewards over as many slices
+        of that many questions as it takes (at most `dynamic_sampling_max_rounds`), then groups
+        without variance for any still missing. Returns the chosen groups' completions, records and
+        rewards (with any overlong penalty), in sampling order but varied groups first, and the
+        step's rollout metrics."""
+        per_step, n = self.prompts_per_step, self.group_size
+        sampling = self.step_sampling(**self.engine_logprob_request)
+        groups, metrics = [], {}  # groups: (rewards vary, completions, records, rewards)
+        for round_ in range(self.questions_per_step // per_step):
+            questions = {key: values[round_ * per_step : (round_ + 1) * per_step] for key, values in batch.items()}
+            round_sampling = dataclasses.replace(sampling, seed=sampling.seed + round_ * ROUND_SEED_STRIDE)
+            completions, round_metrics = self.rollout(questions["prompt"], round_sampling)
+            records, grading_metrics = self.grade(questions, completions)
+            for name, value in {**round_metrics, **grading_metrics}.items():  # seconds and counts add up
+                metrics[name] = metrics.get(name, 0.0) + value
+            rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
+            rewards = rewards + self._overlong_penalties(completions)
+            groups += [(bool(vary), completions[g * n : (g + 1) * n], records[g * n : (g + 1) * n],
+                        rewards[g * n : (g + 1) * n]) for g, vary in enumerate(varied_groups(rewards, n))]
+            if not self.dynamic_sampling or sum(group[0] for group in groups) >= per_step:
+                break
+        metrics["perf/rollout_tokens_per_s"] = (
+            sum(len(c.token_ids) for group in groups for c in group[1]) / max(metrics["perf/rollout_seconds"], 1e-9)
+        )
+        if self.dynamic_sampling:
+            metrics["train/frac_groups_zero_std_before"] = sum(not group[0] for group in groups[:per_step]) / per_step
+            metrics["train/dynamic_sampling_prompts"] = float(len(groups))
+            groups = ([group for group in groups if group[0]] + [group for group in groups if not group[0]])[:per_step]
+        return ([c for group in groups for c in group[1]], [r for group in groups for r in group[2]],
+                torch.cat([group[3] for group in groups]), metrics)
+
+    def _overlong_penalties(self, completions) -> torch.Tensor:
+        """(N,) the soft overlong penalty of each completion (zeros when off)."""
+        if self.overlong_penalty is None:
+            return torch.zeros(len(completions))
+        lengths = torch.tensor([len(c.token_ids) for c in completions])
+        return overlong_penalty(lengths, self.sampling.max_tokens, self.overlong_buffer, self.overlong_penalty)
+
+    def _pack_microbatches(self, completions, advantages, raw_rewards, in_loss=None) -> list[dict]:
         """Split the rollouts into train batches (one optimizer update each), sort each by length
         (less padding; every loss aggregation here is invariant to the order within a train batch)
         and cut it into microbatches padded to their own longest sequence: `train_batch_size /
         gradient_accumulation_steps` sequences each, or as many as fit `microbatch_max_tokens`.
         Each carries `loss_divisor` (train batch size / its size: the microbatch losses then sum to
         the train batch's loss however it was cut), `ends_update` and `token_mean_divisor`
-        (`token_mean_divisors`). CPU tensors, in update order."""
+        (`token_mean_divisors`). `in_loss` (N,) bool: False zeroes a sample's response mask (no
+        loss, no token in the token count; default: all in). CPU tensors, in update order."""
         sequences_per_microbatch = self.train_batch_size // self.gradient_accumulation_steps
         pad = self.tokenizer.pad_token_id
+        in_loss = torch.ones(len(completions), dtype=torch.bool) if in_loss is None else in_loss
         starts = range(0, len(completions), self.train_batch_size)
-        divisors = self.token_mean_divisors([completions[s : s + self.train_batch_size] for s in starts])
+        divisors = self.token_mean_divisors(
+            [sum(len(c.token_ids) for c, kept in zip(completions[s : s + self.train_batch_size],
+                                                      in_loss[s : s + self.train_batch_size]) if kept)
+             for s in starts]
+        )
         microbatches = []
         for start, token_mean_divisor in zip(starts, divisors):
             train_batch = completions[start : start + self.train_batch_size]
@@ -255,6 +359,7 @@ class GRPOModule(RolloutModule):
                 prompt_ids = [c.prompt_token_ids for c in rows]
                 microbatch = pack_prompt_and_output_ids(prompt_ids, [c.token_ids for c in rows], pad)
                 indices = [start + i for i in group]
+                microbatch["response_mask"] = microbatch["response_mask"] & in_loss[indices].unsqueeze(1)
                 microbatch["advantages"] = advantages[indices].unsqueeze(1).float()
                 microbatch["raw_rewards"] = raw_rewards[indices].unsqueeze(1).float()
                 microbatch["token_mean_divisor"] = token_mean_divisor
@@ -273,15 +378,15 @@ class GRPOModule(RolloutModule):
                 microbatches.append(microbatch)
         return microbatches
 
-    def token_mean_divisors(self, train_batches: list[list]) -> list[float]:
+    def token_mean_divisors(self, token_counts: list[int]) -> list[float]:
         """Per train batch (optimizer update), what `token_mean` divides its masked loss sum by:
-        the update's response-token count over all ranks (at least 1), divided by the world size,
+        the update's response-token count in the loss (`token_counts`, this rank's) over all ranks
+        (at least 1), divided by the world size,
         because DDP averages the ranks' gradients. The rank's loss is then its token sum x W / N,
         and their average is the single-process token mean over the N tokens of the global batch.
         (The other aggregations are means over sequences, which DDP's average already gets right:
         every rank has the same number of sequences.) One all-reduce, for token_mean only."""
-        counts = torch.tensor([float(sum(len(c.token_ids) for c in batch)) for batch in train_batches],
-                              dtype=torch.float64)
+        counts = torch.tensor([float(count) for count in token_counts], dtype=torch.float64)
         if self.loss_config.loss_agg == "token_mean" and self.trainer.world_size > 1:
             counts = self.all_reduce_sum(counts).cpu()
         return (counts.clamp(min=1) / self.trainer.world_size).tolist()
