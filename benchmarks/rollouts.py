@@ -149,8 +149,11 @@ def run_hf(out, args, folder, policy, tokenizer, prompts, sampling, device) -> N
 
 def logprob_gap(engine, policy, tokenizer, prompts, sampling, device) -> float:
     """Mean |engine log-prob - policy log-prob| over sampled tokens: small only if the sync worked."""
-    from r1_lightning.functional import get_response_log_probs, pack_prompt_and_output_ids
-    from r1_lightning.modules.grpo import scatter_response_values
+    from r1_lightning.functional import (
+        get_response_log_probs,
+        pack_prompt_and_output_ids,
+        scatter_response_values,
+    )
 
     check = dataclasses.replace(sampling, n=1, max_tokens=min(64, sampling.max_tokens), logprobs=True)
     completions = [c for c in engine.generate(prompts, check) if c.token_ids]

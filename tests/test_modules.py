@@ -15,9 +15,9 @@ from ablation_helpers import record_update_gradients
 from r1_lightning.callbacks import HFExportCheckpoint, MathEvalCallback
 from r1_lightning.data import PromptDataModule
 from r1_lightning.evaluation import summarize
+from r1_lightning.functional import scatter_response_values
 from r1_lightning.modules import GRPOModule
 from r1_lightning.modules.base import lr_multiplier
-from r1_lightning.modules.grpo import scatter_response_values
 from r1_lightning.rollout import Completion
 
 

@@ -44,6 +44,7 @@ from r1_lightning.functional.masked import LOSS_AGGREGATIONS, aggregate_loss, ma
 from r1_lightning.functional.packing import (
     microbatch_groups,
     pack_prompt_and_output_ids,
+    scatter_response_values,
     split_by_token_budget,
     tokenize_prompt_and_output,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "pack_prompt_and_output_ids",
     "policy_gradient_loss",
     "response_log_probs_from_hidden",
+    "scatter_response_values",
     "sft_microbatch_loss",
     "sft_microbatch_train_step",
     "split_by_token_budget",

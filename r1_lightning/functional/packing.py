@@ -92,3 +92,16 @@ def tokenize_prompt_and_output(
     prompt_ids = tokenizer(list(prompt_strs), add_special_tokens=False)["input_ids"]
     output_ids = tokenizer(list(output_strs), add_special_tokens=False)["input_ids"]
     return pack_prompt_and_output_ids(prompt_ids, output_ids, tokenizer.pad_token_id)
+
+
+def scatter_response_values(values: list[list[float]], prompt_lengths: list[int], shape: tuple[int, int]) -> torch.Tensor:
+    """Place per-response-token values (e.g. engine log-probs) at their label positions.
+
+    values[i][j] belongs to response token j of sequence i, which is label column
+    `prompt_lengths[i] - 1 + j` of the shifted `(B, L-1)` tensors. Other entries are 0.
+    """
+    out = torch.zeros(shape, dtype=torch.float32)
+    for i, (row, p) in enumerate(zip(values, prompt_lengths)):
+        if row:
+            out[i, p - 1 : p - 1 + len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out

@@ -35,23 +35,11 @@ from r1_lightning.functional import (
     microbatch_groups,
     overlong_penalty,
     pack_prompt_and_output_ids,
+    scatter_response_values,
     varied_groups,
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.rollout import RolloutModule
-
-
-def scatter_response_values(values: list[list[float]], prompt_lengths: list[int], shape: tuple[int, int]) -> torch.Tensor:
-    """Place per-response-token values (e.g. engine log-probs) at their label positions.
-
-    values[i][j] belongs to response token j of sequence i, which is label column
-    `prompt_lengths[i] - 1 + j` of the shifted `(B, L-1)` tensors. Other entries are 0.
-    """
-    out = torch.zeros(shape, dtype=torch.float32)
-    for i, (row, p) in enumerate(zip(values, prompt_lengths)):
-        if row:
-            out[i, p - 1 : p - 1 + len(row)] = torch.tensor(row, dtype=torch.float32)
-    return out
 
 
 def rollout_metrics(
