@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from r1_lightning.cli import main
-from r1_lightning.quickstart.run import merged_metrics, run_quickstart
+from r1_lightning.plotting import read_run
+from r1_lightning.quickstart.run import run_quickstart
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT_GRPO_STEPS = 40  # of the config's 80; the SFT warm-up runs in full
@@ -41,7 +42,7 @@ def short_run(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.mark.slow
 def test_shortened_quickstart_improves_reward(short_run):
     out, result = short_run
-    rewards = [value for _, value in merged_metrics(out / "grpo")["train/reward_mean"]]
+    rewards = [value for _, value in read_run(out / "grpo")["train/reward_mean"]]
     assert len(rewards) == SHORT_GRPO_STEPS
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + 0.05, rewards

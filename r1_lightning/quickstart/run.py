@@ -34,14 +34,8 @@ def find_configs_dir(given: str | None) -> Path:
 
 
 def phase_args(config: Path, out: Path, extra: list[str]) -> list[str]:
-    """CLI arguments that put one phase's logs and checkpoints under `out`."""
-    return [
-        "fit", "--config", str(config),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-        "--trainer.callbacks.dirpath", str(out / "checkpoints"),  # the configs' last callback
-        *extra,
-    ]
+    """CLI arguments that make `out` the phase's run directory (its logs and checkpoints go under it)."""
+    return ["fit", "--config", str(config), "--trainer.default_root_dir", str(out), *extra]
 
 
 def eval_summaries(phase_dir: Path) -> dict[int, dict]:
@@ -50,16 +44,6 @@ def eval_summaries(phase_dir: Path) -> dict[int, dict]:
     for path in phase_dir.glob("logs/version_*/eval/eval_step_*_summary.json"):
         summaries[int(path.name.split("_")[2])] = json.loads(path.read_text())
     return summaries
-
-
-def merged_metrics(phase_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from r1_lightning.plotting import read_metrics
-
-    merged: dict[str, dict[int, float]] = {}
-    for csv_path in sorted(phase_dir.glob("logs/version_*/metrics.csv")):
-        for name, points in read_metrics(csv_path).items():
-            merged.setdefault(name, {}).update(dict(points))  # a resumed run overwrites repeated steps
-    return {name: sorted(points.items()) for name, points in merged.items()}
 
 
 @contextlib.contextmanager
@@ -126,11 +110,11 @@ def _run(args: argparse.Namespace) -> dict:
         extra += ["--ckpt_path", "last"]
     build_cli(phase_args(configs / "quickstart.yaml", grpo_dir, extra))
 
-    from r1_lightning.plotting import plot_curves
+    from r1_lightning.plotting import plot_curves, read_run
 
     summaries = eval_summaries(grpo_dir)
     before, after = summaries[min(summaries)], summaries[max(summaries)]
-    plot = plot_curves(merged_metrics(grpo_dir), out / "grpo_curves.png", title="r1-lightning quickstart: GRPO")
+    plot = plot_curves(read_run(grpo_dir), out / "grpo_curves.png", title="r1-lightning quickstart: GRPO")
     result = {
         "accuracy_before_grpo": before["answer_accuracy"],
         "accuracy_after_grpo": after["answer_accuracy"],
