@@ -343,10 +343,10 @@ class GRPOModule(RolloutModule):
             lengths = [len(c.prompt_token_ids) + len(c.token_ids) - 1 for c in train_batch]
             groups = microbatch_groups(lengths, sequences_per_microbatch, self.microbatch_max_tokens)
             for position, group in enumerate(groups):
-                rows = [completions[start + i] for i in group]
+                indices = [start + i for i in group]
+                rows = [completions[i] for i in indices]
                 prompt_ids = [c.prompt_token_ids for c in rows]
                 microbatch = pack_prompt_and_output_ids(prompt_ids, [c.token_ids for c in rows], pad)
-                indices = [start + i for i in group]
                 microbatch["response_mask"] = microbatch["response_mask"] & in_loss[indices].unsqueeze(1)
                 microbatch["advantages"] = advantages[indices].unsqueeze(1).float()
                 microbatch["raw_rewards"] = raw_rewards[indices].unsqueeze(1).float()
