@@ -1,5 +1,5 @@
-# Source on the GPU machine, from the repository root, once the device pack's parts are in
-# /tmp/parts (../shared/device/README.md):
+# Source on the GPU machine, from the repository root, once the parts of an xz tarball of the
+# missing site-packages (vLLM 0.26.0, TRL, jsonargparse, math-verify, gguf) are in /tmp/parts:
 #   source benchmarks/gpu/setup.sh      (benchmarks/gpu/run.sh does, before every measurement)
 # Unpacks vLLM 0.26.0, TRL, jsonargparse, math-verify, gguf (and SmolLM2's GGUF) into /tmp/site,
 # installs this package without dependencies (the data the benchmarks read ships in data/). Where vLLM and
