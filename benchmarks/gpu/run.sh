@@ -121,6 +121,7 @@ case $what in
   tests|update|rollouts|step|smollm2|pipeline) $what ;;
   *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | smollm2 | pipeline)"; exit 2 ;;
 esac
+# weights, optimizer states and checkpoints stay behind (a file back from the machine is at most 16 MiB)
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \
-  --exclude="*.safetensors" -C "$(dirname "$work")" "$what"
+  --exclude="*.safetensors" --exclude="*.pt" --exclude="*.pth" --exclude="*.bin" -C "$(dirname "$work")" "$what"
 echo "[run.sh] $what done in $SECONDS s"
