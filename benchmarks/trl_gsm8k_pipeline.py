@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="kept at the end of the call for the evaluation of the GRPO model")
     p.add_argument("--grpo-max-steps", type=int, default=500, help="as run.sh's --trainer.max_steps")
     p.add_argument("--save-steps", type=int, default=5, help="GRPO checkpoint interval (resume granularity)")
+    p.add_argument("--skip-eval-base", action="store_true",
+                   help="no evaluation of the starting model (the same r1-lightning evaluation the r1 side runs)")
     p.add_argument("--dry-run", action="store_true", help="print the settings read from the configs and exit")
     p.add_argument("--out", help="also write the JSON here")
     return p.parse_args(argv)
@@ -282,7 +284,7 @@ def main(argv=None) -> dict:
         gc.collect()
         torch.cuda.empty_cache()
 
-    if not state.done("eval_base"):
+    if not state.done("eval_base") and not args.skip_eval_base:
         timed("eval_base", lambda: evaluate(Path(args.model), workdir / "eval_base"))
     if not state.done("sft"):
         deadline = min(time.monotonic() + args.sft_seconds, end - args.eval_reserve_seconds)
