@@ -178,11 +178,13 @@ def test_rollouts_vllm_tiny(scripts):
 
 
 def test_results_document_matches_its_raw_files():
-    """benchmarks/results/README.md names exactly the files in raw/, and its update ratios are the
-    ones the raw JSON gives."""
+    """benchmarks/results/README.md names exactly the files (and folders, as `name/`) in raw/, and
+    its update ratios are the ones the raw JSON gives."""
     doc = (RESULTS / "README.md").read_text()
     named = set(re.findall(r"`([\w.-]+\.(?:json|csv|log))`", doc))
-    assert named == {p.name for p in (RESULTS / "raw").iterdir()}
+    folders = set(re.findall(r"`([\w.-]+)/`", doc)) - {"raw"}  # the intro names raw/ itself
+    assert named | folders == {p.name for p in (RESULTS / "raw").iterdir()}
+    assert all((RESULTS / "raw" / name).is_dir() for name in folders)
     raw = {name: json.loads((RESULTS / "raw" / name).read_text()) for name in named if name.endswith(".json")}
     for r1, trl in [("update_r1_16k", "update_trl"), ("update_r1_4k_chunk256", "update_trl"),
                     ("update_r1_4k_chunk256_compile", "update_trl"), ("update_sft_r1_4k_chunk256", "update_sft_trl")]:
@@ -193,3 +195,19 @@ def test_results_document_matches_its_raw_files():
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_runner_parses():
     assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu" / "run.sh")], check=False).returncode == 0
+
+
+def test_pipeline_report_reads_the_committed_pipeline_files(tmp_path, capsys):
+    """benchmarks/pipeline_report.py on raw/pipeline_gsm8k: its table carries the evaluations' own
+    accuracies (the last r1 evaluation, TRL's after SFT and after GRPO), and it draws the figure."""
+    spec = importlib.util.spec_from_file_location("pipeline_report", BENCHMARKS / "pipeline_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    folder = RESULTS / "raw" / "pipeline_gsm8k"
+    report.main([str(folder), "--png", str(tmp_path / "curves.png")])
+    table = capsys.readouterr().out
+    last_r1 = max(folder.glob("r1_eval_step_*_summary.json"), key=lambda p: int(p.stem.split("_")[3]))
+    trl = json.loads((folder / "trl_pipeline.json").read_text())["evaluations"]
+    for summary in (json.loads(last_r1.read_text()), trl["sft"], trl["grpo"][-1]):
+        assert f"| {100 * summary['answer_accuracy']:.1f}% | {100 * summary['format_rate']:.1f}% |" in table
+    assert (tmp_path / "curves.png").stat().st_size > 10_000

@@ -100,22 +100,26 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
       >"$work/eval_base.log" 2>&1 &
     local eval_pid=$!
     [ "$eval_base" = 0 ] || { wait "$eval_pid"; echo "[pipeline] base evaluation rc=$? at ${SECONDS} s"; }
-    within 90 200 python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_sft.yaml \
-      --model.init_args.model_name_or_path /tmp/smollm2 --trainer.default_root_dir "$work/sft" \
-      --trainer.max_time 00:00:02:30 >"$work/sft.log" 2>&1
-    echo "[pipeline] SFT rc=$? at ${SECONDS} s"
+    if [ ! -f "$work/sft/checkpoints/last_hf/config.json" ]; then  # a retry keeps the SFT export it has
+      within 90 200 python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_sft.yaml \
+        --model.init_args.model_name_or_path /tmp/smollm2 --trainer.default_root_dir "$work/sft" \
+        --trainer.max_time 00:00:02:30 >"$work/sft.log" 2>&1
+      echo "[pipeline] SFT rc=$? at ${SECONDS} s"
+    fi
     [ "$eval_base" = 0 ] && { wait "$eval_pid"; echo "[pipeline] engine warm-up rc=$? at ${SECONDS} s"; }
-    # GRPO part 1 from the SFT export; max_time counts training only: 120 s of the command are kept for
-    # the start (weights, engine, the evaluation at step 0), the evaluation at the end and the save
-    local part1=$((${DEADLINE:-570} - SECONDS - 120))
+    # GRPO part 1 from the SFT export; max_time counts training only: 180 s of the command are kept for
+    # the start (weights, engine, the evaluation at step 0), the last step, the evaluation at the end and
+    # the save (97 s of it with vLLM's kernels cached; a first engine on a fresh machine took longer than
+    # 110 s and was cut before its checkpoint)
+    local part1=$((${DEADLINE:-570} - SECONDS - 180))
     echo "$part1" >"$work/grpo_part1_seconds"
-    within 120 $((part1 + 110)) "${grpo[@]}" --model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf" \
+    within 240 $((part1 + 170)) "${grpo[@]}" --model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf" \
       --trainer.max_time "$(hms "$part1")" >"$work/grpo_part1.log" 2>&1
     echo "[pipeline] GRPO part 1 rc=$? at ${SECONDS} s"
   else
     # Lightning's Timer restores the training time already spent from the checkpoint: max_time is the total
-    local total=$(($(cat "$work/grpo_part1_seconds") + ${DEADLINE:-570} - SECONDS - 120))
-    within 120 $((${DEADLINE:-570} - SECONDS)) "${grpo[@]}" --model.init_args.model_name_or_path \
+    local total=$(($(cat "$work/grpo_part1_seconds") + ${DEADLINE:-570} - SECONDS - 180))
+    within 240 $((${DEADLINE:-570} - SECONDS)) "${grpo[@]}" --model.init_args.model_name_or_path \
       "$work/sft/checkpoints/last_hf" --trainer.max_time "$(hms "$total")" --ckpt_path last >"$work/grpo_part2.log" 2>&1
     echo "[pipeline] GRPO part 2 (resumed) rc=$? at ${SECONDS} s"
   fi
