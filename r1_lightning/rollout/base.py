@@ -96,6 +96,10 @@ class RolloutEngine(Protocol):
     `generate` returns a flat list of `len(prompts) * sampling.n` completions, prompt-major: the n
     samples of prompt 0, then the n of prompt 1, ... (consecutive groups, as
     `compute_group_normalized_rewards` expects).
+
+    An engine with its own weights may be asked to `generate` on a background thread while the
+    policy trains (`GRPOModule(async_rollouts=True)`); it is never used by two threads at once, and
+    `load_weights` never runs during a generation.
     """
 
     def attach(self, policy: torch.nn.Module, tokenizer) -> None:
