@@ -128,7 +128,7 @@ class RolloutsAhead:
         return seconds
 
     def _sample_next(self, module) -> None:
-        step = module.global_step + module.updates_per_rollout
+        step = self.current.global_step + module.updates_per_rollout  # the step after the running one
         max_steps = module.trainer.max_steps
         if max_steps is not None and 0 <= max_steps <= step:
             return  # no step will train on it
