@@ -166,3 +166,14 @@ def test_the_loader_peeks_at_the_batch_it_hands_out_next():
     resumed = ResumableDataLoader(list(range(10)), batch_size=4, seed=3)
     resumed.load_state_dict({"epoch": 0, "batches_yielded": 3})  # a finished epoch resumes at the next
     assert resumed.peek() == next(iter(resumed)) == handed[3]
+
+
+def test_a_loader_that_cannot_peek_is_refused_not_run_synchronously(tiny_model_dir, tmp_path):
+    module = GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, rollout_batch_size=4,
+                        group_size=2, train_batch_size=4, gradient_accumulation_steps=1, sampling_max_tokens=4,
+                        reward_fn="toy_rewards.digit_fraction_reward")
+    batches = [{"prompt": ["What is 1 + 1?", "What is 2 + 2?"], "ground_truth": ["2", "4"]}] * 2
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(TypeError, match=r"train loader \(DataLoader\) cannot show its next batch: it needs `peek\(\)`"):
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))

@@ -3,14 +3,16 @@
 While the policy trains on the batch of step t, the engine samples the batch of step t+1 on a
 background thread, with the weights the policy had before update t; the engine receives the new
 weights once both are done (`RolloutModule.sync_engine` waits for the generation in flight). Each
-batch is then one update behind the policy that trains on it (`train/policy_lag` = 1, except the
-first), which the truncated importance weights against the engine's log-probs correct for.
+batch is then one step behind the policy that trains on it (`train/policy_lag`, in optimizer
+updates: 1 with one update per step, 0 for the first batch), which the truncated importance weights
+against the engine's log-probs correct for.
 
 The batch sampled ahead is the one the loop hands over next (`ResumableDataLoader.peek`) and is
 sampled with the seed of the step that trains on it, so the data order and the seeds are those of
 a synchronous run; with `rollout_lag=0` (sampling starts after the update instead of before it)
-the run is the synchronous run exactly, which checks the machinery. A batch that is not the one
-the loop hands over (a loader without `peek`, `limit_train_batches`) is dropped and sampled again.
+the run is the synchronous run exactly, which checks the machinery. A batch sampled ahead that is
+not the one the loop then hands over (`limit_train_batches` ends epochs early) is dropped and
+sampled again.
 
 Exact resume: a checkpoint holds the sampled batch the step after it trains on (its completions
 with token ids and engine log-probs, rewards and metrics, and the weight version that sampled it),
@@ -132,9 +134,11 @@ class RolloutsAhead:
         max_steps = module.trainer.max_steps
         if max_steps is not None and 0 <= max_steps <= step:
             return  # no step will train on it
-        peek = getattr(module.trainer.train_dataloader, "peek", None)
+        loader = module.trainer.train_dataloader
+        peek = getattr(loader, "peek", None)
         if peek is None:
-            return  # every step samples its own batch (`_take` finds none)
+            raise TypeError(f"GRPOModule async_rollouts: the train loader ({type(loader).__name__}) cannot show its "
+                            "next batch: it needs `peek()`, as ResumableDataLoader (PromptDataModule's) has")
         self._ahead = _run_in_background(module.sampler(peek(), step))
 
     def _take(self, step: int, batch: dict) -> SampledBatch | None:

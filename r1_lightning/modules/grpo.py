@@ -121,8 +121,9 @@ class GRPOModule(RolloutModule):
             is `train/frac_groups_zero_std`) and `train/dynamic_sampling_prompts` (questions sampled).
         async_rollouts: one-step-off asynchronous rollouts (off by default): the engine samples the
             next step's batch while the policy trains on this one, with the weights before this
-            step's update, so every batch but the first is one update old (`train/policy_lag`;
-            `perf/rollout_wait_seconds` is what the step still waited for the engine). Needs an
+            step's updates, so every batch but the first is one step old (`train/policy_lag`: the
+            optimizer updates in between, 1 with the CS336 batch sizes; `perf/rollout_wait_seconds`:
+            what the step still waited for the engine). Needs an
             engine with its own weights (VLLMEngine, or HFEngine with own_weights). TIS corrects
             for the lag: `tis_cap` defaults to `ASYNC_TIS_CAP` unless `engine_logprobs` is false,
             and `train/engine_logprob_gap` then measures the lag plus any sync error. A checkpoint
