@@ -123,11 +123,11 @@ class GRPOModule(RolloutModule):
             next step's batch while the policy trains on this one, with the weights before this
             step's updates, so every batch but the first is one step old (`train/policy_lag`: the
             optimizer updates in between, 1 with the CS336 batch sizes; `perf/rollout_wait_seconds`:
-            what the step still waited for the engine). Needs an
-            engine with its own weights (VLLMEngine, or HFEngine with own_weights). TIS corrects
-            for the lag: `tis_cap` defaults to `ASYNC_TIS_CAP` unless `engine_logprobs` is false,
-            and `train/engine_logprob_gap` then measures the lag plus any sync error. A checkpoint
-            saves the batch sampled ahead (resume is exact; see `async_rollouts.py`).
+            what the step still waited for the engine). Needs an engine with its own weights
+            (VLLMEngine, or HFEngine with own_weights). TIS corrects for the lag: `tis_cap` defaults
+            to `ASYNC_TIS_CAP` unless `engine_logprobs` is false, and `train/engine_logprob_gap` then
+            measures the lag plus any sync error. A checkpoint saves the batch sampled ahead (resume
+            is exact; see `async_rollouts.py`).
         rollout_lag: with `async_rollouts`, 1 (one-step-off) or 0: the next batch is sampled after
             the update instead, which reproduces the synchronous run exactly (a check).
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
@@ -466,7 +466,7 @@ class GRPOModule(RolloutModule):
         update_metrics: dict[str, float] = {}
         loss_sum = torch.zeros((), device=self.device)
         update_loss = torch.zeros((), device=self.device)  # this update's share of loss_sum
-        before_updates = True  # the trainer's policy is the one that sampled (one update newer when async)
+        before_updates = True  # the weights that sampled (async: a step older) against the trainer's
         for _ in range(self.epochs_per_rollout_batch):
             for microbatch in microbatches:
                 out = get_response_log_probs(self.policy, microbatch["input_ids"], microbatch["labels"],

@@ -133,8 +133,8 @@ class RolloutModule(PolicyModule):
         return dataclasses.replace(self.sampling, seed=self.step_seed(global_step), **overrides)
 
     def step_seed(self, global_step: int | None = None) -> int:
-        """The seed of a step's rollouts (default: this step's): seed + global step (a resumed run samples what the
-        straight run did), plus a large stride per data-parallel rank. The ranks sample different
+        """The seed of the rollouts of the step at `global_step` (default: this step): seed + global
+        step (a resumed run samples what the straight run did), plus a large stride per data-parallel rank. The ranks sample different
         prompts, but with one seed they would draw the same random numbers for them, so the answers
         of prompt i on every rank would be correlated (same uniforms through similar distributions);
         the stride makes the ranks' streams independent and is the same on resume at the same world
