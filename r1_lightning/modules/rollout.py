@@ -14,7 +14,7 @@ from r1_lightning.callbacks.weight_sync import RolloutWeightSync
 from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
 from r1_lightning.modules.async_rollouts import RolloutsAhead, SettleRolloutsOnFailure
 from r1_lightning.modules.base import PolicyModule
-from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
+from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, WeightSyncError
 
 RANK_SEED_STRIDE = 1_000_000_007  # far beyond any step count, so no two (rank, step) share a seed
 
@@ -114,12 +114,17 @@ class RolloutModule(PolicyModule):
     def sync_engine(self) -> float | None:
         """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
         them already or generates with the policy itself. Returns the seconds it took, or None.
-        A generation in flight (`rollouts_ahead`) finishes first, with the weights it started with."""
+        A generation in flight (`rollouts_ahead`) finishes first, with the weights it started with.
+        A failed or hung sync raises `WeightSyncError` (the engine then refuses to sample)."""
         self.wait_for_engine()
         if self.engine.shares_policy_weights or self.engine_version == self.policy_version:
             return None
         start = time.perf_counter()
-        self.engine.load_weights(self.policy.named_parameters())
+        try:
+            self.engine.load_weights(self.policy.named_parameters())
+        except WeightSyncError as error:  # name the step too; the engine now refuses to generate
+            raise WeightSyncError(f"at global step {self.global_step}, syncing policy version {self.policy_version}: "
+                                  f"{error}") from error
         self.engine_version = self.policy_version
         return time.perf_counter() - start
 

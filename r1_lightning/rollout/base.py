@@ -89,6 +89,12 @@ class Completion:
     logprobs: list[float] | None = None
 
 
+class WeightSyncError(RuntimeError):
+    """A weight sync into an engine failed or hung: the engine holds neither the old nor the new
+    weights, so it refuses to generate from then on (training on its samples would be training on
+    weights nobody knows)."""
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What every engine implements.
@@ -108,7 +114,8 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]: ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the engine's weights with the policy's (Hugging Face parameter names)."""
+        """Replace the engine's weights with the policy's (Hugging Face parameter names). Raises
+        `WeightSyncError` when they may not have arrived; never returns without them."""
 
     @property
     def shares_policy_weights(self) -> bool:
