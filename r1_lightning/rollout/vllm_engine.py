@@ -15,7 +15,7 @@ Design:
   shares the trainer's interpreter (and GIL) with the training loop; weights cross over NCCL from the
   policy's GPU to the engine's (`vllm_transfer.NCCLWeightSender`), still without disk. vLLM reads
   `VLLM_ENABLE_V1_MULTIPROCESSING` when the `LLM` is built, so each engine sets it for its own
-  construction only (`_engine_core_env`).
+  construction only (`vllm_transfer.engine_core_env`).
 - A weight sync that fails or hangs (`sync_timeout_s`) raises `WeightSyncError`, and the engine then
   refuses to generate: it holds a mix of old and new weights.
 - Placement: `LLM(..., device_ids=[N])` (vLLM 0.26) puts the engine on `cuda:N` without touching
@@ -33,16 +33,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from r1_lightning.rollout.base import Completion, SamplingConfig, WeightSyncError
-from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, wire_dtype
+from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, engine_core_env, wire_dtype
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class VLLMEngine:
         colocate: bool = False,
         per_request_seeds: bool = True,
         max_num_seqs: int | None = None,
-        process: str = "in_process",
+        process: Literal["in_process", "separate"] = "in_process",
         sync_timeout_s: float = 60.0,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
@@ -294,14 +293,18 @@ class VLLMEngine:
                 "--model.init_args.engine.init_args.device 0 with the trainer on the other GPU, or use "
                 f"vllm=={TESTED_VLLM_VERSION}"
             )
-        with self._on_engine_device(), _engine_core_env(vllm, separate=self.process == "separate"):
+        with self._on_engine_device(), engine_core_env(vllm, separate=self.process == "separate"):
             return vllm.LLM(**engine_args)
 
     @contextlib.contextmanager
     def _on_engine_device(self):
         """Run vLLM calls with the engine's GPU as the current CUDA device, then restore the
         caller's: the in-process worker sets the thread's current device, and tensors vLLM makes
-        with a bare "cuda" must land on its GPU, while the trainer's must stay on the policy's."""
+        with a bare "cuda" must land on its GPU, while the trainer's must stay on the policy's. An
+        engine core in its own process needs none of it (and the trainer no CUDA context on its GPU)."""
+        if self.process == "separate":
+            yield
+            return
         with torch.cuda.device(self.device_index):
             yield
 
@@ -418,28 +421,6 @@ def _import_vllm():
     if vllm.__version__ != TESTED_VLLM_VERSION:
         log.warning("VLLMEngine is tested with vllm==%s, found %s", TESTED_VLLM_VERSION, vllm.__version__)
     return vllm
-
-
-@contextlib.contextmanager
-def _engine_core_env(vllm, separate: bool):
-    """`VLLM_ENABLE_V1_MULTIPROCESSING` for one engine's construction, whatever the environment says:
-    vLLM 0.26 reads it (`vllm.envs`, lazily, at each access) when `LLM` builds its engine, and decides
-    there whether the engine core runs in this process. An in-process engine core caches every vLLM
-    variable once built (`envs.enable_envs_cache`), so a later engine would see that engine's value:
-    the cache is dropped first. The caller's value is restored afterwards; a spawned engine core took
-    its copy of the environment when it started."""
-    name, previous = "VLLM_ENABLE_V1_MULTIPROCESSING", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    envs = getattr(vllm, "envs", None)
-    if envs is not None and hasattr(envs, "disable_envs_cache"):
-        envs.disable_envs_cache()
-    os.environ[name] = "1" if separate else "0"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
 
 
 def _engine_arg_exists(name: str) -> bool:

@@ -1,4 +1,5 @@
-"""Weight syncs into a vLLM engine core in its own process, over NCCL (`VLLMEngine(process="separate")`).
+"""A vLLM engine core in its own process (`VLLMEngine(process="separate")`): how it is built
+(`engine_core_env`) and how weights reach it, over NCCL (`NCCLWeightSender`).
 
 vLLM 0.26's RL weight-transfer API, with `LLM(..., weight_transfer_config={"backend": "nccl"})`:
 
@@ -28,6 +29,7 @@ replace them); everything else here runs without vLLM.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import socket
 import threading
@@ -160,6 +162,28 @@ def on_device(device: torch.device, call: Callable[[], Any]) -> Callable[[], Any
             return call()
 
     return run
+
+
+@contextlib.contextmanager
+def engine_core_env(vllm, separate: bool):
+    """`VLLM_ENABLE_V1_MULTIPROCESSING` for one engine's construction, whatever the environment says:
+    vLLM 0.26 reads it (`vllm.envs`, lazily, at each access) when `LLM` builds its engine, and decides
+    there whether the engine core runs in this process. An in-process engine core caches every vLLM
+    variable once built (`envs.enable_envs_cache`), so a later engine would see that engine's value:
+    the cache is dropped first. The caller's value is restored afterwards; a spawned engine core took
+    its copy of the environment when it started."""
+    name, previous = "VLLM_ENABLE_V1_MULTIPROCESSING", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    envs = getattr(vllm, "envs", None)
+    if envs is not None and hasattr(envs, "disable_envs_cache"):
+        envs.disable_envs_cache()
+    os.environ[name] = "1" if separate else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 # -- the trainer-side vLLM calls --------------------------------------------------------------------------------
