@@ -224,3 +224,16 @@ def test_a_failed_in_process_sync_also_leaves_the_engine_refusing(setup):
     with pytest.raises(WeightSyncError, match="in-process engine core.*CUDA out of memory"):
         sync(setup, engine)
     assert_refuses_to_generate(engine)
+
+
+def test_the_module_names_the_step_of_a_failed_sync_and_keeps_its_engine_version(setup, tiny_model_dir):
+    from r1_lightning.modules.rollout import RolloutModule
+
+    setup.llm_options = {"fail": "start_weight_update"}
+    module = RolloutModule(tiny_model_dir, engine=setup.attach())
+    module.policy = setup.policy  # what configure_model loads (the engine is attached to it already)
+    with pytest.raises(WeightSyncError, match=r"^at global step 0, syncing policy version 0: VLLMEngine on .* weight "
+                                              r"sync 1: LLM.start_weight_update failed"):
+        module.sync_engine()
+    assert module.engine_version is None  # the engine is not known to hold any version
+    assert_refuses_to_generate(module.engine)
