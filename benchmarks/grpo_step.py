@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
         engine=init["engine"], async_rollouts=init.get("async_rollouts", False), steps=rows,
         median_after_first={key: C.median([r[key] for r in timed if r[key] is not None]) for key in keys},
     )
-    result["acceptance"] = {"step_under_60_s": result["median_after_first"]["step_s"] < 60}
+    medians = result["median_after_first"]
+    # 0.1 s: the bound for a 1.5B-parameter sync over NCCL (the in-process sync takes ~0.03 s)
+    result["acceptance"] = {"step_under_60_s": medians["step_s"] < 60,
+                            "weight_sync_under_0.1_s": medians["weight_sync_s"] is not None and medians["weight_sync_s"] < 0.1}
     return C.emit(result, args.out)
 
 
