@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -53,7 +53,9 @@ _INSTALL_HINT = (
     "--model.init_args.engine r1_lightning.rollout.HFEngine"
 )
 
-PROCESSES = ("in_process", "separate")
+# Where vLLM's engine core runs (`VLLMEngine.process`)
+Process = Literal["in_process", "separate"]
+PROCESSES = get_args(Process)
 
 # vLLM's CompletionOutput.finish_reason -> ours. "abort" (a cancelled request) has no counterpart.
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
@@ -101,7 +103,7 @@ class VLLMEngine:
         colocate: bool = False,
         per_request_seeds: bool = True,
         max_num_seqs: int | None = None,
-        process: Literal["in_process", "separate"] = "in_process",
+        process: Process = "in_process",
         sync_timeout_s: float = 60.0,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
