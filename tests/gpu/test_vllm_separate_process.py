@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
 
 
 def test_engine_core_runs_on_the_second_gpu_and_leaves_the_trainer_device_alone(setup):
-    assert setup.engine_memory > 0.2 * torch.cuda.get_device_properties(1).total_memory  # its KV cache
+    assert setup.engine_memory > 1 << 30  # its KV cache (GiBs at 0.25 utilization)
     assert torch.cuda.current_device() == 0
 
 
@@ -91,7 +91,7 @@ def test_a_sync_after_optimizer_steps_moves_the_engine(setup):
 def test_a_sync_the_trainer_never_sends_times_out_and_the_engine_refuses(setup, monkeypatch):
     # Runs last: it leaves the engine waiting on a broadcast that never comes.
     engine = setup.engine
-    engine.sync_timeout_s = engine._sender.timeout_s = 5.0
+    engine._sender.timeout_s = 5.0
     monkeypatch.setattr(vllm_transfer, "trainer_send", lambda named_tensors, communicator, dtype: None)
     start = time.monotonic()
     with pytest.raises(WeightSyncError, match="did not finish within sync_timeout_s=5 s"):
