@@ -57,7 +57,7 @@ def test_sync_over_nccl_gives_the_engine_the_policy_weights(setup):
     other = tiny_qwen2(len(VOCAB), seed=7, hidden_size=256, intermediate_size=512, max_position_embeddings=512,
                        tie_word_embeddings=False, initializer_range=0.05)
     policy.load_state_dict(other.state_dict())
-    assert mean_logprob_gap(policy, engine.generate(PROMPTS, SAMPLING)) > 10 * MAX_GAP
+    assert mean_logprob_gap(policy, engine.generate(PROMPTS, SAMPLING)) > 2 * MAX_GAP
 
     start = time.perf_counter()
     engine.load_weights(policy.named_parameters())  # the first sync also connects
@@ -80,7 +80,7 @@ def test_a_sync_after_optimizer_steps_moves_the_engine(setup):
         optimizer.step()
         optimizer.zero_grad()
     policy.eval()
-    assert mean_logprob_gap(policy, before) > 10 * MAX_GAP  # the engine's samples are from the old weights
+    assert mean_logprob_gap(policy, before) > 2 * MAX_GAP  # the engine's samples are from the old weights
 
     engine.load_weights(policy.named_parameters())
     after = engine.generate(PROMPTS, SAMPLING)
