@@ -30,7 +30,6 @@ import cProfile
 import dataclasses
 import gc
 import io
-import os
 import pstats
 import sys
 import time
@@ -172,15 +171,10 @@ def build_vllm(out, args, folder, policy, tokenizer, device):
         raise EngineUnavailable("the vLLM engine needs a CUDA GPU (and vllm==0.26.0 importable, e.g. PYTHONPATH=/tmp/site)")
     from r1_lightning.rollout import VLLMEngine, vllm_engine
 
-    if args.vllm_engine_process:  # undo, for this diagnostic only, what VLLMEngine's import sets
-        in_process_import = vllm_engine._import_vllm
-
-        def engine_process_import():
-            vllm = in_process_import()
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
-            return vllm
-
-        vllm_engine._import_vllm = engine_process_import
+    if args.vllm_engine_process:  # diagnostic: the in-process engine's code, its engine core built in its own process
+        # (VLLMEngine(process="separate") would sync over NCCL, which needs the engine on another GPU than the policy)
+        build_env = vllm_engine.engine_core_env
+        vllm_engine.engine_core_env = lambda vllm, separate: build_env(vllm, separate=True)
     gc.collect()
     torch.cuda.empty_cache()
     engine = VLLMEngine(model=str(folder), device=device.index or 0, gpu_memory_utilization=args.gpu_memory_utilization,

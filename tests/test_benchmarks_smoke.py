@@ -151,6 +151,21 @@ def test_grpo_step_tiny_reports_every_part(scripts, tmp_path):
     assert "tokenizer_name_or_path" in derived and "enable_checkpointing: false" in derived
 
 
+def test_grpo_step_tiny_async_rollouts_report_the_wait_and_the_wall_clock(scripts, tmp_path):
+    """With --async-rollouts the step's time is the wait for the rollout sampled during the previous
+    update, not the rollout itself; every step also has its wall clock (StepClock)."""
+    grpo_step = load_script("grpo_step")
+    result = grpo_step.main(["--tiny", "--device", "cpu", "--steps", "2", "--async-rollouts", "--gsm8k",
+                             str(GSM8K_FIXTURE), "--workdir", str(tmp_path / "run")])
+    assert result["fit_exit_code"] == 0 and result["async_rollouts"] and [r["step"] for r in result["steps"]] == [0, 1]
+    assert result["engine"]["init_args"]["own_weights"] is True
+    for row in result["steps"]:
+        assert row["wall_step_s"] >= row["step_s"] - row["rollout_wait_s"] - row["weight_sync_s"] > 0
+        assert row["other_s"] >= 0  # the step is made of the wait, the update and the sync, not the rollout
+    with pytest.raises(SystemExit, match="VLLMEngine options"):
+        grpo_step.main(["--tiny", "--device", "cpu", "--engine-process", "separate", "--gsm8k", str(GSM8K_FIXTURE)])
+
+
 def test_rollouts_vllm_without_gpu_fails_clearly(scripts):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the vLLM engine is exercised by the real benchmark run")

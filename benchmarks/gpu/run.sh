@@ -7,6 +7,10 @@
 #     update    GRPO and SFT policy update vs TRL, 1.5B shape, same batches (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
+#     async     configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM's
+#               engine core in the trainer's process (today's default), in its own process (weights over
+#               NCCL), and in its own process with one-step-off async rollouts (ASYNC_STEPS, default 4;
+#               ASYNC_EAGER=1: no CUDA graphs, for a faster engine start)
 #     smollm2   GRPO on GSM8K with SmolLM2-135M-Instruct, accuracy before/after (1 GPU; SMOLLM2_MAX_TIME)
 #     pipeline  the CS336 pipeline on GSM8K with SmolLM2: greedy test evaluation, SFT, GRPO from the SFT
 #               export; run it twice (two 10-minute commands: the second resumes GRPO with --ckpt_path
@@ -15,7 +19,7 @@
 # everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
 # skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
 set -uo pipefail
-what=${1:?"WHAT: setup | tests | update | rollouts | step | smollm2 | pipeline"}; archive=${2:-}
+what=${1:?"WHAT: setup | tests | update | rollouts | step | async | smollm2 | pipeline"}; archive=${2:-}
 work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
 source benchmarks/gpu/setup.sh
 
@@ -58,6 +62,23 @@ rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU
     --hf-num-prompts 64 $common; fi; }
 
 step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_step"; }
+
+async() {  # the new modes first: the in-process baseline (measured before) is the one a short budget skips
+  local common=(--steps "${ASYNC_STEPS:-4}" ${ASYNC_EAGER:+--enforce-eager})
+  bench grpo_step_separate 150 300 grpo_step "${common[@]}" --engine-process separate --workdir "$work/separate"
+  bench grpo_step_separate_async 90 180 grpo_step "${common[@]}" --engine-process separate --async-rollouts \
+    --workdir "$work/separate_async"
+  bench grpo_step_in_process 90 160 grpo_step "${common[@]}" --engine-process in_process --workdir "$work/in_process"
+  python - "$work" <<'PY'
+import json, pathlib, sys
+for name in ("in_process", "separate", "separate_async"):
+    path = pathlib.Path(sys.argv[1]) / f"grpo_step_{name}.json"
+    r = json.loads(path.read_text()) if path.exists() else {}
+    m = r.get("median_after_first") or {}
+    print(f"[async] {name:15s} " + (" ".join(f"{k}={m.get(k) or 0:.3f}" for k in ("step_s", "wall_step_s",
+          "rollout_s", "rollout_wait_s", "update_s", "weight_sync_s")) if m else f"no result ({r.get('error', 'missing')[-200:]})"))
+PY
+}
 
 smollm2() {  # the GGUF becomes an HF folder, then `r1-lightning fit` on configs/gsm8k/smollm2_grpo.yaml
   python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
@@ -128,8 +149,8 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
 
 case $what in
   setup) ;;
-  tests|update|rollouts|step|smollm2|pipeline) $what ;;
-  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | smollm2 | pipeline)"; exit 2 ;;
+  tests|update|rollouts|step|async|smollm2|pipeline) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | async | smollm2 | pipeline)"; exit 2 ;;
 esac
 # weights, optimizer states and checkpoints stay behind (a file back from the machine is at most 16 MiB)
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \

@@ -120,11 +120,23 @@ class ResumableDataLoader:
 
     def _batches(self, iteration: int, order: list[int], start: int) -> Iterator[Any]:
         for batch_index in range(start, len(self)):
-            indices = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-            batch = self.collate_fn([self.dataset[i] for i in indices])
+            batch = self._batch(order, batch_index)
             if iteration == self._iteration:
                 self.batches_yielded = batch_index + 1
             yield batch
+
+    def _batch(self, order: list[int], batch_index: int) -> Any:
+        indices = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+        return self.collate_fn([self.dataset[i] for i in indices])
+
+    def peek(self) -> Any:
+        """The batch that comes next (the first of the next epoch once this one is done), without
+        moving the position: what lets a trainer start working on a batch before the loop hands it
+        over (GRPO's asynchronous rollouts)."""
+        epoch, batch_index = self.epoch, self.batches_yielded
+        if batch_index >= len(self):
+            epoch, batch_index = epoch + 1, 0
+        return self._batch(self.epoch_order(epoch), batch_index)
 
     def state_dict(self) -> dict[str, int]:
         """The position: `{"epoch": e, "batches_yielded": k}` -- the next batch is batch k of epoch e."""

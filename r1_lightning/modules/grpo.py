@@ -18,12 +18,17 @@ batch: the data module hands each step `dynamic_sampling_max_rounds` x `prompts_
 questions, the step samples the first `prompts_per_step` and only samples the next slice while
 groups with varied rewards are still missing. The loader's position is per batch, so a resumed run
 sees the same questions at the same step; the questions a step does not need are skipped, not kept.
+
+Asynchronous rollouts (`async_rollouts`, `async_rollouts.py`) sample the next step's batch on a
+background thread during this step's update; its dynamic-sampling rounds run there too, all with
+the weights that sampled its first round. Under DDP each rank samples its own batch ahead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -39,6 +44,7 @@ from r1_lightning.functional import (
     varied_groups,
 )
 from r1_lightning.models import load_causal_lm
+from r1_lightning.modules.async_rollouts import RolloutsAhead, SampledBatch
 from r1_lightning.modules.rollout import RolloutModule
 
 
@@ -69,6 +75,10 @@ def rollout_metrics(
 # Seed offset between the rollout rounds of one dynamic-sampling step: beyond any step count (the
 # step is added to the seed too), far below the rank stride, so no two (rank, step, round) collide.
 ROUND_SEED_STRIDE = 1_000_003
+
+# The default truncated-importance-sampling cap of asynchronous rollouts (`tis_cap`), the cap of the
+# TIS paper (Yao et al., 2025) and verl.
+ASYNC_TIS_CAP = 2.0
 
 
 class GRPOModule(RolloutModule):
@@ -109,6 +119,17 @@ class GRPOModule(RolloutModule):
             `dynamic_sampling_max_rounds x prompts_per_step` questions (see the module docstring).
             Logs `train/frac_groups_zero_std_before` (the first slice's share; the trained batch's
             is `train/frac_groups_zero_std`) and `train/dynamic_sampling_prompts` (questions sampled).
+        async_rollouts: one-step-off asynchronous rollouts (off by default): the engine samples the
+            next step's batch while the policy trains on this one, with the weights before this
+            step's updates, so every batch but the first is one step old (`train/policy_lag`: the
+            optimizer updates in between, 1 with the CS336 batch sizes; `perf/rollout_wait_seconds`:
+            what the step still waited for the engine). Needs an engine with its own weights
+            (VLLMEngine, or HFEngine with own_weights). TIS corrects for the lag: `tis_cap` defaults
+            to `ASYNC_TIS_CAP` unless `engine_logprobs` is false, and `train/engine_logprob_gap` then
+            measures the lag plus any sync error. A checkpoint saves the batch sampled ahead (resume
+            is exact; see `async_rollouts.py`).
+        rollout_lag: with `async_rollouts`, 1 (one-step-off) or 0: the next batch is sampled after
+            the update instead, which reproduces the synchronous run exactly (a check).
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -129,9 +150,20 @@ class GRPOModule(RolloutModule):
         overlong_filter: bool = False, overlong_penalty: float | None = None, overlong_buffer: int | None = None,
         # DAPO's dynamic sampling
         dynamic_sampling: bool = False, dynamic_sampling_max_rounds: int = 3,
+        # one-step-off asynchronous rollouts
+        async_rollouts: bool = False, rollout_lag: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
+        if rollout_lag not in (0, 1):
+            raise ValueError(f"GRPOModule: rollout_lag must be 0 or 1, got {rollout_lag}")
+        if async_rollouts:
+            self.rollouts_ahead = RolloutsAhead(rollout_lag)
+            if self.engine.shares_policy_weights:
+                raise ValueError("GRPOModule: async_rollouts samples while the policy trains, so the engine needs its "
+                                 "own copy of the weights: VLLMEngine, or HFEngine with own_weights: true")
+            if tis_cap is None and engine_logprobs is not False:
+                tis_cap = ASYNC_TIS_CAP
         self._check_batch_sizes(rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
                                 epochs_per_rollout_batch)
         self.set_group_size(group_size)
@@ -169,6 +201,7 @@ class GRPOModule(RolloutModule):
             raise ValueError(f"GRPOModule: dynamic_sampling_max_rounds must be >= 1, got {dynamic_sampling_max_rounds}")
         self.dynamic_sampling = dynamic_sampling
         self.dynamic_sampling_max_rounds = dynamic_sampling_max_rounds
+        self.async_rollouts = async_rollouts
         self.updates_per_rollout = epochs_per_rollout_batch * (rollout_batch_size // train_batch_size)
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
@@ -244,7 +277,14 @@ class GRPOModule(RolloutModule):
                 f"{', x dynamic_sampling_max_rounds' if self.dynamic_sampling else ''}), got a batch of "
                 f"{len(batch['prompt'])}: set data.init_args.batch_size to {self.questions_per_step}"
             )
-        completions, records, raw_rewards, metrics = self._sample_groups(batch)
+        if self.rollouts_ahead is not None:
+            sampled = self.rollouts_ahead.batch_for_step(self, batch)
+            metrics = {**sampled.metrics, "train/policy_lag": float(self.policy_version - sampled.engine_version),
+                       "perf/rollout_wait_seconds": self.rollouts_ahead.pop_waited_seconds()}
+        else:
+            sampled = self.sampler(batch, self.global_step)()
+            metrics = dict(sampled.metrics)
+        completions, records, raw_rewards = sampled.completions, sampled.records, sampled.rewards
         self.last_rollout_records = records
         verifier_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
         if self.overlong_penalty is not None:
@@ -276,22 +316,36 @@ class GRPOModule(RolloutModule):
         metrics.update(train_metrics)
         metrics.update(self.peak_memory_metrics())
         self.log_metrics(metrics, prog_bar=("train/reward_mean", "train/loss"))
+        if self.rollouts_ahead is not None:
+            self.rollouts_ahead.step_ended(self)
 
     # ----------------------------------------------------------------------------- pieces
-    def _sample_groups(self, batch: dict) -> tuple[list, list[dict], torch.Tensor, dict[str, float]]:
+    def sampler(self, batch: dict, global_step: int) -> Callable[[], SampledBatch]:
+        """What samples `batch` for the step at `global_step` (with that step's seed) from the
+        weights the engine holds now: a call that touches only the engine and the grader, so it
+        may run on a background thread (asynchronous rollouts)."""
+        self.require_current_engine()
+        sampling = self.step_sampling(global_step, **self.engine_logprob_request)
+        version = self.policy_version
+
+        def sample() -> SampledBatch:
+            return SampledBatch(batch, global_step, version, *self._sample_groups(batch, sampling))
+
+        return sample
+
+    def _sample_groups(self, batch: dict, sampling) -> tuple[list, list[dict], torch.Tensor, dict[str, float]]:
         """Roll out and grade `prompts_per_step` groups: those of the batch's first `prompts_per_step`
         questions, or, with dynamic sampling, the first groups with varied rewards over as many slices
         of that many questions as it takes (at most `dynamic_sampling_max_rounds`), then groups
         without variance for any still missing. Returns the chosen groups' completions, records and
         rewards (with any overlong penalty), in sampling order but varied groups first, and the
-        step's rollout metrics."""
+        step's rollout metrics. `sampling`: the step's (`step_sampling`)."""
         per_step, n = self.prompts_per_step, self.group_size
-        sampling = self.step_sampling(**self.engine_logprob_request)
         groups, metrics = [], {}  # groups: (rewards vary, completions, records, rewards)
         for round_ in range(self.questions_per_step // per_step):
             questions = {key: values[round_ * per_step : (round_ + 1) * per_step] for key, values in batch.items()}
             round_sampling = dataclasses.replace(sampling, seed=sampling.seed + round_ * ROUND_SEED_STRIDE)
-            completions, round_metrics = self.rollout(questions["prompt"], round_sampling)
+            completions, round_metrics = self.generate(questions["prompt"], round_sampling)
             records, grading_metrics = self.grade(questions, completions)
             for name, value in {**round_metrics, **grading_metrics}.items():  # seconds and counts add up
                 metrics[name] = metrics.get(name, 0.0) + value
@@ -412,7 +466,7 @@ class GRPOModule(RolloutModule):
         update_metrics: dict[str, float] = {}
         loss_sum = torch.zeros((), device=self.device)
         update_loss = torch.zeros((), device=self.device)  # this update's share of loss_sum
-        sampler_is_current = True  # until the first update, the trainer's policy is the one that sampled
+        before_updates = True  # the weights that sampled (async: a step older) against the trainer's
         for _ in range(self.epochs_per_rollout_batch):
             for microbatch in microbatches:
                 out = get_response_log_probs(self.policy, microbatch["input_ids"], microbatch["labels"],
@@ -434,14 +488,14 @@ class GRPOModule(RolloutModule):
                 for name, value in meta.items():
                     if isinstance(value, torch.Tensor) and value.numel() == 1:
                         add(f"train/{name}", value.detach().float())
-                if sampler_is_current and "rollout_log_probs" in microbatch:
-                    # the engine/trainer log-prob gap: the weight-sync alarm
+                if before_updates and "rollout_log_probs" in microbatch:
+                    # the engine/trainer log-prob gap: the weight-sync alarm (plus the lag, when async)
                     gap = (log_probs.detach().float() - microbatch["rollout_log_probs"]).abs()
                     add_token_mean("train/engine_logprob_gap", gap, mask * microbatch["has_rollout_log_probs"])
                 if microbatch["ends_update"]:
                     update_metrics = self.optimizer_update(update_loss)
                     loss_sum, update_loss = loss_sum + update_loss, torch.zeros_like(update_loss)
-                    sampler_is_current = False
+                    before_updates = False
         # Sums and counts over all ranks (one all-reduce), so token means are over the global batch.
         # The loss sums the ranks' losses, which DDP averages: its count is updates x world size.
         add("train/loss", loss_sum, float(self.updates_per_rollout))

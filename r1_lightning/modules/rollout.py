@@ -8,11 +8,13 @@ import time
 from collections.abc import Sequence
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
 from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
+from r1_lightning.modules.async_rollouts import RolloutsAhead, SettleRolloutsOnFailure
 from r1_lightning.modules.base import PolicyModule
-from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
+from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, WeightSyncError
 
 RANK_SEED_STRIDE = 1_000_000_007  # far beyond any step count, so no two (rank, step) share a seed
 
@@ -77,6 +79,8 @@ class RolloutModule(PolicyModule):
         # The `policy_version` whose weights the engine holds; None: not known to be any (a fresh
         # engine, or a run that may have restored a checkpoint into the policy).
         self.engine_version: int | None = None
+        # Batches sampled on a background thread (GRPO's asynchronous rollouts); None: never.
+        self.rollouts_ahead: RolloutsAhead | None = None
 
     def configure_model(self) -> None:
         already = self.policy is not None
@@ -85,7 +89,7 @@ class RolloutModule(PolicyModule):
             self.engine.attach(self.policy, self.tokenizer)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [RolloutWeightSync()]
+        return [RolloutWeightSync()] + ([SettleRolloutsOnFailure()] if self.rollouts_ahead is not None else [])
 
     def setup(self, stage: str) -> None:
         # The grader's worker processes take seconds to start: start them now, not in the first step.
@@ -109,11 +113,18 @@ class RolloutModule(PolicyModule):
 
     def sync_engine(self) -> float | None:
         """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
-        them already or generates with the policy itself. Returns the seconds it took, or None."""
+        them already or generates with the policy itself. Returns the seconds it took, or None.
+        A generation in flight (`rollouts_ahead`) finishes first, with the weights it started with.
+        A failed or hung sync raises `WeightSyncError` (the engine then refuses to sample)."""
+        self.wait_for_engine()
         if self.engine.shares_policy_weights or self.engine_version == self.policy_version:
             return None
         start = time.perf_counter()
-        self.engine.load_weights(self.policy.named_parameters())
+        try:
+            self.engine.load_weights(self.policy.named_parameters())
+        except WeightSyncError as error:  # name the step too; the engine now refuses to generate
+            raise WeightSyncError(f"at global step {self.global_step}, syncing policy version {self.policy_version}: "
+                                  f"{error}") from error
         self.engine_version = self.policy_version
         return time.perf_counter() - start
 
@@ -122,31 +133,69 @@ class RolloutModule(PolicyModule):
         self.group_size = group_size
         self.sampling = dataclasses.replace(self.sampling, n=group_size)
 
-    def step_sampling(self, **overrides) -> SamplingConfig:
-        """`self.sampling` seeded by the global step and the rank (`step_seed`)."""
-        return dataclasses.replace(self.sampling, seed=self.step_seed(), **overrides)
+    def step_sampling(self, global_step: int | None = None, **overrides) -> SamplingConfig:
+        """`self.sampling` seeded by the global step (default: the current one) and the rank (`step_seed`)."""
+        return dataclasses.replace(self.sampling, seed=self.step_seed(global_step), **overrides)
 
-    def step_seed(self) -> int:
-        """The seed of this step's rollouts: seed + global step (a resumed run samples what the
-        straight run did), plus a large stride per data-parallel rank. The ranks sample different
+    def step_seed(self, global_step: int | None = None) -> int:
+        """The seed of the rollouts of the step at `global_step` (default: this step): seed + global
+        step (a resumed run samples what the straight run did), plus a large stride per data-parallel rank. The ranks sample different
         prompts, but with one seed they would draw the same random numbers for them, so the answers
         of prompt i on every rank would be correlated (same uniforms through similar distributions);
         the stride makes the ranks' streams independent and is the same on resume at the same world
         size. Rank 0 keeps seed + step, so one process samples as before."""
-        return self.seed + self.global_step + RANK_SEED_STRIDE * self.global_rank
+        step = self.global_step if global_step is None else global_step
+        return self.seed + step + RANK_SEED_STRIDE * self.global_rank
 
-    def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
-        """Sample with the engine; return completions and throughput metrics."""
+    def wait_for_engine(self) -> None:
+        """Until the engine is idle: one generation at a time, and none while its weights change."""
+        if self.rollouts_ahead is not None:
+            self.rollouts_ahead.wait()
+
+    def require_current_engine(self) -> None:
+        """Refuse to sample from weights the engine does not hold."""
         if not self.engine.shares_policy_weights and self.engine_version != self.policy_version:
             raise RuntimeError(
                 f"the rollout engine holds policy version {self.engine_version}, the policy is at version "
                 f"{self.policy_version}: call sync_engine() before sampling (RolloutWeightSync does in a Trainer)"
             )
+
+    def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
+        """Sample with the engine, which must hold the policy's weights; return completions and
+        throughput metrics."""
+        self.wait_for_engine()
+        self.require_current_engine()
+        return self.generate(prompts, sampling)
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
+        """`rollout` without its checks: the engine's completions and throughput metrics, from
+        whatever weights it holds (what a background thread may call, see `rollouts_ahead`)."""
         start = time.perf_counter()
         completions = self.engine.generate(list(prompts), sampling)
         seconds = time.perf_counter() - start
         n_tokens = sum(len(c.token_ids) for c in completions)
         return completions, {"perf/rollout_seconds": seconds, "perf/rollout_tokens_per_s": n_tokens / max(seconds, 1e-9)}
+
+    # ----------------------------------------------------------------------------- batches sampled ahead
+    def on_train_end(self) -> None:
+        if self.rollouts_ahead is not None:
+            self.rollouts_ahead.clear()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.rollouts_ahead is not None:  # every rank's batch (a collective: every rank saves)
+            state = self.rollouts_ahead.state_for(checkpoint["global_step"])
+            checkpoint["r1_lightning"]["rollouts_ahead"] = self.pool_across_ranks([state])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("r1_lightning", {}).get("rollouts_ahead")
+        if self.rollouts_ahead is not None and saved is not None:
+            if len(saved) == self.trainer.world_size:
+                self.rollouts_ahead.load(saved[self.global_rank])
+            else:
+                rank_zero_warn(f"the checkpoint holds the batches sampled ahead of {len(saved)} ranks, not "
+                               f"{self.trainer.world_size}: the first step samples its batch again")
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate_examples(self, batch: dict) -> list[dict]:

@@ -89,6 +89,12 @@ class Completion:
     logprobs: list[float] | None = None
 
 
+class WeightSyncError(RuntimeError):
+    """A weight sync into an engine failed or hung: the engine holds neither the old nor the new
+    weights, so it refuses to generate from then on (training on its samples would be training on
+    weights nobody knows)."""
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What every engine implements.
@@ -96,6 +102,10 @@ class RolloutEngine(Protocol):
     `generate` returns a flat list of `len(prompts) * sampling.n` completions, prompt-major: the n
     samples of prompt 0, then the n of prompt 1, ... (consecutive groups, as
     `compute_group_normalized_rewards` expects).
+
+    An engine with its own weights may be asked to `generate` on a background thread while the
+    policy trains (`GRPOModule(async_rollouts=True)`); it is never used by two threads at once, and
+    `load_weights` never runs during a generation.
     """
 
     def attach(self, policy: torch.nn.Module, tokenizer) -> None:
@@ -104,7 +114,8 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]: ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the engine's weights with the policy's (Hugging Face parameter names)."""
+        """Replace the engine's weights with the policy's (Hugging Face parameter names). Raises
+        `WeightSyncError` when they may not have arrived; never returns without them."""
 
     @property
     def shares_policy_weights(self) -> bool:

@@ -1,7 +1,9 @@
 """`HFEngine`: rollouts with Hugging Face `generate` on the policy module itself.
 
 The CPU default and the single-GPU fallback. It needs no weight sync (it samples from the very
-weights being trained), at the price of HF generation speed.
+weights being trained), at the price of HF generation speed. With `own_weights` it samples from a
+private copy of the policy instead, which the trainer syncs like any engine's: what asynchronous
+rollouts need (the copy generates while the policy trains).
 
 Semantics follow vLLM (`VLLMEngine`) so that the two engines are interchangeable:
 - a stop string ends a sample only once more than `min_tokens` tokens were generated, and it is
@@ -31,13 +33,21 @@ from r1_lightning.rollout.base import Completion, SamplingConfig
 
 
 class HFEngine:
-    """Generates with `policy.generate`, in chunks of `max_batch_size` prompts (left padded)."""
+    """Generates with `policy.generate`, in chunks of `max_batch_size` prompts (left padded).
 
-    def __init__(self, max_batch_size: int = 64) -> None:
+    own_weights: generate with a copy of the policy made at `attach` (on the policy's device as of
+        the last `load_weights`), which holds the weights last loaded, not the trained ones. Twice
+        the weight memory; needed by `GRPOModule(async_rollouts=True)`. There it generates on a
+        background thread, seeded through torch's global generator (`_seeded`): reproducible as long
+        as the trainer draws no random numbers meanwhile (no dropout, as in the models here).
+    """
+
+    def __init__(self, max_batch_size: int = 64, own_weights: bool = False) -> None:
         if max_batch_size < 1:
             raise ValueError(f"HFEngine.max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
-        self.policy: torch.nn.Module | None = None
+        self.own_weights = own_weights
+        self.policy: torch.nn.Module | None = None  # what generates: the policy, or its copy
         self.tokenizer = None
         # Building a StopStringCriteria scans the whole vocabulary (slow for 150k tokens): reuse it.
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
@@ -46,15 +56,27 @@ class HFEngine:
 
     @property
     def shares_policy_weights(self) -> bool:
-        return True
+        return not self.own_weights
 
     def attach(self, policy: torch.nn.Module, tokenizer) -> None:
-        self.policy = policy
+        self.policy = copy.deepcopy(policy).requires_grad_(False) if self.own_weights else policy
         self.tokenizer = tokenizer
         self._stop_criteria.clear()
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Nothing to do: the engine generates with the policy's own parameters."""
+        """Copy the tensors into the engine's copy of the policy (moved to their device first);
+        nothing to do when the engine generates with the policy's own parameters."""
+        if not self.own_weights:
+            return
+        named_tensors = list(named_tensors)
+        if named_tensors:
+            self.policy.to(named_tensors[0][1].device)
+        parameters = dict(self.policy.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in parameters:
+                    raise KeyError(f"HFEngine.load_weights: the engine's copy of the policy has no parameter {name!r}")
+                parameters[name].copy_(tensor)
 
     def sleep(self) -> None:
         """Nothing to free: the engine holds no memory of its own between rollouts."""

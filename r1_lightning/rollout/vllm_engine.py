@@ -1,14 +1,23 @@
-"""`VLLMEngine`: rollouts from a vLLM `LLM` living in the trainer's process, on its own GPU.
+"""`VLLMEngine`: rollouts from a vLLM `LLM` on its own GPU, its engine core in the trainer's process
+or in a process of its own.
 
-All vLLM-specific code of the package is in this file, and vLLM is imported only when an engine
-is attached (`import r1_lightning.rollout` works without it). Tested against vLLM 0.26.0; the
-vLLM API each call relies on is named next to it.
+All vLLM-specific code of the package is in this file and `vllm_transfer.py` (the weight sync into
+an engine in its own process), and vLLM is imported only when an engine is attached (`import
+r1_lightning.rollout` works without it). Tested against vLLM 0.26.0; the vLLM API each call relies
+on is named next to it.
 
 Design:
-- In-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): the engine core and its single worker
-  run in this process and thread, so `LLM.apply_model` hands the worker's `nn.Module` to a Python
-  function and the policy's tensors pass by reference — a weight sync is one in-place
-  `model.load_weights(...)` over (Hugging Face name, tensor) pairs, with no disk and no NCCL.
+- In-process engine (`process="in_process"`, `VLLM_ENABLE_V1_MULTIPROCESSING=0`): the engine core
+  and its single worker run in this process and thread, so `LLM.apply_model` hands the worker's
+  `nn.Module` to a Python function and the policy's tensors pass by reference — a weight sync is one
+  in-place `model.load_weights(...)` over (Hugging Face name, tensor) pairs, with no disk and no NCCL.
+- Engine core in its own process (`process="separate"`, vLLM's default): its scheduler no longer
+  shares the trainer's interpreter (and GIL) with the training loop; weights cross over NCCL from the
+  policy's GPU to the engine's (`vllm_transfer.NCCLWeightSender`), still without disk. vLLM reads
+  `VLLM_ENABLE_V1_MULTIPROCESSING` when the `LLM` is built, so each engine sets it for its own
+  construction only (`vllm_transfer.engine_core_env`).
+- A weight sync that fails or hangs (`sync_timeout_s`) raises `WeightSyncError`, and the engine then
+  refuses to generate: it holds a mix of old and new weights.
 - Placement: `LLM(..., device_ids=[N])` (vLLM 0.26) puts the engine on `cuda:N` without touching
   `CUDA_VISIBLE_DEVICES`. By default N = 1: the policy trains on GPU 0, the engine owns GPU 1.
 - `colocate=True` shares one GPU with the trainer: vLLM's sleep mode frees the engine's memory
@@ -24,15 +33,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from r1_lightning.rollout.base import Completion, SamplingConfig
+from r1_lightning.rollout.base import Completion, SamplingConfig, WeightSyncError
+from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, engine_core_env, wire_dtype
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,10 @@ _INSTALL_HINT = (
     f"{TESTED_VLLM_VERSION}). Without vLLM, generate with the policy itself: "
     "--model.init_args.engine r1_lightning.rollout.HFEngine"
 )
+
+# Where vLLM's engine core runs (`VLLMEngine.process`)
+Process = Literal["in_process", "separate"]
+PROCESSES = get_args(Process)
 
 # vLLM's CompletionOutput.finish_reason -> ours. "abort" (a cancelled request) has no counterpart.
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
@@ -69,6 +82,12 @@ class VLLMEngine:
         runs in two waves.
     enforce_eager: skip CUDA graphs and torch.compile (faster start, slower decoding).
     colocate: single-GPU mode with vLLM's sleep mode (the engine sleeps after every rollout).
+    process: where vLLM's engine core runs. "in_process": in the trainer's process, weights synced
+        by reference (`LLM.apply_model`). "separate": in a process of its own (vLLM's default), weights
+        synced over NCCL from the policy's GPU, cast to `dtype` first; needs the engine on another GPU
+        than the policy (NCCL joins one rank per GPU), so not with `colocate`.
+    sync_timeout_s: with "separate", the seconds one weight sync may take (the first also connects)
+        before it fails with `WeightSyncError` instead of waiting on a hung engine.
     """
 
     def __init__(
@@ -84,6 +103,8 @@ class VLLMEngine:
         colocate: bool = False,
         per_request_seeds: bool = True,
         max_num_seqs: int | None = None,
+        process: Process = "in_process",
+        sync_timeout_s: float = 60.0,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -100,12 +121,27 @@ class VLLMEngine:
         if max_num_seqs is not None and max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1 or None, got {max_num_seqs}")
         self.max_num_seqs = max_num_seqs
+        if process not in PROCESSES:
+            raise ValueError(f"VLLMEngine process must be one of {PROCESSES}, got {process!r}")
+        if process == "separate" and colocate:
+            raise ValueError("VLLMEngine process 'separate' syncs weights over NCCL, which needs the engine on another "
+                             "GPU than the policy: it cannot be colocated (use process 'in_process' with colocate)")
+        if sync_timeout_s <= 0:
+            raise ValueError(f"VLLMEngine sync_timeout_s must be > 0, got {sync_timeout_s}")
+        self.process = process
+        self.sync_timeout_s = sync_timeout_s
+        self.wire_dtype = wire_dtype(dtype) if process == "separate" else None
 
         self.llm = None  # vllm.LLM, built by attach()
         self.tokenizer = None
         self.device_index: int | None = None
         self._tie_word_embeddings = False
         self._sleeping = False
+        self._sender: NCCLWeightSender | None = None  # process "separate": the trainer's side of the sync
+        self._broken: str | None = None  # why the engine's weights are unknown (a failed sync)
+
+    def __str__(self) -> str:
+        return f"VLLMEngine on cuda:{self.device_index} ({self.process.replace('_', '-')} engine core)"
 
     # -- RolloutEngine protocol ------------------------------------------------------------------
 
@@ -128,7 +164,11 @@ class VLLMEngine:
             num_gpus=torch.cuda.device_count(),
             policy_device_index=policy_device.index if policy_device.type == "cuda" else None,
         )
-        if not self.colocate and policy_device == torch.device("cuda", self.device_index):
+        same_gpu = policy_device.type == "cuda" and policy_device.index == self.device_index
+        if self.process == "separate" and same_gpu:
+            raise ValueError(f"VLLMEngine process 'separate' needs the engine on another GPU than the policy's "
+                             f"({policy_device}): NCCL joins one rank per GPU. Set device to another GPU")
+        if not self.colocate and same_gpu:
             log.warning(
                 "VLLMEngine shares cuda:%d with the policy without colocate=True: the engine keeps its "
                 "memory during training; set colocate true (sleep mode) or a lower gpu_memory_utilization",
@@ -140,15 +180,18 @@ class VLLMEngine:
         start = time.perf_counter()
         self.llm = self._build_llm(vllm, model_path, tokenizer_path)
         rank_zero_info(
-            f"VLLMEngine: {model_path} on cuda:{self.device_index} (policy on {policy_device}"
+            f"{self}: {model_path} (policy on {policy_device}"
             f"{', colocated: sleep mode' if self.colocate else ''}), built in {time.perf_counter() - start:.0f} s"
         )
         self._sleeping = False
+        self._broken = None
+        if self.process == "separate":
+            self._sender = NCCLWeightSender(self.llm, str(self), self.sync_timeout_s, self.wire_dtype)
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]:
+        self._require_usable("generate")
         from vllm import SamplingParams  # vllm.SamplingParams (0.26: a msgspec Struct)
 
-        self._require_attached()
         if not prompts:
             return []
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -168,16 +211,31 @@ class VLLMEngine:
         return to_completions(request_outputs, prompt_ids)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy (Hugging Face name, tensor) pairs into the engine's model, in place.
+        """Copy (Hugging Face name, tensor) pairs into the engine's model, in place: by reference
+        in process, over NCCL to an engine core in its own process.
 
         The tensors may live on another GPU (copied device to device) and in another dtype
-        (cast on copy). vLLM's `load_weights` fuses q/k/v and gate/up itself.
+        (cast on copy). vLLM's `load_weights` fuses q/k/v and gate/up itself. Raises
+        `WeightSyncError` if the weights may not all have arrived, and the engine then refuses to
+        generate or sync again (`_broken`).
         """
-        self._require_attached()
+        self._require_usable("sync weights")
+        weights = list(engine_weights(named_tensors, self._tie_word_embeddings))
+        try:
+            if self._sender is not None:
+                self._sender.send(weights)
+            else:
+                self._load_in_process(weights)
+        except BaseException as error:
+            self._broken = " ".join(str(error).split()) or type(error).__name__
+            if isinstance(error, Exception) and not isinstance(error, WeightSyncError):
+                raise WeightSyncError(f"{self}: weight sync failed: {type(error).__name__}: {self._broken}") from error
+            raise
+
+    def _load_in_process(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         waking = self.colocate and self._sleeping
         if waking:
             self.llm.wake_up(tags=["weights"])  # LLM.wake_up(tags): weights first, KV cache after
-        weights = engine_weights(named_tensors, self._tie_word_embeddings)
         with torch.no_grad(), self._on_engine_device():
             # LLM.apply_model(func) -> [func(model) per worker]; in-process there is one worker and
             # `func` runs right here. Qwen2ForCausalLM.load_weights returns the names it loaded.
@@ -218,6 +276,11 @@ class VLLMEngine:
             "enable_sleep_mode": self.colocate,
             "logprobs_mode": "raw_logprobs",  # ModelConfig.logprobs_mode (also 0.26's default)
         }
+        if self.process == "separate":
+            if not _engine_arg_exists("weight_transfer_config"):
+                raise RuntimeError(f"this vLLM ({vllm.__version__}) has no weight transfer API for an engine in its "
+                                   f"own process: use process 'in_process', or vllm=={TESTED_VLLM_VERSION}")
+            engine_args["weight_transfer_config"] = {"backend": "nccl"}  # EngineArgs.weight_transfer_config (0.26)
         for name in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
             if getattr(self, name) is not None:
                 engine_args[name] = getattr(self, name)
@@ -232,20 +295,32 @@ class VLLMEngine:
                 "--model.init_args.engine.init_args.device 0 with the trainer on the other GPU, or use "
                 f"vllm=={TESTED_VLLM_VERSION}"
             )
-        with self._on_engine_device():
+        with self._on_engine_device(), engine_core_env(vllm, separate=self.process == "separate"):
             return vllm.LLM(**engine_args)
 
     @contextlib.contextmanager
     def _on_engine_device(self):
         """Run vLLM calls with the engine's GPU as the current CUDA device, then restore the
         caller's: the in-process worker sets the thread's current device, and tensors vLLM makes
-        with a bare "cuda" must land on its GPU, while the trainer's must stay on the policy's."""
+        with a bare "cuda" must land on its GPU, while the trainer's must stay on the policy's. An
+        engine core in its own process needs none of it (and the trainer no CUDA context on its GPU)."""
+        if self.process == "separate":
+            yield
+            return
         with torch.cuda.device(self.device_index):
             yield
 
     def _require_attached(self) -> None:
         if self.llm is None:
             raise RuntimeError("VLLMEngine used before attach(policy, tokenizer)")
+
+    def _require_usable(self, action: str) -> None:
+        self._require_attached()
+        if self._broken is not None:
+            raise WeightSyncError(
+                f"{self} refuses to {action}: a weight sync failed ({self._broken}), so its weights are a mix of "
+                "two versions. Restart the run from its last checkpoint (--ckpt_path last)"
+            )
 
 
 # -- pure helpers (no vLLM needed; unit-tested on the CPU) -----------------------------------------
@@ -340,17 +415,9 @@ def engine_weights(
 
 
 def _import_vllm():
-    # The in-process engine is what lets tensors pass by reference (see the module docstring);
-    # vLLM reads this variable when the engine is built.
-    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    if previous not in (None, "0"):
-        log.warning(
-            "VLLMEngine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 (was %s): it needs an in-process engine",
-            previous,
-        )
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
         import vllm
+        import vllm.envs
     except ImportError as error:
         raise ImportError(_INSTALL_HINT) from error
     if vllm.__version__ != TESTED_VLLM_VERSION:
