@@ -113,15 +113,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(spec: dict, tmp_path: Path, timeout: float = 240) -> None:
-    """Run this file as `WORLD` worker processes (ranks of one node, gloo) on `spec`."""
+def run_workers(spec: dict, tmp_path: Path, timeout: float = 240, script: str = __file__) -> None:
+    """Run `script` (this file by default) as `WORLD` worker processes (ranks of one node, gloo) on
+    `spec`: `python script spec.json`, each with the environment torchrun would set."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     tests = str(Path(__file__).parent)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(WORLD),
            "NODE_RANK": "0", "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(spec_path)], env={**env, "LOCAL_RANK": str(rank)},
+    procs = [subprocess.Popen([sys.executable, script, str(spec_path)], env={**env, "LOCAL_RANK": str(rank)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(WORLD)]
     outputs = []

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import lightning as L
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
+from r1_lightning.distributed import full_state_dict
 from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
 from r1_lightning.modules.base import PolicyModule
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig
@@ -109,11 +110,12 @@ class RolloutModule(PolicyModule):
 
     def sync_engine(self) -> float | None:
         """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
-        them already or generates with the policy itself. Returns the seconds it took, or None."""
+        them already or generates with the policy itself. Returns the seconds it took, or None.
+        Under FSDP2 every rank gathers the full weights before any loads them (`full_state_dict`)."""
         if self.engine.shares_policy_weights or self.engine_version == self.policy_version:
             return None
         start = time.perf_counter()
-        self.engine.load_weights(self.policy.named_parameters())
+        self.engine.load_weights(full_state_dict(self.policy).items())
         self.engine_version = self.policy_version
         return time.perf_counter() - start
 
