@@ -41,8 +41,8 @@ def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
         raise ValueError(
             f"trainer.strategy: ModelParallelStrategy built a mesh of data_parallel_size={dp} x "
             f"tensor_parallel_size={tp}, but the policy is only sharded data-parallel (FSDP2): set "
-            f"--trainer.strategy.init_args.data_parallel_size {dp * tp} "
-            f"--trainer.strategy.init_args.tensor_parallel_size 1"
+            f"--trainer.strategy.data_parallel_size {dp * tp} "
+            f"--trainer.strategy.tensor_parallel_size 1"
         )
     return mesh["data_parallel"] if mesh.ndim == 2 else mesh
 

@@ -86,7 +86,18 @@ def fit_and_record(spec: dict, name: str, world: int, steps: int = 1, checkpoint
     return record
 
 
-def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(tiny_model_dir, toy_task_dir, tmp_path):
+@pytest.fixture(scope="module")
+def fsdp_runs(tiny_model_dir, toy_task_dir, tmp_path_factory) -> tuple[dict, Path]:
+    """The spec, and the folder of what the 2 workers recorded: every run of `RUNS` (one step),
+    then the resume runs (`main`). One launch: the workers' start-up is most of the time."""
+    folder = tmp_path_factory.mktemp("fsdp")
+    spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(folder),
+            "sft_path": str(toy_task_dir / "sft.jsonl"), "runs": list(RUNS)}
+    run_workers(spec, folder, script=__file__)
+    return spec, folder
+
+
+def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(fsdp_runs):
     """One training step under FSDP2 on 2 ranks = one process on the global batch, gradient by
     gradient and on the gathered weights: GRPO with token_mean (whose divisor is the token count
     over all ranks: a per-rank count fails here) and seq_mean_token_mean, SFT, and GRPO with
@@ -98,9 +109,7 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(tiny_m
     differences, not bit-exact); weights rtol 1e-3 / atol 1e-4 (1% of the learning rate): AdamW's
     first step is about lr x g / |g|, so gradients of ~1e-8 that differ in their last bits move
     by a visible fraction of lr."""
-    spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(tmp_path),
-            "sft_path": str(toy_task_dir / "sft.jsonl"), "runs": list(RUNS)}
-    run_workers(spec, tmp_path, script=__file__)
+    spec, tmp_path = fsdp_runs
     mismatched = {}
     for name in RUNS:
         fsdp, other_rank = torch.load(tmp_path / f"{name}.pt"), torch.load(tmp_path / f"{name}.rank1.pt")
@@ -123,7 +132,7 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(tiny_m
     assert not mismatched, mismatched
 
 
-def test_fsdp2_checkpoint_folders_export_and_resume_exactly(tiny_model_dir, toy_task_dir, tmp_path):
+def test_fsdp2_checkpoint_folders_export_and_resume_exactly(fsdp_runs, tiny_model_dir):
     """GRPO under FSDP2 saves a distributed checkpoint (a folder) and a gathered HF export every
     step, `last.ckpt` replaced as a folder; a run resumed from the step-1 folder ends with the
     straight run's step-2 weights bit for bit, and the HF export holds them."""
@@ -131,9 +140,7 @@ def test_fsdp2_checkpoint_folders_export_and_resume_exactly(tiny_model_dir, toy_
 
     from r1_lightning.callbacks.checkpoint import is_checkpoint, saved_global_step
 
-    spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(tmp_path),
-            "resume": True}
-    run_workers(spec, tmp_path, script=__file__)
+    tmp_path = fsdp_runs[1]
     straight, resumed = (torch.load(tmp_path / f"{run}.pt") for run in ("straight", "resumed"))
     (step_1,) = (tmp_path / "straight").glob("*step=1.ckpt")
     assert step_1.is_dir() and is_checkpoint(str(step_1)) and saved_global_step(str(step_1)) == 1
@@ -152,20 +159,18 @@ def test_fsdp2_checkpoint_folders_export_and_resume_exactly(tiny_model_dir, toy_
 
 
 def main(spec_path: str) -> None:
-    """One worker rank: fit every run of the spec under FSDP2 and save what it recorded."""
+    """One worker rank: fit every run of the spec under FSDP2, then GRPO for 2 steps with a checkpoint
+    each, then again resumed from the step-1 checkpoint, and save what each recorded."""
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
     folder, rank = Path(spec["folder"]), int(os.environ["LOCAL_RANK"])
     suffix = ".pt" if rank == 0 else f".rank{rank}.pt"
-    if spec.get("resume"):
-        straight = fit_and_record(spec, "token_mean", WORLD, steps=2, checkpoints=str(folder / "straight"))
-        torch.save(straight, folder / f"straight{suffix}")
-        step_1 = next((folder / "straight").glob("*step=1.ckpt"))
-        resumed = fit_and_record(spec, "token_mean", WORLD, steps=2, ckpt_path=str(step_1))
-        torch.save(resumed, folder / f"resumed{suffix}")
-        return
     for name in spec["runs"]:
         torch.save(fit_and_record(spec, name, world=WORLD), folder / f"{name}{suffix}")
+    straight = fit_and_record(spec, "token_mean", WORLD, steps=2, checkpoints=str(folder / "straight"))
+    torch.save(straight, folder / f"straight{suffix}")
+    step_1 = next((folder / "straight").glob("*step=1.ckpt"))
+    torch.save(fit_and_record(spec, "token_mean", WORLD, steps=2, ckpt_path=str(step_1)), folder / f"resumed{suffix}")
 
 
 if __name__ == "__main__":
