@@ -134,8 +134,8 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(fsdp_r
 
 def test_fsdp2_checkpoint_folders_export_and_resume_exactly(fsdp_runs, tiny_model_dir):
     """GRPO under FSDP2 saves a distributed checkpoint (a folder) and a gathered HF export every
-    step, `last.ckpt` replaced as a folder; a run resumed from the step-1 folder ends with the
-    straight run's step-2 weights bit for bit, and the HF export holds them."""
+    step, `last.ckpt` replaced as a folder; a run stopped after step 1 and resumed from `last`
+    ends with the straight run's step-2 weights bit for bit, and the HF exports hold them."""
     from safetensors.torch import load_file
 
     from r1_lightning.callbacks.checkpoint import is_checkpoint, saved_global_step
@@ -149,18 +149,18 @@ def test_fsdp2_checkpoint_folders_export_and_resume_exactly(fsdp_runs, tiny_mode
     # optimizer's shards steps once with zero gradients and lr 0 first, to create AdamW's state)
     assert len(straight["grads"]) == 2 and not any(g.any() for g in resumed["grads"][0].values())
     assert len(resumed["grads"]) == 2 and all(torch.equal(resumed["grads"][1][k], g) for k, g in straight["grads"][1].items())
-    exported = load_file(tmp_path / "straight" / "last_hf" / "model.safetensors")
+    exported = [load_file(tmp_path / run / "last_hf" / "model.safetensors") for run in ("straight", "resumed")]
     initial = load_file(Path(tiny_model_dir) / "model.safetensors")
-    assert any(not torch.equal(exported[k], initial[k]) for k in initial)
+    assert any(not torch.equal(exported[0][k], initial[k]) for k in initial)
     for name, weight in straight["weights"].items():
         assert torch.equal(resumed["weights"][name], weight), name
-        if name in exported:  # the export leaves out the tied LM head
-            assert torch.equal(exported[name], weight), name
+        if name in initial:  # the export leaves out the tied LM head
+            assert torch.equal(exported[0][name], weight) and torch.equal(exported[1][name], weight), name
 
 
 def main(spec_path: str) -> None:
     """One worker rank: fit every run of the spec under FSDP2, then GRPO for 2 steps with a checkpoint
-    each, then again resumed from the step-1 checkpoint, and save what each recorded."""
+    each, then 1 step and a resumed run to step 2 (`ckpt_path="last"`), and save what each recorded."""
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
     folder, rank = Path(spec["folder"]), int(os.environ["LOCAL_RANK"])
@@ -169,8 +169,9 @@ def main(spec_path: str) -> None:
         torch.save(fit_and_record(spec, name, world=WORLD), folder / f"{name}{suffix}")
     straight = fit_and_record(spec, "token_mean", WORLD, steps=2, checkpoints=str(folder / "straight"))
     torch.save(straight, folder / f"straight{suffix}")
-    step_1 = next((folder / "straight").glob("*step=1.ckpt"))
-    torch.save(fit_and_record(spec, "token_mean", WORLD, steps=2, ckpt_path=str(step_1)), folder / f"resumed{suffix}")
+    fit_and_record(spec, "token_mean", WORLD, steps=1, checkpoints=str(folder / "resumed"))  # stops after step 1
+    resumed = fit_and_record(spec, "token_mean", WORLD, steps=2, checkpoints=str(folder / "resumed"), ckpt_path="last")
+    torch.save(resumed, folder / f"resumed{suffix}")
 
 
 if __name__ == "__main__":
