@@ -22,14 +22,16 @@ import torch
 from test_distributed import LOGGED_AS_ONE_PROCESS, WORLD, run_options, run_workers
 
 # name -> (a run of test_distributed.RUNS, options added to it). `token_budget` cuts microbatches by
-# tokens (the ranks may then run different numbers of them) and takes the chunked log-prob path.
+# tokens (the ranks then run different numbers of them) and takes the chunked log-prob path, which
+# runs the decoder body without the root's forward, for 4 updates in one step.
 RUNS = {
     "token_mean": ("token_mean", {}),
     "seq_mean_token_mean": ("seq_mean_token_mean", {}),
     "grpo_clip_epochs": ("grpo_clip_epochs", {}),  # 4 updates in one step, with old log-probs
+    "token_budget": ("grpo_clip_epochs", {"loss_agg": "token_mean", "microbatch_max_tokens": 208,
+                                          "logprob_chunk_size": 16}),
     "sft": ("sft", {}),
     "expert_iteration": ("expert_iteration", {}),
-    "token_budget": ("token_mean", {"microbatch_max_tokens": 200, "logprob_chunk_size": 16}),
 }
 
 
@@ -59,7 +61,14 @@ def fit_and_record(spec: dict, name: str, world: int, steps: int = 1, checkpoint
     else:
         module = getattr(modules, module_name)(spec["model_dir"], engine=FixedEngine(), **options)
         data = PromptDataModule(spec["train_path"], batch_size=batch_size)
-    record: dict = {"grads": [], "sharded": []}
+    record: dict = {"grads": [], "sharded": [], "backwards": 0}
+    backward_microbatch = module.backward_microbatch
+
+    def count_backwards(*args, **kwargs):
+        record["backwards"] += 1
+        return backward_microbatch(*args, **kwargs)
+
+    module.backward_microbatch = count_backwards
 
     def record_gradients(optimizer, args, kwargs):  # every rank steps: the gathers are collective
         params = dict(module.policy.named_parameters())
@@ -119,7 +128,7 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(fsdp_r
         single = fit_and_record(spec, name, world=1)
         updates = len(single["grads"])
         # expert iteration makes as many updates as its kept answers fill: at least one here
-        assert updates == {"grpo_clip_epochs": 4, "expert_iteration": max(1, updates)}.get(name, 1), name
+        assert updates == {"grpo_clip_epochs": 4, "token_budget": 4, "expert_iteration": max(1, updates)}.get(name, 1)
         assert all(any(g.abs().max() > 0 for g in grads.values()) for grads in single["grads"]), name
         assert fsdp["sharded"] == [True] * len(fsdp["grads"]) and not any(single["sharded"]), name
         try:
@@ -138,6 +147,8 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(fsdp_r
         except AssertionError as error:
             mismatched[name] = str(error).splitlines()[0]
     assert not mismatched, mismatched
+    budget = [torch.load(tmp_path / f"token_budget{suffix}")["backwards"] for suffix in (".pt", ".rank1.pt")]
+    assert budget[0] != budget[1], budget  # collectives in each microbatch would have deadlocked
 
 
 def test_fsdp2_checkpoint_folders_export_and_resume_exactly(fsdp_runs, tiny_model_dir):
