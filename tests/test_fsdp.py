@@ -73,6 +73,7 @@ def fit_and_record(spec: dict, name: str, world: int, steps: int = 1, checkpoint
     def record_gradients(optimizer, args, kwargs):  # every rank steps: the gathers are collective
         params = dict(module.policy.named_parameters())
         record["sharded"].append(all(isinstance(p, DTensor) for p in params.values()))
+        assert all(p.grad is not None for p in params.values()), [k for k, p in params.items() if p.grad is None]
         record["grads"].append({k: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).clone()
                                 for k, p in params.items()})
 
