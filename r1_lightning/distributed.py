@@ -99,14 +99,19 @@ def set_gradient_sync(policy: torch.nn.Module, sync: bool) -> None:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with full tensors, on every rank: under FSDP2 each parameter is
-    all-gathered in the same order on every rank (so every rank must call this before any rank
-    uses the result: a rank that started loading its engine while another still gathered would
-    wait forever); otherwise `model.state_dict()`. The weights the rollout engine is sent and the
-    Hugging Face export writes."""
-    if not is_sharded(model):
-        return model.state_dict()
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    """The model's state dict with full tensors, on every rank, without the second name of a tied
+    parameter (e.g. a tied `lm_head.weight`: gathered, it would be a copy that no longer shares
+    the embedding's storage, so the Hugging Face export would write it twice). Under FSDP2 each
+    parameter is all-gathered in the same order on every rank, so every rank must call this
+    before any rank uses the result (a rank that started loading its engine while another still
+    gathered would wait forever). The weights the rollout engine is sent and the HF export writes."""
+    aliases = ({name for name, _ in model.named_parameters(remove_duplicate=False)}
+               - {name for name, _ in model.named_parameters()})
+    if is_sharded(model):
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    else:
+        state = model.state_dict()
+    return {name: tensor for name, tensor in state.items() if name not in aliases}
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:

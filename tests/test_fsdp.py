@@ -1,13 +1,13 @@
 """FSDP2 on the CPU: Lightning's `ModelParallelStrategy` over 2 gloo processes (data-parallel mesh of
 2, the policy sharded by `PolicyModule.configure_model`) gives the updates of one process training
-on the same global batch, gathers the full weights on every rank, and resumes from its distributed
-checkpoint (a folder) exactly.
+on the same global batch, gathers the full weights on every rank, and, from the CLI, resumes from
+its distributed checkpoint (a folder) exactly.
 
-The workers are this file run as a script by `test_distributed.run_workers`; the single-process
-references run in pytest. Every run records, before each AdamW step, the gradients it steps with
-(gathered from the shards: after the reduce-scatter and the clipping to the global norm), and at
-the end of training the full state dict (`full_state_dict`, what the engine is sent and the HF
-export writes).
+For the updates, the workers are this file run as a script by `test_distributed.run_workers`; the
+single-process references run in pytest. Every run records, before each AdamW step, the gradients
+it steps with (gathered from the shards: after the reduce-scatter and the clipping to the global
+norm), and at the end of training the full state dict (`full_state_dict`, what the engine is sent
+and the HF export writes).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from test_distributed import LOGGED_AS_ONE_PROCESS, WORLD, run_options, run_workers
+
+# The CLI's FSDP2: all ranks data-parallel (the policy has no tensor parallelism)
+FSDP2_STRATEGY = json.dumps({"class_path": "ModelParallelStrategy",
+                             "init_args": {"data_parallel_size": WORLD, "tensor_parallel_size": 1}})
 
 # name -> (a run of test_distributed.RUNS, options added to it). `token_budget` cuts microbatches by
 # tokens (the ranks then run different numbers of them) and takes the chunked log-prob path, which
@@ -35,12 +39,11 @@ RUNS = {
 }
 
 
-def fit_and_record(spec: dict, name: str, world: int, steps: int = 1, checkpoints: str | None = None,
-                   ckpt_path: str | None = None) -> dict:
-    """Fit run `name` for `steps` training steps on `world` ranks (FSDP2 when > 1; this process is
-    one of them) and return {"grads": [per update: {param: full gradient}], "sharded": whether the
-    stepped parameters were DTensor shards, "weights": {name: full tensor}, "logged": metrics}.
-    `checkpoints`: a folder for an `HFExportCheckpoint` of every step."""
+def fit_and_record(spec: dict, name: str, world: int) -> dict:
+    """Fit run `name` for one training step on `world` ranks (FSDP2 when > 1; this process is one
+    of them) and return {"grads": [per update: {param: full gradient}], "sharded": per update,
+    whether the stepped parameters were DTensor shards, "backwards": microbatch backwards,
+    "weights": {name: full tensor}, "logged": metrics}."""
     import lightning as L
     from lightning.pytorch.strategies import ModelParallelStrategy
     from test_modules import FixedEngine
@@ -48,7 +51,6 @@ def fit_and_record(spec: dict, name: str, world: int, steps: int = 1, checkpoint
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from r1_lightning import modules
-    from r1_lightning.callbacks import HFExportCheckpoint
     from r1_lightning.data import PromptDataModule, SFTDataModule
     from r1_lightning.distributed import full_state_dict
 
@@ -80,36 +82,22 @@ def fit_and_record(spec: dict, name: str, world: int, steps: int = 1, checkpoint
     def record_weights(trainer, pl_module):
         record["weights"] = {k: v.detach().clone() for k, v in full_state_dict(pl_module.policy).items()}
 
-    callbacks = [L.pytorch.callbacks.LambdaCallback(on_train_end=record_weights)]
-    if checkpoints:
-        callbacks.append(HFExportCheckpoint(dirpath=checkpoints, every_n_train_steps=1, save_top_k=-1, save_last=True))
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", devices=world, logger=False, enable_checkpointing=bool(checkpoints),
+        max_steps=1, accelerator="cpu", devices=world, logger=False, enable_checkpointing=False,
         strategy=ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1) if world > 1 else "auto",
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        default_root_dir=spec["folder"], callbacks=callbacks,
+        default_root_dir=spec["folder"], callbacks=[L.pytorch.callbacks.LambdaCallback(on_train_end=record_weights)],
     )
     handle = register_optimizer_step_pre_hook(record_gradients)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=data)
     finally:
         handle.remove()
     record["logged"] = {k: float(v) for k, v in trainer.logged_metrics.items()}
     return record
 
 
-@pytest.fixture(scope="module")
-def fsdp_runs(tiny_model_dir, toy_task_dir, tmp_path_factory) -> tuple[dict, Path]:
-    """The spec, and the folder of what the 2 workers recorded: every run of `RUNS` (one step),
-    then the resume runs (`main`). One launch: the workers' start-up is most of the time."""
-    folder = tmp_path_factory.mktemp("fsdp")
-    spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(folder),
-            "sft_path": str(toy_task_dir / "sft.jsonl"), "runs": list(RUNS)}
-    run_workers(spec, folder, script=__file__)
-    return spec, folder
-
-
-def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(fsdp_runs):
+def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(tiny_model_dir, toy_task_dir, tmp_path):
     """One training step under FSDP2 on 2 ranks = one process on the global batch, gradient by
     gradient and on the gathered weights: GRPO with token_mean (whose divisor is the token count
     over all ranks: a per-rank count fails here) and seq_mean_token_mean, GRPO with token-budget
@@ -122,7 +110,9 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(fsdp_r
     differences, not bit-exact); weights rtol 1e-3 / atol 1e-4 (1% of the learning rate): AdamW's
     first step is about lr x g / |g|, so gradients of ~1e-8 that differ in their last bits move
     by a visible fraction of lr."""
-    spec, tmp_path = fsdp_runs
+    spec = {"model_dir": tiny_model_dir, "train_path": str(toy_task_dir / "train.jsonl"), "folder": str(tmp_path),
+            "sft_path": str(toy_task_dir / "sft.jsonl"), "runs": list(RUNS)}
+    run_workers(spec, tmp_path, script=__file__)
     mismatched = {}
     for name in RUNS:
         fsdp, other_rank = torch.load(tmp_path / f"{name}.pt"), torch.load(tmp_path / f"{name}.rank1.pt")
@@ -152,46 +142,47 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(fsdp_r
     assert budget[0] != budget[1], budget  # collectives in each microbatch would have deadlocked
 
 
-def test_fsdp2_checkpoint_folders_export_and_resume_exactly(fsdp_runs, tiny_model_dir):
-    """GRPO under FSDP2 saves a distributed checkpoint (a folder) and a gathered HF export every
-    step, `last.ckpt` replaced as a folder; a run stopped after step 1 and resumed from `last`
-    ends with the straight run's step-2 weights bit for bit, and the HF exports hold them."""
+def test_fsdp2_from_the_cli_trains_checkpoints_and_resumes_from_last_exactly(tiny_model_dir, toy_task_dir, tmp_path):
+    """configs/grpo.yaml from the CLI under FSDP2 on two "nodes" of one process (HF engine sampling
+    on each rank's gathered weights, chunked log-probs, token-budget microbatches, gradient
+    checkpointing, evaluations): distributed checkpoint folders every step, `last.ckpt` replaced
+    as a folder, the HF export gathered. A run stopped after step 1 and resumed with `--ckpt_path
+    last` ends with the straight run's step-2 weights bit for bit."""
     from safetensors.torch import load_file
+    from test_cli import tiny_grpo_args
+    from test_distributed import launch_two_nodes
 
     from r1_lightning.callbacks.checkpoint import is_checkpoint, saved_global_step
 
-    tmp_path = fsdp_runs[1]
-    straight, resumed = (torch.load(tmp_path / f"{run}.pt") for run in ("straight", "resumed"))
-    (step_1,) = (tmp_path / "straight").glob("*step=1.ckpt")
-    assert step_1.is_dir() and is_checkpoint(str(step_1)) and saved_global_step(str(step_1)) == 1
-    assert saved_global_step(str(tmp_path / "straight" / "last.ckpt")) == 2
-    # the resumed run made only the second update, with the straight run's gradients (loading the
-    # optimizer's shards steps once with zero gradients and lr 0 first, to create AdamW's state)
-    assert len(straight["grads"]) == 2 and not any(g.any() for g in resumed["grads"][0].values())
-    assert len(resumed["grads"]) == 2 and all(torch.equal(resumed["grads"][1][k], g) for k, g in straight["grads"][1].items())
-    exported = [load_file(tmp_path / run / "last_hf" / "model.safetensors") for run in ("straight", "resumed")]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    extra = ["--model.init_args.gradient_checkpointing", "true", "--data.init_args.val_batch_size", 5]
+    launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=2, extra=extra), tmp_path,
+                     strategy=FSDP2_STRATEGY)
+    step_1, last = straight / "ckpt" / "step=1.ckpt", straight / "ckpt" / "last.ckpt"
+    assert step_1.is_dir() and is_checkpoint(str(step_1)) and not is_checkpoint(str(straight))
+    assert saved_global_step(str(step_1)) == 1 and saved_global_step(str(last)) == 2
+    for max_steps, resume in ((1, []), (2, ["--ckpt_path", "last"])):
+        launch_two_nodes(tiny_grpo_args(tiny_model_dir, toy_task_dir, resumed, max_steps=max_steps,
+                                        extra=[*extra, *resume]), tmp_path, strategy=FSDP2_STRATEGY)
+    expected = load_file(straight / "ckpt" / "last_hf" / "model.safetensors")
+    got = load_file(resumed / "ckpt" / "last_hf" / "model.safetensors")
     initial = load_file(Path(tiny_model_dir) / "model.safetensors")
-    assert any(not torch.equal(exported[0][k], initial[k]) for k in initial)
-    for name, weight in straight["weights"].items():
-        assert torch.equal(resumed["weights"][name], weight), name
-        if name in initial:  # the export leaves out the tied LM head
-            assert torch.equal(exported[0][name], weight) and torch.equal(exported[1][name], weight), name
+    assert expected.keys() == got.keys() == initial.keys()
+    assert any(not torch.equal(expected[k], initial[k]) for k in expected)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert sorted(e.name for e in straight.glob("logs/version_*/eval/eval_step_*.jsonl")) == [
+        "eval_step_0.jsonl", "eval_step_2.jsonl"]
 
 
 def main(spec_path: str) -> None:
-    """One worker rank: fit every run of the spec under FSDP2, then GRPO for 2 steps with a checkpoint
-    each, then 1 step and a resumed run to step 2 (`ckpt_path="last"`), and save what each recorded."""
+    """One worker rank: fit every run of the spec under FSDP2 and save what it recorded."""
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
     folder, rank = Path(spec["folder"]), int(os.environ["LOCAL_RANK"])
     suffix = ".pt" if rank == 0 else f".rank{rank}.pt"
     for name in spec["runs"]:
         torch.save(fit_and_record(spec, name, world=WORLD), folder / f"{name}{suffix}")
-    straight = fit_and_record(spec, "token_mean", WORLD, steps=2, checkpoints=str(folder / "straight"))
-    torch.save(straight, folder / f"straight{suffix}")
-    fit_and_record(spec, "token_mean", WORLD, steps=1, checkpoints=str(folder / "resumed"))  # stops after step 1
-    resumed = fit_and_record(spec, "token_mean", WORLD, steps=2, checkpoints=str(folder / "resumed"), ckpt_path="last")
-    torch.save(resumed, folder / f"resumed{suffix}")
 
 
 if __name__ == "__main__":

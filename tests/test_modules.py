@@ -361,7 +361,7 @@ def test_weight_sync_without_a_listed_callback_before_rollouts_evaluations_and_a
     # 3 training rollouts and 4 evaluations (before step 1 and after each update)
     assert engine.current_at_each_rollout == [True] * 7
     assert len(engine.loads) == 4  # the initial weights, then after each of the 3 updates: never twice
-    final_of_first_run = {k: v.clone() for k, v in module.policy.state_dict().items()}  # what the engine is sent
+    final_of_first_run = params(module)
 
     resumed_engine = SyncCheckingEngine()
     resumed = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=4, engine=resumed_engine,
