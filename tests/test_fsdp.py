@@ -30,7 +30,7 @@ FSDP2_STRATEGY = json.dumps({"class_path": "ModelParallelStrategy",
 # runs the decoder body without the root's forward, for 4 updates in one step.
 RUNS = {
     "token_mean": ("token_mean", {}),
-    "seq_mean_token_mean": ("seq_mean_token_mean", {}),
+    "seq_mean_token_mean": ("seq_mean_token_mean", {"max_grad_norm": 1e-3}),  # clipped to the global norm
     "grpo_clip_epochs": ("grpo_clip_epochs", {}),  # 4 updates in one step, with old log-probs
     "token_budget": ("grpo_clip_epochs", {"loss_agg": "token_mean", "microbatch_max_tokens": 208,
                                           "logprob_chunk_size": 16}),
