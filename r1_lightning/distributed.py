@@ -18,8 +18,9 @@ every rank must run the same number of them, and the ranks do not: token-budget 
 HF generation runs one forward per generated token, as many as the rank's longest answer. The
 chunked log-probs also read the LM head's weight outside the model's forward, where ZeRO-3 would
 hold only a shard. Here only the update's last backward (one per rank per update) communicates.
-The cost is the full weights and gradients on every rank during an update, as under DDP; the
-optimizer state, the largest part in AdamW's float32 moments, stays sharded.
+The cost is the full weights and gradients on every rank during an update, as under DDP; AdamW's
+two moments (twice the weights' memory) stay sharded. A checkpoint save registers the shards again
+(the state dict is the shards); the next batch, or the next forward, gathers.
 
 Every function here that gathers is a collective: every rank must call it, in the same order.
 """
