@@ -9,7 +9,7 @@ the two sides cannot drift apart:
   on the completion only), its learning rate, schedule, warm-up, batch, epochs and max length.
 - GRPO (`configs/gsm8k/smollm2_grpo.yaml`): its training questions in its prompt template, its
   reward function (`r1_lightning.rewards.resolve_reward_fn` of the config's `reward_fn`, through
-  `trl_reward_fn`, an adapter to TRL's reward-function signature), group size, rollouts per update
+  `trl_reward_fns`, adapters to TRL's reward-function signature), group size, rollouts per update
   (one update per rollout batch), temperature, max new tokens, stop string, learning rate, betas,
   group std normalization, per-sequence token mean (TRL's `loss_type="grpo"`), no KL (beta 0);
   generation with vLLM colocated on the same GPU, as r1-lightning's engine.
@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="kept at the end of the call for the evaluation of the GRPO model")
     p.add_argument("--grpo-max-steps", type=int, default=500, help="as run.sh's --trainer.max_steps")
     p.add_argument("--save-steps", type=int, default=5, help="GRPO checkpoint interval (resume granularity)")
+    p.add_argument("--skip-eval-base", action="store_true",
+                   help="no evaluation of the starting model (the same r1-lightning evaluation the r1 side runs)")
     p.add_argument("--dry-run", action="store_true", help="print the settings read from the configs and exit")
     p.add_argument("--out", help="also write the JSON here")
     return p.parse_args(argv)
@@ -77,16 +79,19 @@ def recipe_settings(sft_data: str | None = None) -> dict:
     rollouts, accum = g_model["rollout_batch_size"], g_model["gradient_accumulation_steps"]
     if g_model["train_batch_size"] != rollouts or g_model.get("epochs_per_rollout_batch", 1) != 1:
         raise ValueError(f"{GRPO_CONFIG}: the TRL side mirrors one update per rollout batch only")
+    for name, config in (("SFT", sft), ("GRPO", grpo)):
+        if config["trainer"]["precision"] != "bf16-mixed":  # TRL's bf16=True is autocast: mirror only that
+            raise ValueError(f"{SFT_CONFIG if name == 'SFT' else GRPO_CONFIG}: trainer.precision must be bf16-mixed")
     return {
         "sft": {
-            "data": sft_data or s_data["train_path"], "learning_rate": s_model["learning_rate"],
+            "dtype": s_model["dtype"], "data": sft_data or s_data["train_path"], "learning_rate": s_model["learning_rate"],
             "lr_scheduler_type": s_model.get("lr_schedule", "constant"), "warmup_steps": s_model.get("warmup_steps", 0),
             "per_device_train_batch_size": s_data["batch_size"] // sft_accum, "gradient_accumulation_steps": sft_accum,
             "num_train_epochs": sft["trainer"]["max_epochs"], "max_length": s_model["max_length"],
             "adam_beta1": s_model["betas"][0], "adam_beta2": s_model["betas"][1], "max_grad_norm": s_model["max_grad_norm"],
         },
         "grpo": {
-            "train_path": g_data["train_path"], "template": g_data["template"], "reward_fn": g_model["reward_fn"],
+            "dtype": g_model["dtype"], "train_path": g_data["train_path"], "template": g_data["template"], "reward_fn": g_model["reward_fn"],
             "num_generations": g_model["group_size"], "per_device_train_batch_size": rollouts // accum,
             "gradient_accumulation_steps": accum, "temperature": g_model["sampling_temperature"],
             "max_completion_length": g_model["sampling_max_tokens"], "stop": g_model.get("stop", ["</answer>"]),
@@ -100,15 +105,31 @@ def recipe_settings(sft_data: str | None = None) -> dict:
     }
 
 
-def trl_reward_fn(reward_fn, name: str = "r1_lightning_reward"):
-    """An r1-lightning reward function `(response, ground_truth) -> {"reward", ...}` as a TRL reward
-    function: `(prompts, completions, ground_truth, **columns) -> list[float]` (TRL passes each dataset
-    column as a keyword list, one entry per completion)."""
-    def reward(prompts, completions, ground_truth, **kwargs) -> list[float]:
-        return [float(reward_fn(completion, truth)["reward"]) for completion, truth in zip(completions, ground_truth)]
+def trl_reward_fns(reward_fn) -> tuple[list, list[float]]:
+    """An r1-lightning reward function `(response, ground_truth) -> {"reward", "format_reward",
+    "answer_reward", ...}` as TRL reward functions `(prompts, completions, ground_truth, **columns) ->
+    list[float]` (TRL passes each dataset column as a keyword list, one entry per completion), with their
+    weights: "reward" trains (weight 1); "answer_reward" and "format_reward" (weight 0) are only logged,
+    as TRL's `rewards/<name>/mean`, like r1-lightning's `train/answer_reward` and `train/format_reward`.
+    Each completion is graded once: the three read one cache."""
+    cache: dict[tuple[str, str], dict] = {}
 
-    reward.__name__ = name
-    return reward
+    def scores(completions, ground_truth) -> list[dict]:
+        if len(cache) > 100_000:
+            cache.clear()
+        for key in zip(completions, ground_truth):
+            if key not in cache:
+                cache[key] = reward_fn(*key)
+        return [cache[key] for key in zip(completions, ground_truth)]
+
+    def component(key: str):
+        def reward(prompts, completions, ground_truth, **kwargs) -> list[float]:
+            return [float(s[key]) for s in scores(completions, ground_truth)]
+
+        reward.__name__ = key
+        return reward
+
+    return [component("reward"), component("answer_reward"), component("format_reward")], [1.0, 0.0, 0.0]
 
 
 # ----------------------------------------------------------------------------------- stages
@@ -144,9 +165,13 @@ def evaluate(folder: Path, out_dir: Path) -> dict:
     return json.loads(summaries[-1].read_text())
 
 
-def wall_clock_callback(deadline: float):
-    """A transformers `TrainerCallback` that stops training, and saves, once `deadline` (monotonic) is past."""
+def wall_clock_callback(deadline: float, seconds_before: float = 0.0):
+    """A transformers `TrainerCallback` that stops training, and saves, once `deadline` (monotonic) is
+    past, and stamps each log row with `wall_seconds`: this stage's training time so far, counting
+    `seconds_before` spent in earlier calls (the r1 side's curves are drawn against the same)."""
     from transformers import TrainerCallback
+
+    start = time.monotonic() - seconds_before
 
     class WallClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -154,15 +179,21 @@ def wall_clock_callback(deadline: float):
                 control.should_training_stop = control.should_save = True
             return control
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.log_history:
+                state.log_history[-1]["wall_seconds"] = time.monotonic() - start
+
     return WallClock()
 
 
-def load_bf16(folder: str):
-    """The model in bf16 (r1-lightning's `dtype: bfloat16` in both configs) and its tokenizer."""
+def load_model(folder: str, dtype: str):
+    """The model with its weights in the config's `dtype` (r1-lightning's `float32` master weights; the
+    compute is bf16 autocast on both sides: Lightning's `bf16-mixed`, TRL's `bf16=True`) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def run_sft(settings: dict, model: str, out: Path, deadline: float) -> str:
@@ -177,14 +208,18 @@ def run_sft(settings: dict, model: str, out: Path, deadline: float) -> str:
             "gradient_accumulation_steps", "num_train_epochs", "max_length", "adam_beta1", "adam_beta2", "max_grad_norm")
     config = SFTConfig(output_dir=str(out / "run"), bf16=True, completion_only_loss=True, save_strategy="no",
                        logging_steps=1, report_to="none", disable_tqdm=True, **{k: settings[k] for k in keys})
-    policy, tokenizer = load_bf16(model)
+    policy, tokenizer = load_model(model, settings["dtype"])
     trainer = SFTTrainer(model=policy, processing_class=tokenizer, train_dataset=dataset, args=config,
                          callbacks=[wall_clock_callback(deadline)])
     trainer.train()
     return save(trainer, out / "final")
 
 
-def run_grpo(settings: dict, model: str, out: Path, deadline: float, max_steps: int, save_steps: int) -> list[dict]:
+def run_grpo(settings: dict, model: str, out: Path, deadline: float, max_steps: int, save_steps: int,
+             use_vllm: bool = True, seconds_before: float = 0.0) -> list[dict]:
+    """TRL's GRPO from `model`, resumed from the last checkpoint in `out` if any (`seconds_before`: the
+    GRPO time of earlier calls); generation with vLLM colocated on the same GPU (`use_vllm=False`: TRL's
+    own HF generation, e.g. to check this on a CPU)."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
@@ -199,15 +234,18 @@ def run_grpo(settings: dict, model: str, out: Path, deadline: float, max_steps: 
     keys = ("num_generations", "per_device_train_batch_size", "gradient_accumulation_steps", "temperature",
             "max_completion_length", "learning_rate", "adam_beta1", "adam_beta2", "max_grad_norm", "beta",
             "scale_rewards", "loss_type", "vllm_gpu_memory_utilization")
-    config = GRPOConfig(output_dir=str(out / "run"), bf16=True, max_steps=max_steps, lr_scheduler_type="constant",
-                        use_vllm=True, vllm_mode="colocate", save_strategy="steps", save_steps=save_steps,
+    reward_funcs, reward_weights = trl_reward_fns(resolve_reward_fn(settings["reward_fn"]))
+    config = GRPOConfig(output_dir=str(out / "run"), bf16=True, max_steps=max_steps, reward_weights=reward_weights, lr_scheduler_type="constant",
+                        use_vllm=use_vllm, vllm_mode="colocate", save_strategy="steps", save_steps=save_steps,
                         logging_steps=1, report_to="none", disable_tqdm=True, log_completions=False,
-                        generation_kwargs={"stop": settings["stop"], "include_stop_str_in_output": True},
+                        # vLLM stops at the config's stop string, as r1-lightning's engine; HF generation at EOS
+                        generation_kwargs={"stop": settings["stop"], "include_stop_str_in_output": True}
+                        if use_vllm else None,
                         **{k: settings[k] for k in keys})
-    policy, tokenizer = load_bf16(model)
+    policy, tokenizer = load_model(model, settings["dtype"])
     trainer = GRPOTrainer(model=policy, processing_class=tokenizer, train_dataset=dataset, args=config,
-                          reward_funcs=[trl_reward_fn(resolve_reward_fn(settings["reward_fn"]))],
-                          callbacks=[wall_clock_callback(deadline)])
+                          reward_funcs=reward_funcs,
+                          callbacks=[wall_clock_callback(deadline, seconds_before)])
     resume = any((out / "run").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     save(trainer, out / "final")
@@ -246,7 +284,7 @@ def main(argv=None) -> dict:
         gc.collect()
         torch.cuda.empty_cache()
 
-    if not state.done("eval_base"):
+    if not state.done("eval_base") and not args.skip_eval_base:
         timed("eval_base", lambda: evaluate(Path(args.model), workdir / "eval_base"))
     if not state.done("sft"):
         deadline = min(time.monotonic() + args.sft_seconds, end - args.eval_reserve_seconds)
@@ -257,13 +295,15 @@ def main(argv=None) -> dict:
     if time.monotonic() < end - args.eval_reserve_seconds:
         t = time.monotonic()
         grpo_log = run_grpo(settings["grpo"], str(sft_model), grpo_dir, end - args.eval_reserve_seconds,
-                            args.grpo_max_steps, args.save_steps)
+                            args.grpo_max_steps, args.save_steps,
+                            seconds_before=state.data["seconds"].get("grpo", 0.0))
         state.add_seconds("grpo", time.monotonic() - t)
         free_gpu()
         t = time.monotonic()
         state.data.setdefault("eval_grpo", []).append(evaluate(grpo_dir / "final", workdir / f"eval_grpo_{int(t)}"))
         state.add_seconds("eval_grpo", time.monotonic() - t)
-    keep = ("step", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "loss", "grad_norm")
+    keep = ("step", "wall_seconds", "reward", "reward_std", "frac_reward_zero_std", "rewards/answer_reward/mean",
+            "rewards/format_reward/mean", "completions/mean_length", "completions/clipped_ratio", "loss", "grad_norm")
     result = {
         "environment": C.environment(),
         "settings": settings,

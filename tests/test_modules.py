@@ -469,3 +469,40 @@ def test_each_step_logs_its_grader_timeouts_and_setup_starts_the_grader(tiny_mod
               enable_model_summary=False, callbacks=[RecordTimeouts()], default_root_dir=tmp_path).fit(module, data)
     assert logged == [8.0, 8.0]  # 2 prompts x 4 samples a step
     assert counts["starts_before_first_grade"] == 1
+
+
+def test_bf16_mixed_with_the_fused_adamw_clips_gradients_to_max_grad_norm(tiny_model_dir, toy_task_dir, tmp_path):
+    """float32 weights under bf16 autocast (the SmolLM2 configs) with the fused AdamW the GPU uses:
+    Lightning's `clip_gradients` refuses that pair, so the update clips by itself; the gradients the
+    optimizer steps with have the global norm `max_grad_norm` (they were larger) and the direction of
+    the unclipped ones."""
+    from r1_lightning.data import SFTDataModule
+    from r1_lightning.modules import SFTModule
+
+    seen = []
+
+    class FusedSFT(SFTModule):  # the CPU has a fused AdamW too: the same optimizer the GPU configs get
+        def configure_optimizers(self):
+            config = super().configure_optimizers()
+            optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=1e-3, fused=True)
+            optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+                [p.grad.detach().clone() for group in opt.param_groups for p in group["params"] if p.grad is not None]))
+            config["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+            return {"optimizer": optimizer, "lr_scheduler": config["lr_scheduler"]}
+
+    def fit(max_grad_norm):
+        module = FusedSFT(tiny_model_dir, max_grad_norm=max_grad_norm, dtype="float32")
+        data = SFTDataModule(str(toy_task_dir / "sft.jsonl"), batch_size=8, shuffle=False)
+        L.Trainer(max_steps=1, accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path).fit(module, datamodule=data)
+        assert all(p.dtype == torch.float32 for p in module.policy.parameters())  # master weights stay float32
+        return seen.pop()
+
+    unclipped = fit(None)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in unclipped]))
+    max_norm = float(norm) / 4
+    clipped = fit(max_norm)
+    clipped_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in clipped]))
+    assert float(clipped_norm) == pytest.approx(max_norm, rel=1e-4)
+    for before, after in zip(unclipped, clipped):
+        torch.testing.assert_close(after, before * (max_norm / float(norm)), rtol=1e-4, atol=1e-8)

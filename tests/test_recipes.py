@@ -123,18 +123,29 @@ def test_trl_script_runs_its_help_and_dry_run_without_trl():
     assert s["data"] == sft["data"]["init_args"]["train_path"]
 
 
-def test_trl_reward_adapter_scores_like_the_r1_reward():
+def test_trl_reward_adapters_score_like_the_r1_reward():
     spec = importlib.util.spec_from_file_location("trl_gsm8k_pipeline", TRL_SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     from r1_lightning.rewards import resolve_reward_fn
 
-    reward = script.trl_reward_fn(resolve_reward_fn({"gsm8k": 1.0, "r1_zero_format": 0.1}))
+    calls = []
+
+    def counted(response, truth):
+        calls.append(response)
+        return resolve_reward_fn({"gsm8k": 1.0, "r1_zero_format": 0.1})(response, truth)
+
+    functions, weights = script.trl_reward_fns(counted)
     completions = [" 3 + 4 = 7 </think> <answer> 7 </answer>",   # right, well formed: 1 + 0.1
                    " 3 + 4 = 8 </think> <answer> 8 </answer>",   # wrong, well formed: 0.1
                    " the answer is 7"]                           # no answer block: 0
-    scores = reward(prompts=["p"] * 3, completions=completions, ground_truth=["7"] * 3, extra_column=[0, 1, 2])
-    assert scores == pytest.approx([1.1, 0.1, 0.0])
+    scores = {f.__name__: f(prompts=["p"] * 3, completions=completions, ground_truth=["7"] * 3, extra_column=[0, 1, 2])
+              for f in functions}
+    assert scores["reward"] == pytest.approx([1.1, 0.1, 0.0])
+    assert scores["answer_reward"] == pytest.approx([1.0, 0.0, 0.0])
+    assert scores["format_reward"] == pytest.approx([1.0, 1.0, 0.0])
+    assert dict(zip(scores, weights)) == {"reward": 1.0, "answer_reward": 0.0, "format_reward": 0.0}  # only "reward" trains
+    assert len(calls) == 3  # each completion graded once for the three
 
 
 def test_gpu_runner_parses_and_dispatches_the_pipeline():

@@ -189,8 +189,9 @@ class PolicyModule(L.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         reshard(self.policy)  # under FSDP2 the optimizer holds the shards, and their gradients
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        grad_norm = total_norm(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros((), device=self.device)
+        with_grad = [p for p in self.policy.parameters() if p.grad is not None]
+        grad_norm = (total_norm(torch.nn.utils.get_total_norm([p.grad for p in with_grad])) if with_grad
+                     else torch.zeros((), device=self.device))
         loss = grad_norm if loss is None else loss
         grad_norm_value, loss_value = torch.stack([grad_norm.float(), loss.detach().float().to(grad_norm.device)]).tolist()
         finite = math.isfinite(grad_norm_value) and math.isfinite(loss_value)
@@ -199,7 +200,7 @@ class PolicyModule(L.LightningModule):
         if finite:
             self.consecutive_skipped_updates = 0
             if self.max_grad_norm and self.max_grad_norm > 0:
-                self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+                self.clip_to_max_norm(optimizer, with_grad, grad_norm)
         else:
             self.skipped_updates += 1
             self.consecutive_skipped_updates += 1
@@ -218,6 +219,16 @@ class PolicyModule(L.LightningModule):
         if finite:
             self.policy_version += 1
         return {"train/grad_norm": grad_norm_value, "train/lr": lr, "train/skipped_updates": float(self.skipped_updates)}
+
+    def clip_to_max_norm(self, optimizer, with_grad: list[torch.Tensor], grad_norm: torch.Tensor) -> None:
+        """Scale the gradients to a global norm of at most `max_grad_norm`, as `clip_grad_norm_`
+        does, with the norm `optimizer_update` has already computed. Lightning's own
+        `clip_gradients` refuses the fused AdamW under bf16-mixed (it guards against unscaling
+        twice, which only fp16's GradScaler does), so it is kept only where a GradScaler exists."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # fp16: unscale first
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        elif with_grad:
+            torch.nn.utils.clip_grads_with_norm_(with_grad, self.max_grad_norm, grad_norm)
 
     # ----------------------------------------------------------------------------- data parallel
     def backward_microbatch(self, loss: torch.Tensor, ends_update: bool) -> None:
