@@ -122,6 +122,8 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def total_norm(norm: torch.Tensor) -> torch.Tensor:
-    """A norm computed over DTensor shards (e.g. `get_total_norm` of sharded gradients) as the
-    global value, a plain tensor (one all-reduce); any other tensor as it is."""
+    """`get_total_norm` of sharded gradients as a plain tensor. It is already the global norm (the
+    DTensor norm all-reduces the shards' parts and comes back replicated); a norm taken over the
+    local shards instead would be each rank's own, and clip each rank differently. Any other
+    tensor as it is."""
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
