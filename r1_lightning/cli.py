@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LightningCLI
 import r1_lightning.callbacks
 import r1_lightning.data
 import r1_lightning.rollout  # noqa: F401
+from r1_lightning.callbacks.checkpoint import is_checkpoint
 from r1_lightning.cli_errors import describe_failure, describe_parse_error
 from r1_lightning.modules import PolicyModule
 
@@ -124,7 +125,7 @@ class R1LightningCLI(LightningCLI):
         if logger:
             wandb_offline_without_key(logger)
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path and not self._resolved_by_trainer(str(ckpt_path)) and not os.path.isfile(ckpt_path):
+        if ckpt_path and not self._resolved_by_trainer(str(ckpt_path)) and not is_checkpoint(ckpt_path):
             # before any model loads (the Trainer would find out after loading it)
             self.parser.error(f"--ckpt_path {ckpt_path}: no such checkpoint file")
 

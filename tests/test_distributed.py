@@ -113,15 +113,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(spec: dict, tmp_path: Path, timeout: float = 240) -> None:
-    """Run this file as `WORLD` worker processes (ranks of one node, gloo) on `spec`."""
+def run_workers(spec: dict, tmp_path: Path, timeout: float = 240, script: str = __file__) -> None:
+    """Run `script` (this file by default) as `WORLD` worker processes (ranks of one node, gloo) on
+    `spec`: `python script spec.json`, each with the environment torchrun would set."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     tests = str(Path(__file__).parent)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(WORLD),
            "NODE_RANK": "0", "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(spec_path)], env={**env, "LOCAL_RANK": str(rank)},
+    procs = [subprocess.Popen([sys.executable, script, str(spec_path)], env={**env, "LOCAL_RANK": str(rank)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(WORLD)]
     outputs = []
@@ -181,7 +182,7 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
     assert distributed["rollout_seed"] != torch.load(tmp_path / f"{name}.rank1.pt")["rollout_seed"]
 
 
-def launch_two_nodes(args: list, tmp_path: Path, timeout: float = 240) -> None:
+def launch_two_nodes(args: list, tmp_path: Path, timeout: float = 240, strategy: str = "ddp") -> None:
     """`r1-lightning fit ...` as two launcher processes, one per "node" (NODE_RANK 0 and 1) of 1
     process each, meeting on the loopback address: what torchrun or SLURM start on two machines."""
     from test_cli import ROOT
@@ -190,7 +191,7 @@ def launch_two_nodes(args: list, tmp_path: Path, timeout: float = 240) -> None:
     env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
                 "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])})
     command = [sys.executable, "-m", "r1_lightning.cli", *map(str, args), "--trainer.num_nodes", "2",
-               "--trainer.devices", "1", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+               "--trainer.devices", "1", "--trainer.strategy", strategy, "--trainer.accelerator", "cpu"]
     logs = [tmp_path / f"node{node}_{len(list(tmp_path.glob(f'node{node}_*.log')))}.log" for node in range(2)]
     with contextlib.ExitStack() as files:
         procs = [subprocess.Popen(command, env={**env, "NODE_RANK": str(node)}, cwd=tmp_path,

@@ -15,9 +15,19 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
+from r1_lightning.distributed import full_state_dict, is_sharded, local_tensor
+
 
 class NonFiniteWeightsError(RuntimeError):
     """The policy holds a NaN or an infinity, so its state must not be written."""
+
+
+DISTRIBUTED_CHECKPOINT_METADATA = "meta.pt"  # Lightning's name for the non-tensor state of a checkpoint folder
+
+
+def is_checkpoint(path: str) -> bool:
+    """A Lightning checkpoint: a file, or a distributed checkpoint's folder."""
+    return os.path.isfile(path) or os.path.isfile(os.path.join(path, DISTRIBUTED_CHECKPOINT_METADATA))
 
 
 def hf_folder_for(checkpoint_path: str) -> Path:
@@ -27,13 +37,18 @@ def hf_folder_for(checkpoint_path: str) -> Path:
 
 
 def non_finite_parameters(module: torch.nn.Module) -> list[str]:
-    """Names of the floating-point parameters that hold a NaN or an infinity."""
-    return [name for name, p in module.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    """Names of the floating-point parameters that hold a NaN or an infinity (in this rank's shard,
+    for a sharded parameter: the ranks then agree with `reduce_boolean_decision`)."""
+    return [name for name, p in module.named_parameters()
+            if p.is_floating_point() and not torch.isfinite(local_tensor(p)).all()]
 
 
 def saved_global_step(filepath: str) -> int:
     """The global step stored in the Lightning checkpoint `filepath`. The file is memory-mapped,
-    so only the small entries are actually read."""
+    so only the small entries are actually read. A distributed checkpoint (a folder, written under
+    ModelParallelStrategy) keeps it in its metadata file."""
+    if os.path.isdir(filepath):
+        filepath = os.path.join(filepath, DISTRIBUTED_CHECKPOINT_METADATA)
     return int(torch.load(filepath, map_location="cpu", mmap=True, weights_only=True)["global_step"])
 
 
@@ -77,15 +92,27 @@ class HFExportCheckpoint(ModelCheckpoint):
     # ----------------------------------------------------------------------------- saving
     def _atomic_save(self, trainer, filepath: str) -> None:
         partial = f"{filepath}.partial"
-        trainer.save_checkpoint(partial, self.save_weights_only)
+        trainer.save_checkpoint(partial, self.save_weights_only)  # ends with a barrier: every rank wrote
         if trainer.is_global_zero:
-            os.replace(partial, filepath)
+            if os.path.isdir(partial) and os.path.isdir(filepath):  # folders (distributed checkpoints)
+                stale = f"{filepath}.stale"  # a folder cannot be replaced in one rename: move the old one away
+                shutil.rmtree(stale, ignore_errors=True)
+                os.replace(filepath, stale)
+                os.replace(partial, filepath)
+                shutil.rmtree(stale)
+            else:
+                os.replace(partial, filepath)
 
     def _export(self, trainer, filepath: str) -> None:
+        # every rank gathers a sharded policy's full weights; rank 0 writes them
+        policy = trainer.lightning_module.policy
+        state_dict = full_state_dict(policy) if is_sharded(policy) else None
+        if not trainer.is_global_zero:
+            return
         folder = hf_folder_for(filepath)
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        trainer.lightning_module.export_hf(str(partial))
+        trainer.lightning_module.export_hf(str(partial), state_dict)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
 
@@ -105,8 +132,8 @@ class HFExportCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
-            if self.export_hf:
-                self._export(trainer, filepath)
+        if self.export_hf:
+            self._export(trainer, filepath)
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)

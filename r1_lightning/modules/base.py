@@ -13,7 +13,15 @@ import torch
 from lightning.pytorch.strategies import ParallelStrategy
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer
+from r1_lightning.distributed import (
+    gather_full_weights,
+    is_sharded,
+    reshard,
+    set_gradient_sync,
+    shard_policy,
+    total_norm,
+)
+from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer, resolve_dtype
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 SDPA_BACKENDS = {  # the `sdpa_backends` names
@@ -144,6 +152,8 @@ class PolicyModule(L.LightningModule):
         )
         if self.compile_backend:
             compile_decoder_layers(self.policy, self.compile_backend)
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 (see r1_lightning.distributed)
+            shard_policy(self.policy, self.device_mesh, resolve_dtype(self.dtype_name))
         self.policy.train()
 
     def configure_optimizers(self):
@@ -178,8 +188,9 @@ class PolicyModule(L.LightningModule):
         """
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
+        reshard(self.policy)  # under FSDP2 the optimizer holds the shards, and their gradients
         with_grad = [p for p in self.policy.parameters() if p.grad is not None]
-        grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in with_grad]) if with_grad
+        grad_norm = (total_norm(torch.nn.utils.get_total_norm([p.grad for p in with_grad])) if with_grad
                      else torch.zeros((), device=self.device))
         loss = grad_norm if loss is None else loss
         grad_norm_value, loss_value = torch.stack([grad_norm.float(), loss.detach().float().to(grad_norm.device)]).tolist()
@@ -204,6 +215,7 @@ class PolicyModule(L.LightningModule):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        gather_full_weights(self.policy)  # the updated ones
         if finite:
             self.policy_version += 1
         return {"train/grad_norm": grad_norm_value, "train/lr": lr, "train/skipped_updates": float(self.skipped_updates)}
@@ -223,7 +235,9 @@ class PolicyModule(L.LightningModule):
         """`manual_backward` of one microbatch of an update. Under DDP, only the update's last
         microbatch all-reduces the gradients (DDP's `no_sync` before it: the gradients accumulate
         locally and the last backward averages their sum over the ranks), so an update costs one
-        all-reduce however many microbatches it has."""
+        all-reduce however many microbatches it has. Under FSDP2 the same, with a reduce-scatter
+        (`set_gradient_sync`); the ranks may then run different numbers of microbatches."""
+        set_gradient_sync(self.policy, ends_update)
         strategy = self.trainer.strategy
         local = not ends_update and isinstance(strategy, ParallelStrategy)
         with strategy.block_backward_sync() if local else contextlib.nullcontext():
@@ -253,6 +267,12 @@ class PolicyModule(L.LightningModule):
             return contextlib.nullcontext()
         return sdpa_kernel([SDPA_BACKENDS[name] for name in self.sdpa_backends])
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        gather_full_weights(self.policy)  # under FSDP2: after a checkpoint restore or save, sharded
+
+    def on_validation_start(self) -> None:
+        gather_full_weights(self.policy)
+
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["r1_lightning"] = {
@@ -266,9 +286,13 @@ class PolicyModule(L.LightningModule):
         self.skipped_updates = state.get("skipped_updates", 0)
         self.consecutive_skipped_updates = state.get("consecutive_skipped_updates", 0)
 
-    def export_hf(self, folder: str) -> None:
-        """Write the policy and tokenizer as a Hugging Face folder (for vLLM and the hub)."""
-        self.policy.save_pretrained(folder, safe_serialization=True)
+    def export_hf(self, folder: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the policy and tokenizer as a Hugging Face folder (for vLLM and the hub).
+        `state_dict`: the full weights (`full_state_dict`, which every rank must gather) when the
+        policy is sharded; the policy's own state otherwise."""
+        if state_dict is None and is_sharded(self.policy):
+            raise ValueError("export_hf of a sharded (FSDP2) policy needs its full_state_dict, gathered on every rank")
+        self.policy.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
 
     # ----------------------------------------------------------------------------- helpers

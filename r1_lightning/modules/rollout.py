@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
+from r1_lightning.distributed import full_state_dict
 from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
 from r1_lightning.modules.async_rollouts import RolloutsAhead, SettleRolloutsOnFailure
 from r1_lightning.modules.base import PolicyModule
@@ -115,13 +116,14 @@ class RolloutModule(PolicyModule):
         """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
         them already or generates with the policy itself. Returns the seconds it took, or None.
         A generation in flight (`rollouts_ahead`) finishes first, with the weights it started with.
-        A failed or hung sync raises `WeightSyncError` (the engine then refuses to sample)."""
+        A failed or hung sync raises `WeightSyncError` (the engine then refuses to sample).
+        Under FSDP2 every rank gathers the full weights before any loads them (`full_state_dict`)."""
         self.wait_for_engine()
         if self.engine.shares_policy_weights or self.engine_version == self.policy_version:
             return None
         start = time.perf_counter()
         try:
-            self.engine.load_weights(self.policy.named_parameters())
+            self.engine.load_weights(full_state_dict(self.policy).items())
         except WeightSyncError as error:  # name the step too; the engine now refuses to generate
             raise WeightSyncError(f"at global step {self.global_step}, syncing policy version {self.policy_version}: "
                                   f"{error}") from error
