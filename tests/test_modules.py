@@ -33,7 +33,7 @@ class FixedEngine:
     def shares_policy_weights(self) -> bool:
         return self._shares
 
-    def attach(self, policy, tokenizer):
+    def attach(self, policy, tokenizer, ranks=None):
         self.tokenizer = tokenizer
 
     def generate(self, prompts, sampling):
@@ -266,8 +266,8 @@ class PolicyLogprobEngine(FixedEngine):
         super().__init__(shares_policy_weights=False)
         self.requests: list[tuple[bool, int | None]] = []
 
-    def attach(self, policy, tokenizer):
-        super().attach(policy, tokenizer)
+    def attach(self, policy, tokenizer, ranks=None):
+        super().attach(policy, tokenizer, ranks)
         self.policy = policy
 
     def generate(self, prompts, sampling):
@@ -337,8 +337,8 @@ class SyncCheckingEngine(FixedEngine):
         super().__init__(shares_policy_weights=False)
         self.current_at_each_rollout: list[bool] = []
 
-    def attach(self, policy, tokenizer):
-        super().attach(policy, tokenizer)
+    def attach(self, policy, tokenizer, ranks=None):
+        super().attach(policy, tokenizer, ranks)
         self.policy = policy
 
     def generate(self, prompts, sampling):

@@ -25,10 +25,10 @@ from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
 from r1_lightning.rollout.vllm_engine import (
     TESTED_VLLM_VERSION,
     engine_weights,
-    resolve_engine_device,
     sampling_params_kwargs,
     to_completions,
 )
+from r1_lightning.rollout.vllm_layout import engine_gpus
 
 CHARS = list("abcdefghij <>/=+0123456789")
 VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *CHARS])}
@@ -366,7 +366,7 @@ def test_per_request_seeds_can_be_turned_off(monkeypatch, per_request_seeds):
     engine = VLLMEngine(per_request_seeds=per_request_seeds)
     engine.tokenizer = make_tokenizer()
     engine.llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: [SimpleNamespace(outputs=[]) for _ in prompts])
-    engine.device_index = -1  # torch.cuda.device(-1) is a no-op: no GPU here
+    engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
     engine.generate(["ab", "cd", "ef"], SamplingConfig(n=4, seed=10))
     seeds = [kwargs.get("seed") for kwargs in made]
     assert seeds == ([10, 14, 18] if per_request_seeds else [None, None, None])
@@ -377,7 +377,7 @@ def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
     fake_vllm = SimpleNamespace(LLM=lambda **kwargs: built.append(kwargs), __version__=TESTED_VLLM_VERSION)
     monkeypatch.setattr(vllm_engine, "_engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
     for engine in (VLLMEngine(max_num_seqs=2048, max_model_len=1536, gpu_memory_utilization=0.5), VLLMEngine()):
-        engine.device_index = -1  # torch.cuda.device(-1) is a no-op: no GPU here
+        engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
         engine._build_llm(fake_vllm, "model-folder", "tokenizer-folder")
     tuned, default = built
     assert (tuned["max_num_seqs"], tuned["max_model_len"], tuned["gpu_memory_utilization"]) == (2048, 1536, 0.5)
@@ -388,16 +388,16 @@ def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
 
 
 def test_engine_device_resolution():
-    assert resolve_engine_device("auto", colocate=False, num_gpus=2, policy_device_index=0) == 1
-    assert resolve_engine_device("auto", colocate=True, num_gpus=1, policy_device_index=0) == 0
-    assert resolve_engine_device("cuda:3", colocate=False, num_gpus=4, policy_device_index=0) == 3
-    assert resolve_engine_device(0, colocate=True, num_gpus=1, policy_device_index=0) == 0
+    assert engine_gpus("auto", colocate=False, num_gpus=2, policy_device_index=0) == [1]
+    assert engine_gpus("auto", colocate=True, num_gpus=1, policy_device_index=0) == [0]
+    assert engine_gpus("cuda:3", colocate=False, num_gpus=4, policy_device_index=0) == [3]
+    assert engine_gpus(0, colocate=True, num_gpus=1, policy_device_index=0) == [0]
     with pytest.raises(RuntimeError, match="colocate true"):
-        resolve_engine_device("auto", colocate=False, num_gpus=1, policy_device_index=0)
+        engine_gpus("auto", colocate=False, num_gpus=1, policy_device_index=0)
     with pytest.raises(RuntimeError, match="HFEngine"):
-        resolve_engine_device("auto", colocate=False, num_gpus=0, policy_device_index=None)
+        engine_gpus("auto", colocate=False, num_gpus=0, policy_device_index=None)
     with pytest.raises(ValueError):
-        resolve_engine_device(2, colocate=False, num_gpus=2, policy_device_index=0)
+        engine_gpus(2, colocate=False, num_gpus=2, policy_device_index=0)
 
 
 def test_sampling_params_mapping():

@@ -98,7 +98,7 @@ def setup(monkeypatch):
                                 envs=SimpleNamespace(disable_envs_cache=lambda: state.built.append("envs cache dropped")))
     monkeypatch.setattr(vllm_engine, "_import_vllm", lambda: fake_vllm)
     monkeypatch.setattr(vllm_engine, "_engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
-    monkeypatch.setattr(vllm_engine, "resolve_engine_device", lambda *args, **kwargs: -1)  # cuda.device(-1): no-op
+    monkeypatch.setattr(vllm_engine, "engine_gpus", lambda *args, **kwargs: [-1])  # cuda.device(-1): no-op
     monkeypatch.setattr(vllm_transfer, "trainer_connect", trainer_connect)
     monkeypatch.setattr(vllm_transfer, "trainer_send", trainer_send)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as benchmarks/gpu/setup.sh exports it

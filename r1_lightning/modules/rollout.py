@@ -16,6 +16,7 @@ from r1_lightning.evaluation import grade_completions, summarize, val_metrics, w
 from r1_lightning.modules.async_rollouts import RolloutsAhead, SettleRolloutsOnFailure
 from r1_lightning.modules.base import PolicyModule
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, WeightSyncError
+from r1_lightning.rollout.base import TrainerRanks
 
 RANK_SEED_STRIDE = 1_000_000_007  # far beyond any step count, so no two (rank, step) share a seed
 
@@ -87,7 +88,15 @@ class RolloutModule(PolicyModule):
         already = self.policy is not None
         super().configure_model()
         if not already:
-            self.engine.attach(self.policy, self.tokenizer)
+            self.engine.attach(self.policy, self.tokenizer, self.trainer_ranks())
+
+    def trainer_ranks(self) -> TrainerRanks:
+        """This process's place among the trainer's data-parallel ranks (one process without a Trainer)."""
+        trainer = self._trainer
+        if trainer is None:
+            return TrainerRanks()
+        return TrainerRanks(rank=trainer.global_rank, local_rank=trainer.local_rank, world_size=trainer.world_size,
+                            ranks_per_node=trainer.num_devices)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [RolloutWeightSync()] + ([SettleRolloutsOnFailure()] if self.rollouts_ahead is not None else [])

@@ -2,8 +2,8 @@
 evaluation. `HFEngine` generates with the policy itself; `VLLMEngine` runs vLLM on its own GPU
 (vLLM is imported only when a `VLLMEngine` is attached)."""
 
-from r1_lightning.rollout.base import Completion, RolloutEngine, SamplingConfig, WeightSyncError
+from r1_lightning.rollout.base import Completion, RolloutEngine, SamplingConfig, TrainerRanks, WeightSyncError
 from r1_lightning.rollout.hf import HFEngine
 from r1_lightning.rollout.vllm_engine import VLLMEngine
 
-__all__ = ["Completion", "HFEngine", "RolloutEngine", "SamplingConfig", "VLLMEngine", "WeightSyncError"]
+__all__ = ["Completion", "HFEngine", "RolloutEngine", "SamplingConfig", "TrainerRanks", "VLLMEngine", "WeightSyncError"]

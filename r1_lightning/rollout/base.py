@@ -89,6 +89,25 @@ class Completion:
     logprobs: list[float] | None = None
 
 
+@dataclass(frozen=True)
+class TrainerRanks:
+    """Where the calling trainer process sits among the data-parallel ranks (DDP or FSDP2): what an
+    engine needs to place itself next to its rank (`VLLMEngine`'s layouts). The default is one process.
+
+    rank: global rank. local_rank: rank on this node. world_size: ranks in all. ranks_per_node:
+    trainer ranks on each node (Lightning's `trainer.num_devices`).
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    ranks_per_node: int = 1
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.local_rank < self.ranks_per_node <= self.world_size and 0 <= self.rank < self.world_size):
+            raise ValueError(f"inconsistent TrainerRanks: {self}")
+
+
 class WeightSyncError(RuntimeError):
     """A weight sync into an engine failed or hung: the engine holds neither the old nor the new
     weights, so it refuses to generate from then on (training on its samples would be training on
@@ -108,8 +127,10 @@ class RolloutEngine(Protocol):
     `load_weights` never runs during a generation.
     """
 
-    def attach(self, policy: torch.nn.Module, tokenizer) -> None:
-        """Bind the engine to the trainer's policy and tokenizer (called once, in `setup`)."""
+    def attach(self, policy: torch.nn.Module, tokenizer, ranks: TrainerRanks | None = None) -> None:
+        """Bind the engine to the trainer's policy and tokenizer (called once, in `configure_model`, on
+        every rank at the same point); `ranks`: this process's place among the trainer's ranks (None: one
+        process)."""
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]: ...
 

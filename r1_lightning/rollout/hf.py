@@ -29,7 +29,7 @@ from transformers.generation import (
     StopStringCriteria,
 )
 
-from r1_lightning.rollout.base import Completion, SamplingConfig
+from r1_lightning.rollout.base import Completion, SamplingConfig, TrainerRanks
 
 
 class HFEngine:
@@ -58,7 +58,7 @@ class HFEngine:
     def shares_policy_weights(self) -> bool:
         return not self.own_weights
 
-    def attach(self, policy: torch.nn.Module, tokenizer) -> None:
+    def attach(self, policy: torch.nn.Module, tokenizer, ranks: TrainerRanks | None = None) -> None:
         self.policy = copy.deepcopy(policy).requires_grad_(False) if self.own_weights else policy
         self.tokenizer = tokenizer
         self._stop_criteria.clear()

@@ -22,6 +22,8 @@ Design:
   `CUDA_VISIBLE_DEVICES`. By default N = 1: the policy trains on GPU 0, the engine owns GPU 1.
 - `colocate=True` shares one GPU with the trainer: vLLM's sleep mode frees the engine's memory
   (`sleep(level=1)`: weights offloaded to CPU, KV cache discarded) while the policy trains.
+- Layouts under DDP / FSDP2 (colocated, split) and an in-process engine beside the trainer's
+  `torch.distributed` group: `vllm_layout.py`.
 - Prompts go in as token ids from the policy's tokenizer, so the engine and the trainer agree on
   ids; vLLM loads the same tokenizer from the model folder for stop strings and detokenization.
 - Log-probs are vLLM's `logprobs_mode="raw_logprobs"`: log-softmax of the unprocessed logits
@@ -40,7 +42,8 @@ from typing import Any, Literal, get_args
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from r1_lightning.rollout.base import Completion, SamplingConfig, WeightSyncError
+from r1_lightning.rollout.base import Completion, SamplingConfig, TrainerRanks, WeightSyncError
+from r1_lightning.rollout.vllm_layout import engine_gpus, engine_launch_env, scoped_env
 from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, engine_core_env, wire_dtype
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,9 @@ class VLLMEngine:
         runs in two waves.
     enforce_eager: skip CUDA graphs and torch.compile (faster start, slower decoding).
     colocate: single-GPU mode with vLLM's sleep mode (the engine sleeps after every rollout).
+    tensor_parallel_size: GPUs per engine (vLLM's tensor parallelism), for models one GPU cannot hold;
+        > 1 needs `process="separate"` (vLLM's workers then run in processes of their own: weights
+        reach every worker over one NCCL broadcast, each loading its shard) and the split layout.
     process: where vLLM's engine core runs. "in_process": in the trainer's process, weights synced
         by reference (`LLM.apply_model`). "separate": in a process of its own (vLLM's default), weights
         synced over NCCL from the policy's GPU, cast to `dtype` first; needs the engine on another GPU
@@ -105,6 +111,7 @@ class VLLMEngine:
         max_num_seqs: int | None = None,
         process: Process = "in_process",
         sync_timeout_s: float = 60.0,
+        tensor_parallel_size: int = 1,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -128,20 +135,34 @@ class VLLMEngine:
                              "GPU than the policy: it cannot be colocated (use process 'in_process' with colocate)")
         if sync_timeout_s <= 0:
             raise ValueError(f"VLLMEngine sync_timeout_s must be > 0, got {sync_timeout_s}")
+        if tensor_parallel_size < 1:
+            raise ValueError(f"VLLMEngine tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        if tensor_parallel_size > 1 and process != "separate":
+            raise ValueError(f"VLLMEngine tensor_parallel_size {tensor_parallel_size} needs process 'separate' (vLLM's "
+                             "tensor-parallel workers run in processes of their own, and so not with colocate)")
+        self.tensor_parallel_size = tensor_parallel_size
         self.process = process
         self.sync_timeout_s = sync_timeout_s
         self.wire_dtype = wire_dtype(dtype) if process == "separate" else None
 
         self.llm = None  # vllm.LLM, built by attach()
         self.tokenizer = None
-        self.device_index: int | None = None
+        self.device_indices: list[int] = []  # the engine's GPUs (tensor_parallel_size of them), set by attach
+        self.ranks = TrainerRanks()
         self._tie_word_embeddings = False
         self._sleeping = False
         self._sender: NCCLWeightSender | None = None  # process "separate": the trainer's side of the sync
         self._broken: str | None = None  # why the engine's weights are unknown (a failed sync)
 
     def __str__(self) -> str:
-        return f"VLLMEngine on cuda:{self.device_index} ({self.process.replace('_', '-')} engine core)"
+        gpus = ",".join(map(str, self.device_indices))
+        rank = f"rank {self.ranks.rank}'s " if self.ranks.world_size > 1 else ""
+        return f"{rank}VLLMEngine on cuda:{gpus} ({self.process.replace('_', '-')} engine core)"
+
+    @property
+    def device_index(self) -> int | None:
+        """The engine's (first) GPU; None before `attach`."""
+        return self.device_indices[0] if self.device_indices else None
 
     # -- RolloutEngine protocol ------------------------------------------------------------------
 
@@ -149,8 +170,9 @@ class VLLMEngine:
     def shares_policy_weights(self) -> bool:
         return False
 
-    def attach(self, policy: torch.nn.Module, tokenizer) -> None:
+    def attach(self, policy: torch.nn.Module, tokenizer, ranks: TrainerRanks | None = None) -> None:
         vllm = _import_vllm()
+        self.ranks = ranks or TrainerRanks()
         model_path = self.model or getattr(getattr(policy, "config", None), "_name_or_path", None)
         if not model_path:
             raise ValueError(
@@ -158,13 +180,15 @@ class VLLMEngine:
                 "config._name_or_path, so pass --model.init_args.engine.init_args.model PATH"
             )
         policy_device = next(policy.parameters()).device
-        self.device_index = resolve_engine_device(
+        self.device_indices = engine_gpus(
             self.device,
             colocate=self.colocate,
             num_gpus=torch.cuda.device_count(),
             policy_device_index=policy_device.index if policy_device.type == "cuda" else None,
+            ranks=self.ranks,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
-        same_gpu = policy_device.type == "cuda" and policy_device.index == self.device_index
+        same_gpu = policy_device.type == "cuda" and policy_device.index in self.device_indices
         if self.process == "separate" and same_gpu:
             raise ValueError(f"VLLMEngine process 'separate' needs the engine on another GPU than the policy's "
                              f"({policy_device}): NCCL joins one rank per GPU. Set device to another GPU")
@@ -186,7 +210,8 @@ class VLLMEngine:
         self._sleeping = False
         self._broken = None
         if self.process == "separate":
-            self._sender = NCCLWeightSender(self.llm, str(self), self.sync_timeout_s, self.wire_dtype)
+            self._sender = NCCLWeightSender(self.llm, str(self), self.sync_timeout_s, self.wire_dtype,
+                                            engine_workers=self.tensor_parallel_size)
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]:
         self._require_usable("generate")
@@ -269,7 +294,9 @@ class VLLMEngine:
             "model": model_path,
             "tokenizer": tokenizer_path,
             "dtype": self.dtype,
-            "seed": self.seed,
+            # one seed per rank: engines that sample from their own generator (per_request_seeds
+            # false) would otherwise draw the same numbers on every rank
+            "seed": self.seed + self.ranks.rank,
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "enable_prefix_caching": self.enable_prefix_caching,
             "enforce_eager": self.enforce_eager,
@@ -284,8 +311,18 @@ class VLLMEngine:
         for name in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
             if getattr(self, name) is not None:
                 engine_args[name] = getattr(self, name)
-        if _engine_arg_exists("device_ids"):
-            engine_args["device_ids"] = [self.device_index]  # EngineArgs.device_ids (0.26)
+        if self.tensor_parallel_size > 1:
+            engine_args["tensor_parallel_size"] = self.tensor_parallel_size
+        launch_env = engine_launch_env(self.process, self.ranks, self.device_index)
+        if launch_env:
+            # the worker's GPU is LOCAL_RANK's; external_launcher takes no device_ids (its local
+            # rank would index them)
+            engine_args["distributed_executor_backend"] = "external_launcher"
+            if not torch.distributed.is_initialized():
+                raise RuntimeError(f"{self} runs in the trainer's process on {self.ranks.world_size} ranks, which needs "
+                                   "torch.distributed initialized first (attach it in configure_model)")
+        elif _engine_arg_exists("device_ids"):
+            engine_args["device_ids"] = list(self.device_indices)  # EngineArgs.device_ids (0.26)
         elif self.device_index != 0:
             # Fallback for a vLLM without `device_ids`: its single in-process worker takes cuda:0, and
             # CUDA_VISIBLE_DEVICES cannot change once CUDA started (it has: the policy is on a GPU).
@@ -295,7 +332,8 @@ class VLLMEngine:
                 "--model.init_args.engine.init_args.device 0 with the trainer on the other GPU, or use "
                 f"vllm=={TESTED_VLLM_VERSION}"
             )
-        with self._on_engine_device(), engine_core_env(vllm, separate=self.process == "separate"):
+        with (self._on_engine_device(), engine_core_env(vllm, separate=self.process == "separate"),
+              scoped_env(launch_env)):
             return vllm.LLM(**engine_args)
 
     @contextlib.contextmanager
@@ -324,29 +362,6 @@ class VLLMEngine:
 
 
 # -- pure helpers (no vLLM needed; unit-tested on the CPU) -----------------------------------------
-
-
-def resolve_engine_device(
-    device: str | int, colocate: bool, num_gpus: int, policy_device_index: int | None
-) -> int:
-    """The CUDA index the engine goes on."""
-    if num_gpus == 0:
-        raise RuntimeError(f"VLLMEngine needs a CUDA GPU and none is visible. {_INSTALL_HINT}")
-    if device == "auto":
-        if colocate:
-            return policy_device_index if policy_device_index is not None else 0
-        if num_gpus < 2:
-            raise RuntimeError(
-                f"VLLMEngine puts its engine on a second GPU (cuda:1) by default, but {num_gpus} GPU is "
-                "visible. On one GPU pass --model.init_args.engine.init_args.device 0 "
-                "--model.init_args.engine.init_args.colocate true (vLLM sleep mode), or use "
-                "--model.init_args.engine r1_lightning.rollout.HFEngine"
-            )
-        return 1
-    index = int(device.removeprefix("cuda:")) if isinstance(device, str) else int(device)
-    if not 0 <= index < num_gpus:
-        raise ValueError(f"VLLMEngine device {device!r} is not one of the {num_gpus} visible GPUs")
-    return index
 
 
 def sampling_params_kwargs(sampling: SamplingConfig, prompt_index: int) -> dict[str, Any]:

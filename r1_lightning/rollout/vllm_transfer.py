@@ -3,8 +3,8 @@
 
 vLLM 0.26's RL weight-transfer API, with `LLM(..., weight_transfer_config={"backend": "nccl"})`:
 
-- Connect once (the first sync): the trainer (rank 0) and the engine's single worker (rank 1:
-  `rank_offset` 1) meet at a free local port. The engine side is `LLM.init_weight_transfer_engine(
+- Connect once (the first sync): the trainer (rank 0) and the engine's workers (ranks 1..tp:
+  `rank_offset` 1; one for an engine without tensor parallelism) meet at a free local port. The engine side is `LLM.init_weight_transfer_engine(
   {"init_info": ...})`; the trainer side, at the same time, `vllm.distributed.weight_transfer.
   nccl_common.trainer_init(init_info)`, a `PyNcclCommunicator` on the policy's GPU.
 - Each sync: `LLM.start_weight_update()` (the worker prepares a layerwise reload), then
@@ -29,7 +29,6 @@ replace them); everything else here runs without vLLM.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import socket
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 import torch
 
 from r1_lightning.rollout.base import WeightSyncError
+from r1_lightning.rollout.vllm_layout import scoped_env
 
 NamedTensors = Sequence[tuple[str, torch.Tensor]]
 
@@ -50,11 +50,14 @@ class NCCLWeightSender:
 
     llm: the `vllm.LLM`. name: how errors name the engine. timeout_s: the deadline of one sync
     (and of the connection, in the first). dtype: what the tensors travel as (the engine's dtype);
-    None keeps each tensor's own.
+    None keeps each tensor's own. engine_workers: the engine's tensor-parallel workers; each joins
+    the group (ranks 1..engine_workers, vLLM's `worker_init_process_group`), receives the same
+    broadcast of full tensors and loads its own shard of them (its model's `load_weights`).
     """
 
-    def __init__(self, llm, name: str, timeout_s: float, dtype: torch.dtype | None) -> None:
+    def __init__(self, llm, name: str, timeout_s: float, dtype: torch.dtype | None, engine_workers: int = 1) -> None:
         self.llm = llm
+        self.engine_workers = engine_workers
         self.name = name
         self.timeout_s = timeout_s
         self.dtype = dtype
@@ -71,7 +74,8 @@ class NCCLWeightSender:
         device = named_tensors[0][1].device
         deadline = time.monotonic() + self.timeout_s
         if self.communicator is None:
-            info = {"master_address": "127.0.0.1", "master_port": free_port(), "rank_offset": 1, "world_size": 2}
+            info = {"master_address": "127.0.0.1", "master_port": free_port(), "rank_offset": 1,
+                    "world_size": 1 + self.engine_workers}
             self.communicator = self._run(where, deadline, {
                 "the engine joining the NCCL group (LLM.init_weight_transfer_engine)":
                     lambda: self.llm.init_weight_transfer_engine({"init_info": info}),
@@ -172,18 +176,11 @@ def engine_core_env(vllm, separate: bool):
     variable once built (`envs.enable_envs_cache`), so a later engine would see that engine's value:
     the cache is dropped first. The caller's value is restored afterwards; a spawned engine core took
     its copy of the environment when it started."""
-    name, previous = "VLLM_ENABLE_V1_MULTIPROCESSING", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     envs = getattr(vllm, "envs", None)
     if envs is not None and hasattr(envs, "disable_envs_cache"):
         envs.disable_envs_cache()
-    os.environ[name] = "1" if separate else "0"
-    try:
+    with scoped_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if separate else "0"}):
         yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
 
 
 # -- the trainer-side vLLM calls --------------------------------------------------------------------------------
