@@ -39,6 +39,9 @@ QWEN_15B_SHAPE = {
     "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 4096, "rope_theta": 10000.0,
     "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "use_sliding_window": False,
 }
+# Qwen2.5-Math-7B's config.json (architecture only): 7,615,616,512 parameters, untied LM head.
+QWEN_7B_SHAPE = dict(QWEN_15B_SHAPE, vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
 TINY_SHAPE = dict(QWEN_15B_SHAPE, vocab_size=1024, hidden_size=64, intermediate_size=128,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
 
@@ -211,14 +214,20 @@ def random_model_folder(shape: dict, tokenizer, name: str, seed: int = 0, root: 
     return _finish(tmp, folder)
 
 
-def qwen_shape_rollout_folder(questions: list[str], tiny: bool, stop_fraction: float) -> tuple[Path, str]:
-    """The 1.5B shape (or the tiny one) with random weights and a word tokenizer that knows the
-    R1-Zero template's and the questions' words, `stop_fraction` of its ids ending in `</answer>`
+# --model name -> (shape, description) of the random-weight models the step benchmarks build
+ROLLOUT_SHAPES = {"qwen1.5b-shape": (QWEN_15B_SHAPE, "Qwen2.5-Math-1.5B"), "qwen7b-shape": (QWEN_7B_SHAPE, "Qwen2.5-Math-7B")}
+
+
+def qwen_shape_rollout_folder(questions: list[str], tiny: bool, stop_fraction: float,
+                              model: str = "qwen1.5b-shape") -> tuple[Path, str]:
+    """A `ROLLOUT_SHAPES` model (or the tiny one) with random weights and a word tokenizer that knows
+    the R1-Zero template's and the questions' words, `stop_fraction` of its ids ending in `</answer>`
     (shared by rollouts.py and grpo_step.py). Returns (folder, description)."""
-    shape = TINY_SHAPE if tiny else QWEN_15B_SHAPE
+    shape, title = ROLLOUT_SHAPES[model]
+    shape = TINY_SHAPE if tiny else shape
     tokenizer = build_word_tokenizer(shape["vocab_size"], template_and_question_words(questions), stop_fraction)
-    name = "tiny-qwen2-rollouts" if tiny else "qwen2.5-math-1.5b-shape-rollouts"
-    note = (f"Qwen2.5-Math-1.5B shape{' (tiny: 2 layers)' if tiny else ''}, random weights; word-level "
+    name = "tiny-qwen2-rollouts" if tiny else f"{title.lower()}-shape-rollouts"
+    note = (f"{title} shape{' (tiny: 2 layers)' if tiny else ''}, random weights; word-level "
             f"tokenizer, {stop_fraction:.5f} of its ids end in `</answer>`")
     return random_model_folder(shape, tokenizer, name), note
 
@@ -342,6 +351,37 @@ class StepTimer:
                             "kernel_time_s": device_us / 1e6, "table": events.table(sort_by=sort_by, row_limit=25)}
             self._profiler = None
         return self.seconds[-1]
+
+
+class GpuMemoryPeak:
+    """The most memory in use on each GPU (`nvidia-smi`, polled every `interval` s on a thread) while
+    the block runs: all processes together (a trainer and the vLLM engines beside it, whatever
+    allocator they use). `peak_gb` stays None without nvidia-smi."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        import threading
+
+        self.interval, self.peak_gb, self._stop = interval, None, threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="gpu-memory-peak", daemon=True)
+
+    def _poll(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+        while not self._stop.is_set():
+            try:
+                used = [int(line) / 1024 for line in subprocess.run(query, capture_output=True, text=True, timeout=10,
+                                                                    check=True).stdout.split()]
+            except (OSError, subprocess.SubprocessError, ValueError):
+                return
+            self.peak_gb = [round(max(a, b), 2) for a, b in zip(self.peak_gb or used, used)]
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
 
 
 def peak_memory(device: torch.device) -> dict:

@@ -24,6 +24,17 @@ backward and optimizer step (nothing is skipped for zero advantages).
         --model.init_args.engine.init_args.gpu_memory_utilization 0.45                      # 1 GPU
     python benchmarks/grpo_step.py --steps 4 --engine-process separate --async-rollouts    # 2 GPUs, async
     python benchmarks/grpo_step.py --tiny --device cpu                                      # CPU smoke run
+
+Layouts (`--layout`, with `--devices` trainer ranks, DDP or `--strategy fsdp2`): `colocated` puts each
+rank's engine on its own GPU (vLLM sleep mode, `--engine-memory` of it); `split` puts it on GPU
+ranks + local rank. Under DDP the batch sizes are per rank: `samples_per_s` (rollouts of all ranks
+per second of step) compares layouts with different rank counts, `train_tokens_per_s` (the ranks'
+mean: per GPU) the update alone. `gpu_peak_memory_used_gb` is nvidia-smi's peak per GPU over the whole run (trainer and
+engines together); `policy_gpu_peak_memory_gb` the trainer's own allocator's.
+    python benchmarks/grpo_step.py --layout colocated --devices 2 --steps 4             # colocated DDP, 2 GPUs
+    python benchmarks/grpo_step.py --layout split --devices 1 --steps 4                 # split 1+1
+    python benchmarks/grpo_step.py --model qwen7b-shape --layout colocated --devices 2 --strategy fsdp2 \
+        --rollout-batch-size 128 --enforce-eager --steps 3                              # the 7B shape, FSDP2
 Other options are passed on to `r1-lightning fit`, e.g. `--model.init_args.engine.init_args.per_request_seeds false`.
 """
 
@@ -74,6 +85,12 @@ def parse_args(argv):
     p.add_argument("--engine-process", choices=("in_process", "separate"),
                    help="VLLMEngine's process option (default: the config's)")
     p.add_argument("--async-rollouts", action="store_true", help="one-step-off asynchronous rollouts")
+    p.add_argument("--model", choices=list(C.ROLLOUT_SHAPES), default="qwen1.5b-shape", help="random-weight shape")
+    p.add_argument("--layout", choices=("colocated", "split"), help="engines per rank (default: the config's engine)")
+    p.add_argument("--devices", type=int, default=1, help="trainer ranks on this node")
+    p.add_argument("--strategy", choices=("ddp", "fsdp2"), default="ddp", help="with --devices > 1")
+    p.add_argument("--engine-memory", type=float, help="the engine's gpu_memory_utilization (colocated default 0.35)")
+    p.add_argument("--rollout-batch-size", type=int, help="per rank (= train batch; questions = it / group size)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs or torch.compile (faster start)")
     p.add_argument("--out", help="also write the JSON here")
     args, args.fit_overrides = p.parse_known_args(argv)  # the rest goes to `r1-lightning fit` as given
@@ -95,6 +112,7 @@ def derived_config(args, folder: Path, gsm8k: Path, workdir: Path) -> dict:
                     train_batch_size=4, gradient_accumulation_steps=2, sampling_max_tokens=16, dtype="float32")
         data.update(batch_size=2)
     engine = init["engine"].setdefault("init_args", {})
+    place(args, trainer, init, data, engine)
     if args.async_rollouts:
         init["async_rollouts"] = True
         if init["engine"]["class_path"].endswith("HFEngine"):
@@ -105,6 +123,27 @@ def derived_config(args, folder: Path, gsm8k: Path, workdir: Path) -> dict:
         engine.update({"process": args.engine_process} if args.engine_process else {},
                       **({"enforce_eager": True} if args.enforce_eager else {}))
     return config
+
+
+def place(args, trainer: dict, init: dict, data: dict, engine: dict) -> None:
+    """The layout, trainer ranks, strategy and batch size options in the derived config."""
+    if args.devices > 1:
+        trainer["devices"] = args.devices
+        trainer["strategy"] = "ddp" if args.strategy == "ddp" else {
+            "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+            "init_args": {"data_parallel_size": args.devices, "tensor_parallel_size": 1}}
+    if args.layout is not None:
+        if not init["engine"]["class_path"].endswith("VLLMEngine"):
+            raise SystemExit("--layout places VLLMEngines (not with --tiny)")
+        engine.update(device="auto", colocate=args.layout == "colocated")
+        if args.layout == "colocated":
+            engine.update(process="in_process", gpu_memory_utilization=args.engine_memory or 0.35)
+    if args.engine_memory and args.layout != "colocated":
+        engine["gpu_memory_utilization"] = args.engine_memory
+    if args.rollout_batch_size:
+        n, group = args.rollout_batch_size, init["group_size"]
+        init.update(rollout_batch_size=n, train_batch_size=n, gradient_accumulation_steps=max(1, n // 2))
+        data["batch_size"] = n // group
 
 
 def read_metrics(log_dir: Path) -> dict[int, dict[str, float]]:
@@ -141,7 +180,8 @@ def breakdown(steps: dict[int, dict[str, float]], async_rollouts: bool = False) 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     gsm8k = C.find_gsm8k(args.gsm8k)
-    folder, model_note = C.qwen_shape_rollout_folder(C.gsm8k_questions(gsm8k), args.tiny, args.stop_token_fraction)
+    folder, model_note = C.qwen_shape_rollout_folder(C.gsm8k_questions(gsm8k), args.tiny, args.stop_token_fraction,
+                                                     args.model)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="grpo-step-"))
     workdir.mkdir(parents=True, exist_ok=True)
     config = derived_config(args, folder, gsm8k, workdir)
@@ -152,8 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}  # grpo_step.StepClock
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=C.REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=args.timeout, check=False)
+    with C.GpuMemoryPeak() as memory:
+        proc = subprocess.run(command, cwd=C.REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=args.timeout, check=False)
     wall = time.perf_counter() - start
     (workdir / "fit.log").write_text(proc.stdout)
     import torch
@@ -161,7 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
     environment = C.environment(torch.device("cuda", 0) if torch.cuda.is_available() else None)
     result = {"benchmark": "grpo_step", "environment": environment, "model_note": model_note,
               "model_folder": str(folder), "config": str(config_path), "fit_command": " ".join(command),
-              "fit_exit_code": proc.returncode, "fit_wall_seconds": wall, "workdir": str(workdir)}
+              "fit_exit_code": proc.returncode, "fit_wall_seconds": wall, "workdir": str(workdir),
+              "layout": args.layout, "ranks": args.devices, "strategy": args.strategy if args.devices > 1 else None,
+              "gpu_peak_memory_used_gb": memory.peak_gb}
     metrics_files = sorted(workdir.glob("logs/version_*/metrics.csv"))
     if proc.returncode != 0 or not metrics_files:
         result["error"] = proc.stdout[-4000:]
@@ -170,7 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
     init = config["model"]["init_args"]
     rows = breakdown(read_metrics(metrics_files[-1].parent), init.get("async_rollouts", False))
     timed = rows[1:] or rows  # the first step also warms up (allocator, kernels)
-    keys = ("step_s", "wall_step_s", *(f"{part}_s" for part in (*PARTS, "rollout_wait")), "other_s")
+    for row in rows:  # rollouts of all ranks per second of step (the batch sizes are per rank)
+        row["samples_per_s"] = init["rollout_batch_size"] * args.devices / row["step_s"]
+    keys = ("step_s", "wall_step_s", *(f"{part}_s" for part in (*PARTS, "rollout_wait")), "other_s", "samples_per_s",
+            "train_tokens_per_s", "policy_gpu_peak_memory_gb", "engine_logprob_gap")
     result.update(
         shape={k: init[k] for k in ("rollout_batch_size", "group_size", "sampling_max_tokens", "train_batch_size",
                                     "gradient_accumulation_steps", "gradient_checkpointing", "logprob_chunk_size")},
@@ -179,8 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     medians = result["median_after_first"]
     # 0.1 s: the bound for a 1.5B-parameter sync over NCCL (the in-process sync takes ~0.03 s)
+    gap = medians["engine_logprob_gap"]
     result["acceptance"] = {"step_under_60_s": medians["step_s"] < 60,
-                            "weight_sync_under_0.1_s": medians["weight_sync_s"] is not None and medians["weight_sync_s"] < 0.1}
+                            "weight_sync_under_0.1_s": medians["weight_sync_s"] is not None and medians["weight_sync_s"] < 0.1,
+                            "engine_logprob_gap_under_0.05": gap is not None and gap < 0.05}
     return C.emit(result, args.out)
 
 

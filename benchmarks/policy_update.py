@@ -8,6 +8,13 @@ in its own process (peak memory is per variant); warm-up steps, then timed steps
 
     python benchmarks/policy_update.py --variant all --phase grpo --out benchmarks/results/policy_update_grpo.json
     python benchmarks/policy_update.py --variant r1 --phase sft --tiny --device cpu   # CPU smoke run
+    python benchmarks/policy_update.py --variant r1-packed --weak-scaling 2 --warmup 1 --steps 3  # 1 vs 2 GPUs
+
+Weak scaling (`--weak-scaling N`, r1 variants): the same update on 1 GPU, then under DDP on N GPUs
+(`--devices N`) with every rank training the full `--sequences` per step (the modules' batch sizes
+are per rank), one process each; `weak_scaling_efficiency` is the N-GPU run's tokens/s per GPU (rank
+0's) over the 1-GPU run's. What it loses is DDP's gradient all-reduce (and the ranks waiting on
+each other).
 
 What is timed (device synchronized at both ends), per optimizer step:
   r1-packed: the same with token-budget microbatches (the modules' `microbatch_max_tokens`).
@@ -63,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--r1-microbatch-max-tokens", type=int, default=16384,
                    help="variant r1-packed: token-budget microbatches (the modules' microbatch_max_tokens)")
     p.add_argument("--trl-loss-type", default="dapo", help="GRPOConfig.loss_type (TRL's default: dapo)")
+    p.add_argument("--devices", type=int, default=1, help="r1 variants: DDP ranks on this node, each with --sequences")
+    p.add_argument("--weak-scaling", type=int, metavar="N", help="r1 variants: tokens/s per GPU on 1 GPU vs N (DDP)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile-step", type=int, help="torch.profiler over this warm-up step (< --warmup): "
                    "kernel time vs wall time and the busiest operators, in the JSON's `profile`")
@@ -79,6 +88,8 @@ def parse_args(argv):
             setattr(args, name, small if tiny else full)
     if args.profile_step is not None and not 0 <= args.profile_step < args.warmup:
         p.error("--profile-step must be a warm-up step (0 <= step < --warmup): profiling slows the step it watches")
+    if (args.devices > 1 or args.weak_scaling) and (args.variant not in ("r1", "r1-packed") or args.phase == "both"):
+        p.error("--devices and --weak-scaling take one r1 variant (--variant r1 | r1-packed) and one --phase")
     if args.sequences % args.group_size or args.sequences % args.microbatch:
         p.error("--sequences must be divisible by --group-size and by --microbatch")
     return args
@@ -184,8 +195,10 @@ def run_r1(args, folder, batches, device) -> dict:
             raise RuntimeError("the tokenizer does not round-trip the synthetic ids: SFT would train on other tokens")
         loss = {"loss": "masked NLL sum / batch / accumulation (CS336 sft_microbatch_train_step)",
                 "microbatch_max_tokens": packed}
-    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=len(batches),
-                        precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    # every rank replays every batch (no distributed sampler): weak scaling, the same work per GPU
+    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=args.devices,
+                        strategy="ddp" if args.devices > 1 else "auto", use_distributed_sampler=False,
+                        max_steps=len(batches), precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
     config = {**common, **loss, "optimizer": optimizer_info(trainer.optimizers[0]), "lightning_precision": "32-true",
@@ -346,8 +359,16 @@ def summarize(args, result: dict, batches, peak_tflops: float | None) -> dict:
     return result
 
 
+def local_rank() -> int:
+    """This process's rank on the node: Lightning's DDP starts ranks > 0 by running this script again
+    with LOCAL_RANK set."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def run_single(args) -> dict:
     device = C.resolve_device(args.device)
+    if device.type == "cuda" and args.devices > 1:
+        device = torch.device("cuda", local_rank())
     if device.type == "cpu" and args.tiny:
         torch.set_num_threads(1)  # tiny ops: threads only contend (and other jobs may share the cores)
     torch.manual_seed(args.seed)
@@ -355,7 +376,7 @@ def run_single(args) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
-    result = {"variant": args.variant, "phase": args.phase}
+    result = {"variant": args.variant, "phase": args.phase, "devices": args.devices}
     result.update({"r1": run_r1, "r1-packed": run_r1, "trl": run_trl, "hf": run_hf}[args.variant](args, folder, batches, device))
     result.update(C.peak_memory(device))
     result["config"].update(microbatch=args.microbatch, gradient_accumulation_steps=args.sequences // args.microbatch,
@@ -407,11 +428,26 @@ def run_all(args, argv: list[str]) -> dict:
             "acceptance": acceptance}
 
 
+def run_weak_scaling(args, argv: list[str]) -> dict:
+    """One child on 1 GPU, one under DDP on N: their tokens/s per GPU and the ratio."""
+    prepare(args)  # the cached model folder, once
+    runs = {str(n): C.run_child(__file__, argv, ("--weak-scaling", "--devices", "--out"), ["--devices", str(n)])
+            for n in (1, args.weak_scaling)}
+    ok = all("error" not in r for r in runs.values())
+    efficiency = runs[str(args.weak_scaling)]["tokens_per_s"] / runs["1"]["tokens_per_s"] if ok else None
+    return {"benchmark": "policy_update_weak_scaling", "environment": C.environment(C.resolve_device(args.device)),
+            "data": data_info(args), "runs": runs, "weak_scaling_efficiency": efficiency,
+            "acceptance": {"weak_scaling_at_least_0.90": efficiency is not None and efficiency >= 0.9}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.weak_scaling:
+        return C.emit(run_weak_scaling(args, argv), args.out)
     single = args.variant != "all" and args.phase != "both"
-    return C.emit(run_single(args) if single else run_all(args, argv), args.out)
+    result = run_single(args) if single else run_all(args, argv)
+    return C.emit(result, args.out) if local_rank() == 0 else result  # one JSON, rank 0's
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -226,3 +227,48 @@ def test_pipeline_report_reads_the_committed_pipeline_files(tmp_path, capsys):
     for summary in (json.loads(last_r1.read_text()), trl["sft"], trl["grpo"][-1]):
         assert f"| {100 * summary['answer_accuracy']:.1f}% | {100 * summary['format_rate']:.1f}% |" in table
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_grpo_step_layout_options_derive_the_config(tmp_path):
+    """--layout / --devices / --strategy / --rollout-batch-size become the fit's config: colocated
+    FSDP2 on 2 ranks, and split 1+1."""
+    grpo_step = load_script("grpo_step")
+    args = grpo_step.parse_args(["--layout", "colocated", "--devices", "2", "--strategy", "fsdp2",
+                                 "--rollout-batch-size", "128", "--model", "qwen7b-shape"])
+    config = grpo_step.derived_config(args, tmp_path / "model", tmp_path / "gsm8k.jsonl", tmp_path)
+    trainer, init = config["trainer"], config["model"]["init_args"]
+    assert trainer["devices"] == 2 and trainer["strategy"]["class_path"].endswith("ModelParallelStrategy")
+    assert trainer["strategy"]["init_args"] == {"data_parallel_size": 2, "tensor_parallel_size": 1}
+    assert init["engine"]["init_args"] | {"colocate": True, "process": "in_process", "device": "auto",
+                                          "gpu_memory_utilization": 0.35} == init["engine"]["init_args"]
+    # 128 rollouts = 16 questions x group 8 per rank, one update of 128 in microbatches of 2
+    assert (init["rollout_batch_size"], init["train_batch_size"], init["gradient_accumulation_steps"],
+            config["data"]["init_args"]["batch_size"]) == (128, 128, 64, 16)
+    split = grpo_step.derived_config(grpo_step.parse_args(["--layout", "split", "--engine-process", "separate"]),
+                                     tmp_path / "model", tmp_path / "gsm8k.jsonl", tmp_path)
+    assert split["trainer"]["devices"] == 1 and "strategy" not in split["trainer"]
+    engine = split["model"]["init_args"]["engine"]["init_args"]
+    assert (engine["colocate"], engine["device"], engine["process"]) == (False, "auto", "separate")
+
+
+def test_qwen7b_shape_has_the_7b_parameter_count(scripts):
+    """Qwen2.5-Math-7B: 7.62B parameters (untied head) from the config's numbers, on the meta device."""
+    common = scripts[2]
+    hidden, layers, inter, vocab, kv = 3584, 28, 18944, 152064, 4 * 128
+    per_layer = (hidden * hidden + hidden) + 2 * (hidden * kv + kv) + hidden * hidden + 3 * hidden * inter + 2 * hidden
+    assert common.shape_parameters(common.QWEN_7B_SHAPE) == 2 * vocab * hidden + layers * per_layer + hidden
+
+
+def test_policy_update_ddp_tiny_reports_rank_zero_once(scripts, tmp_path):
+    """--devices 2: the r1 update under DDP on 2 CPU ranks (Lightning starts rank 1 by running the
+    script again), each rank the full batch; one JSON, rank 0's."""
+    out = tmp_path / "ddp.json"
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "policy_update.py"), "--variant", "r1-packed", "--phase",
+                           "grpo", *TINY, "--devices", "2", "--out", str(out)], capture_output=True, text=True,
+                          timeout=240, check=False, env={**os.environ, "R1L_BENCH_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["devices"] == 2 and result["steps_timed"] == 2
+    assert all(8 * 8 <= t <= 8 * 36 for t in result["tokens_per_step"])  # one rank's 8 sequences per step
+    assert "GLOBAL_RANK: 1" in proc.stderr + proc.stdout
+    assert json.loads(proc.stdout)["devices"] == 2  # stdout: one JSON object

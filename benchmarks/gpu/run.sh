@@ -11,6 +11,12 @@
 #               engine core in the trainer's process (today's default), in its own process (weights over
 #               NCCL), and in its own process with one-step-off async rollouts (ASYNC_STEPS, default 4;
 #               ASYNC_EAGER=1: no CUDA graphs, for a faster engine start)
+#     layouts   configs/grpo.yaml's step (1.5B shape) in the two engine layouts on 2 GPUs: colocated DDP (2 ranks,
+#               each with its engine on its own GPU, sleep mode) and split 1+1 (policy on GPU 0, engine on GPU 1)
+#     layout_tests  tests/gpu/test_engine_layouts.py: colocated DDP, colocated FSDP2 and split 1+1 fits, log-prob gap
+#     fsdp7b    the Qwen2.5-Math-7B shape's GRPO step under FSDP2 on 2 GPUs with colocated engines (128 rollouts
+#               per rank, no CUDA graphs), step breakdown and peak memory (FSDP7B_STEPS, default 3)
+#     scaling   the 1.5B shape's GRPO update, tokens/s per GPU on 1 GPU vs 2 GPUs under DDP (weak scaling)
 #     smollm2   GRPO on GSM8K with SmolLM2-135M-Instruct, accuracy before/after (1 GPU; SMOLLM2_MAX_TIME)
 #     pipeline  the CS336 pipeline on GSM8K with SmolLM2: greedy test evaluation, SFT, GRPO from the SFT
 #               export; run it twice (two 10-minute commands: the second resumes GRPO with --ckpt_path
@@ -19,7 +25,7 @@
 # everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
 # skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
 set -uo pipefail
-what=${1:?"WHAT: setup | tests | update | rollouts | step | async | smollm2 | pipeline"}; archive=${2:-}
+what=${1:?"WHAT: setup | tests | update | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
 work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
 source benchmarks/gpu/setup.sh
 
@@ -79,6 +85,40 @@ for name in ("in_process", "separate", "separate_async"):
           "rollout_s", "rollout_wait_s", "update_s", "weight_sync_s")) if m else f"no result ({r.get('error', 'missing')[-200:]})"))
 PY
 }
+
+# summarize NAME...: one line per grpo_step JSON of this WHAT
+summarize() { python - "$work" "$@" <<'PY'
+import json, pathlib, sys
+for name in sys.argv[2:]:
+    path = pathlib.Path(sys.argv[1]) / f"{name}.json"
+    r = json.loads(path.read_text()) if path.exists() else {}
+    m = r.get("median_after_first") or {}
+    keys = ("step_s", "rollout_s", "update_s", "weight_sync_s", "samples_per_s", "train_tokens_per_s",
+            "policy_gpu_peak_memory_gb", "engine_logprob_gap")
+    print(f"[{name}] " + (" ".join(f"{k}={m.get(k) or 0:.4g}" for k in keys) + f" gpu_peak_gb={r.get('gpu_peak_memory_used_gb')}"
+          if m else f"no result ({r.get('error', 'missing')[-300:]})"))
+PY
+}
+
+layouts() {  # the same per-rank batch (256 rollouts) in both: colocated makes 2 x 256 per step
+  bench grpo_step_colocated_ddp 200 330 grpo_step --steps 4 --layout colocated --devices 2 --workdir "$work/colocated_ddp"
+  bench grpo_step_split_1_1 150 230 grpo_step --steps 4 --layout split --devices 1 --workdir "$work/split_1_1"
+  summarize grpo_step_colocated_ddp grpo_step_split_1_1; }
+
+layout_tests() {
+  within 60 540 python -m pytest tests/gpu/test_engine_layouts.py -v -rA -p no:cacheprovider \
+    --junitxml="$work/layout_tests.xml" >"$work/layout_tests.log" 2>&1; echo "[layout_tests] rc=$?"; tail -3 "$work/layout_tests.log"; }
+
+fsdp7b() {  # the first call also writes the 7B folder (random bf16 weights, ~15 GB) into $R1L_BENCH_CACHE
+  bench grpo_step_7b_fsdp2_colocated 240 560 grpo_step --model qwen7b-shape --layout colocated --devices 2 \
+    --strategy fsdp2 --rollout-batch-size 128 --engine-memory 0.4 --enforce-eager --steps "${FSDP7B_STEPS:-3}" \
+    --workdir "$work/fsdp7b"
+  summarize grpo_step_7b_fsdp2_colocated; }
+
+scaling() {
+  bench update_weak_scaling 150 500 policy_update --variant r1-packed --phase grpo --weak-scaling 2 --warmup 1 --steps 3
+  python -c "import json, sys; r = json.load(open(sys.argv[1])); print('[scaling]', r.get('weak_scaling_efficiency'),
+    {n: x.get('tokens_per_s') or x.get('error') for n, x in r.get('runs', {}).items()})" "$work/update_weak_scaling.json"; }
 
 smollm2() {  # the GGUF becomes an HF folder, then `r1-lightning fit` on configs/gsm8k/smollm2_grpo.yaml
   python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
@@ -149,8 +189,8 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
 
 case $what in
   setup) ;;
-  tests|update|rollouts|step|async|smollm2|pipeline) $what ;;
-  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | async | smollm2 | pipeline)"; exit 2 ;;
+  tests|update|rollouts|step|async|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
 esac
 # weights, optimizer states and checkpoints stay behind (a file back from the machine is at most 16 MiB)
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \

@@ -82,15 +82,20 @@ def logged(run_dir: Path, version: int, name: str) -> dict[int, float]:
         return {int(r["step"]): float(r[name]) for r in csv.DictReader(file) if r.get(name) not in (None, "")}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("grpo-fit")
+def write_task(tmp: Path) -> tuple[Path, dict[str, Path]]:
+    """The quickstart task's files and a small random policy for it: (model folder, data files)."""
     tokenizer = build_tokenizer()
     model_dir = tmp / "model"
     # head_dim 64 (hidden 128 / 2 heads), a size every vLLM attention backend takes
     build_model(tokenizer, num_attention_heads=2, num_key_value_heads=2).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    data = write_task_files(tmp / "data", n_train=1000, n_val=64, n_sft=64)
+    return model_dir, write_task_files(tmp / "data", n_train=1000, n_val=64, n_sft=64)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grpo-fit")
+    model_dir, data = write_task(tmp)
     config = write_config(tmp, model_dir, data)
     first = run_fit(config)
     ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
