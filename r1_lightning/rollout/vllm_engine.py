@@ -70,7 +70,8 @@ class VLLMEngine:
     model: what vLLM loads at attach time; default the policy's own `config._name_or_path`.
         Its weights only need the right shapes: the trainer pushes the policy's weights in before
         the first rollout (and after a resume).
-    device: "auto" (cuda:1; with `colocate`, the policy's GPU), or a CUDA index / "cuda:N".
+    device: "auto" (cuda:1; with `colocate`, the policy's GPU; under DDP / FSDP2 each rank's GPU of its
+        layout, `vllm_layout.engine_gpus`), or a CUDA index / "cuda:N" (one trainer rank per node only).
     gpu_memory_utilization: share of the engine GPU's memory vLLM may take (weights + KV cache).
         With `colocate`, it shares that memory with training: use a small value (e.g. 0.3).
     max_model_len: prompt + response token budget; None = the model's maximum.
@@ -84,7 +85,9 @@ class VLLMEngine:
         1024 on GPUs of 70 GB or more (`EngineArgs.get_batch_defaults`): a 256 x 8 rollout batch then
         runs in two waves.
     enforce_eager: skip CUDA graphs and torch.compile (faster start, slower decoding).
-    colocate: single-GPU mode with vLLM's sleep mode (the engine sleeps after every rollout).
+    colocate: the engine on the policy's GPU, asleep between rollouts (vLLM's sleep mode): one GPU, or
+        under DDP / FSDP2 the colocated layout (each rank's engine on its own GPU); false: the split
+        layout (each rank's engine on a GPU of its own).
     tensor_parallel_size: GPUs per engine (vLLM's tensor parallelism), for models one GPU cannot hold;
         > 1 needs `process="separate"` (vLLM's workers then run in processes of their own: weights
         reach every worker over one NCCL broadcast, each loading its shard) and the split layout.
