@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import types
 from collections import Counter
+from collections.abc import Callable
 
 import lightning as L
 import pytest
@@ -27,8 +28,8 @@ from r1_lightning.modules import SFTModule
 VOCAB, LAYERS = 50, 2
 
 
-def fake_liger(calls: Counter) -> types.ModuleType:
-    """A `liger_kernel.transformers` of reference implementations, each counting its calls."""
+def fake_liger(count: Callable[[str], None]) -> types.ModuleType:
+    """A `liger_kernel.transformers` of reference implementations, each calling `count(its name)`."""
 
     class LigerRMSNorm(torch.nn.Module):
         def __init__(self, hidden_size, eps=1e-6, offset=0.0, casting_mode="llama", init_fn="ones", in_place=True):
@@ -37,7 +38,7 @@ def fake_liger(calls: Counter) -> types.ModuleType:
             self.variance_epsilon = eps
 
         def forward(self, x):
-            calls["rms_norm"] += 1
+            count("rms_norm")
             x32 = x.float()
             normed = x32 / torch.sqrt((x32 * x32).mean(-1, keepdim=True) + self.variance_epsilon)
             return self.weight * normed.to(x.dtype)
@@ -51,12 +52,12 @@ def fake_liger(calls: Counter) -> types.ModuleType:
             self.down_proj = torch.nn.Linear(size, config.hidden_size, bias=False)
 
         def forward(self, x):
-            calls["swiglu"] += 1
+            count("swiglu")
             gate = self.gate_proj(x)
             return self.down_proj(gate * torch.sigmoid(gate) * self.up_proj(x))
 
     def liger_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
-        calls["rope"] += 1
+        count("rope")
         cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
 
         def rotate(x):  # (x1, x2) -> (-x2, x1) over the two halves of the head dimension
@@ -71,15 +72,20 @@ def fake_liger(calls: Counter) -> types.ModuleType:
     return module
 
 
-@pytest.fixture
-def calls(monkeypatch) -> Counter:
-    """The stand-in Liger installed for this test; Qwen2's rotary function restored after it."""
-    counter = Counter()
+def install_fake_liger(monkeypatch, count: Callable[[str], None]) -> None:
+    """The stand-in Liger importable for this test; Qwen2's rotary function restored after it."""
     package = types.ModuleType("liger_kernel")
-    package.transformers = fake_liger(counter)
+    package.transformers = fake_liger(count)
     monkeypatch.setitem(sys.modules, "liger_kernel", package)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", package.transformers)
     monkeypatch.setattr(modeling_qwen2, "apply_rotary_pos_emb", modeling_qwen2.apply_rotary_pos_emb)
+
+
+@pytest.fixture
+def calls(monkeypatch) -> Counter:
+    """The stand-in Liger installed; the number of calls of each of its ops."""
+    counter = Counter()
+    install_fake_liger(monkeypatch, lambda name: counter.update([name]))
     return counter
 
 
@@ -146,3 +152,33 @@ def test_fused_kernels_refuse_other_architectures(calls):
     with pytest.raises(ValueError, match=r"^fused_kernels: .*\['llama', 'qwen2'\] models, not 'gpt2'"):
         apply_fused_kernels(model, ["rms_norm"])
 
+
+
+def test_fused_kernels_under_torch_compile_same_gradient_and_no_recompile_across_lengths(monkeypatch):
+    """The module swaps the kernels in before `compile` compiles the decoder layers: compiled, the
+    stand-in kernels give the eager gradient, and new sequence lengths reuse the compiled graph.
+    (The stand-in counts nothing here: compile would guard on the counts and recompile.)"""
+    import torch._dynamo
+
+    from r1_lightning.models import compile_decoder_layers
+
+    install_fake_liger(monkeypatch, lambda name: None)
+    torch._dynamo.reset()
+    plain, fused = (tiny_qwen2(VOCAB, seed=0) for _ in range(2))
+    # lengths unlike any of the tiny model's sizes, which a first compile would specialize to (duck sizing)
+    batches = [torch.randint(0, VOCAB, (3, n), generator=torch.Generator().manual_seed(n)) for n in (12, 19, 27)]
+    expected = []
+    for ids in batches:
+        expected.append(gradients(plain, ids))
+        plain.zero_grad(set_to_none=True)
+    apply_fused_kernels(fused, list(FUSED_KERNELS))
+    compile_decoder_layers(fused, "aot_eager")
+    torch._dynamo.utils.counters.clear()
+    for ids, want in zip(batches, expected):
+        got = gradients(fused, ids)
+        for name, grad in want.items():
+            torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+        fused.zero_grad(set_to_none=True)
+    assert modeling_qwen2.apply_rotary_pos_emb is sys.modules["liger_kernel.transformers"].liger_rotary_pos_emb
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # all layers, all three lengths
+    torch._dynamo.reset()

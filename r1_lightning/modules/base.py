@@ -162,7 +162,7 @@ class PolicyModule(L.LightningModule):
                 raise RuntimeError(f"fused_kernels: Liger's kernels are Triton, CUDA only, and this run trains on "
                                    f"{device.type}; set fused_kernels: null")
             apply_fused_kernels(self.policy, self.fused_kernels)
-        if self.compile_backend:  # after the kernels: compile traces the modules as they will run
+        if self.compile_backend:
             compile_decoder_layers(self.policy, self.compile_backend)
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 (see r1_lightning.distributed)
             shard_policy(self.policy, self.device_mesh, resolve_dtype(self.dtype_name))
