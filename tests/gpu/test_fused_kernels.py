@@ -47,8 +47,11 @@ def test_liger_kernels_keep_the_gradient(dtype, max_relative_error, monkeypatch)
     assert isinstance(layer.mlp, liger.LigerSwiGLUMLP)
     assert modeling_qwen2.apply_rotary_pos_emb is liger.liger_rotary_pos_emb
     got = gradients(fused, ids)
+    # Relative to each gradient's norm, floored at a thousandth of the whole gradient's: some are
+    # rounding noise around zero (softmax ignores the key bias, so k_proj.bias's gradient is ~0).
+    floor = 1e-3 * torch.stack([g.norm() for g in expected.values()]).norm()
     for name, grad in expected.items():
-        error = (got[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+        error = (got[name] - grad).norm() / torch.maximum(grad.norm(), floor)
         assert error < max_relative_error, f"{name}: relative gradient error {error:.2e} ({dtype})"
 
 
