@@ -56,8 +56,8 @@ class PolicyModule(L.LightningModule):
         max_grad_norm: global-norm gradient clipping; None or <= 0 turns it off.
         dtype: "auto" (bf16 where the GPU has it, else fp32), "bfloat16", "float32".
         gradient_checkpointing: trade compute for activation memory.
-        compile: torch.compile the decoder layers (True: inductor; or a backend name, e.g.
-            "aot_eager"). An option to measure, not a default.
+        compile: torch.compile the decoder layers and the chunked LM head's work around its matmuls
+            (True: inductor; or a backend name, e.g. "aot_eager"). An option to measure, not a default.
         fused_kernels: Liger Kernel's fused Triton kernels for these ops of a Llama or Qwen2 policy,
             from "rms_norm", "swiglu", "rope" (`r1_lightning.kernels`; CUDA only, the `kernels`
             extra). Same parameters and function, fewer passes over the activations. None: off.
