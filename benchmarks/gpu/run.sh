@@ -7,8 +7,8 @@
 #     update    GRPO and SFT policy update vs TRL, 1.5B shape, same batches (1 GPU)
 #     mfu       the GRPO update at configs/grpo.yaml's settings (16k-token microbatches, 1024-token log-prob
 #               chunks): as is, with Liger's fused kernels (.whl/liger_kernel-*.whl is installed if missing),
-#               with them and compiled, and compiled alone; tokens/s and MFU; first the kernels' gradient
-#               test, tests/gpu/test_fused_kernels.py (1 GPU)
+#               with them and compiled, and compiled alone; tokens/s and MFU; first their gradient tests,
+#               tests/gpu/test_fused_kernels.py and test_compiled_head.py (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
 #     async     configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM's
@@ -55,8 +55,9 @@ mfu() {  # each a process of its own; the compiled ones keep a second warm-up st
   python -c "import liger_kernel" 2>/dev/null || python -m pip install -q --no-index --no-deps --no-compile \
     --upgrade --target /tmp/site .whl/liger_kernel-*.whl || echo "[mfu] no liger-kernel: the fused runs will fail"
   local grpo="--phase grpo --variant r1-packed --steps 3" fused="--r1-fused-kernels rms_norm swiglu rope"
-  within 30 90 python -m pytest tests/gpu/test_fused_kernels.py -v -rA -p no:cacheprovider >"$work/gpu_test.log" 2>&1
-  echo "[mfu] tests/gpu/test_fused_kernels.py rc=$? at ${SECONDS} s"; tail -1 "$work/gpu_test.log"
+  within 30 150 python -m pytest tests/gpu/test_fused_kernels.py tests/gpu/test_compiled_head.py -v -rA \
+    -p no:cacheprovider >"$work/gpu_test.log" 2>&1
+  echo "[mfu] gradient tests rc=$? at ${SECONDS} s"; tail -1 "$work/gpu_test.log"
   bench mfu_r1_16k 45 120 policy_update $grpo --warmup 1
   bench mfu_r1_16k_fused 45 120 policy_update $grpo --warmup 1 $fused
   bench mfu_r1_16k_fused_compile 90 200 policy_update $grpo --warmup 2 $fused --r1-compile inductor
