@@ -178,6 +178,37 @@ def test_chunked_head_matches_naive_values_and_gradients(chunk_size):
         close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_head_compiled_matches_eager_and_compiles_once_for_all_lengths():
+    """`compile_backend`: the same values and gradients as the eager head, and microbatches of new
+    token counts (so new vocabulary slice widths and chunk remainders) reuse the compiled graphs.
+    aot_eager traces like inductor without a C compiler. Token counts, slice widths and chunk
+    remainders unlike the other sizes here, which a first compile would specialize to."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(7)
+    H, V, chunk_size = 8, 300, 16
+    weight, bias = torch.randn(V, H, requires_grad=True), torch.randn(V, requires_grad=True)
+    graphs = []
+    for B, L in [(3, 13), (2, 23), (3, 19)]:  # 39, 46, 57 tokens: slices of 123, 104, 84 columns
+        hidden = torch.randn(B, L, H, requires_grad=True)
+        labels = torch.randint(0, V, (B, L))
+        c_lp, c_h = torch.randn(B, L), torch.randn(B, L)
+        results = []
+        for backend in (None, "aot_eager"):
+            out = response_log_probs_from_hidden(hidden, weight, labels, chunk_size, True, lm_head_bias=bias,
+                                                 compile_backend=backend)
+            loss = (out["log_probs"] * c_lp + out["token_entropy"] * c_h).sum()
+            results.append([out["log_probs"], out["token_entropy"], *torch.autograd.grad(loss, [hidden, weight, bias])])
+        for got, expected in zip(results[1], results[0]):
+            close(got, expected, atol=1e-5, rtol=1e-5)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs == [2, 2, 2], graphs  # one for the forward chunks, one for the backward slices
+    assert not torch._dynamo.utils.counters["graph_break"]  # each runs whole, as one graph
+    torch._dynamo.reset()
+
+
 def test_chunked_head_gradcheck_float64():
     torch.manual_seed(2)
     hidden = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)

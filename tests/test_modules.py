@@ -181,12 +181,22 @@ def test_sft_update_runs_under_sdpa_backends(tiny_model_dir, toy_task_dir, tmp_p
 
 
 def test_compiled_decoder_layers_give_the_same_gradient(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
-    """`compile=...` compiles each decoder layer in place (names unchanged) and computes the same
-    update. The aot_eager backend traces forward and backward like inductor, without a C compiler."""
+    """`compile=...` compiles each decoder layer in place (names unchanged) and the chunked LM head's
+    work, and computes the same update. The aot_eager backend traces forward and backward like
+    inductor, without a C compiler."""
+    from r1_lightning.functional import logprobs
+
     grads = record_update_gradients(monkeypatch)
-    plain = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True)
-    compiled = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True,
-                        compile="aot_eager")
+    head_backends = []  # the backend of every chunked-head forward chunk and backward slice
+    maybe_compiled = logprobs._maybe_compiled
+    monkeypatch.setattr(logprobs, "_maybe_compiled", lambda fn, backend: head_backends.append(backend) or
+                        maybe_compiled(fn, backend))
+    common = {"gradient_accumulation_steps": 2, "gradient_checkpointing": True, "logprob_chunk_size": 8}
+    plain = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, **common)
+    assert head_backends and set(head_backends) == {None}
+    head_backends.clear()
+    compiled = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, compile="aot_eager", **common)
+    assert head_backends and set(head_backends) == {"aot_eager"}
     layers = compiled.policy.model.layers
     assert all(layer._compiled_call_impl is not None for layer in layers)
     assert not any(layer._compiled_call_impl is not None for layer in plain.policy.model.layers)

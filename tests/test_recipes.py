@@ -159,3 +159,27 @@ def test_gpu_runner_parses_and_dispatches_the_pipeline():
             for command in body.split('"${grpo[@]}"')[1:]]
     assert all('--model.init_args.model_name_or_path "$work/sft/checkpoints/last_hf"' in run for run in runs), runs
     assert len(runs) == 2 and "--ckpt_path last" in runs[1] and "--ckpt_path" not in runs[0], runs
+
+
+def test_gpu_runner_mfu_runs_parse_as_policy_update_arguments():
+    """`run.sh mfu`'s four update runs are valid `benchmarks/policy_update.py` command lines: the
+    baseline, then the fused kernels, with and without compile."""
+    spec = importlib.util.spec_from_file_location("policy_update", ROOT / "benchmarks" / "policy_update.py")
+    policy_update = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(policy_update)
+    text = RUN_SH.read_text()
+    assert re.search(r"^  [a-z|0-9]*\|mfu\|[a-z|0-9]*\) \$what ;;", text, re.MULTILINE)
+    body = text[text.index("mfu() {"):text.index("\nrollouts() {")]
+    local = dict(re.findall(r'(\w+)="([^"]*)"', body.split("local ", 1)[1].splitlines()[0]))
+    runs = [line.split("policy_update", 1)[1] for line in body.splitlines() if line.lstrip().startswith("bench ")]
+    args = [policy_update.parse_args(shlex.split(re.sub(r"\$(\w+)", lambda m: local[m[1]], run))) for run in runs]
+    assert [(a.r1_fused_kernels, a.r1_compile) for a in args] == [
+        (None, None), (["rms_norm", "swiglu", "rope"], None), (["rms_norm", "swiglu", "rope"], "inductor"),
+        (None, "inductor")]
+    grpo = yaml.safe_load((ROOT / "configs" / "grpo.yaml").read_text())["model"]["init_args"]
+    for a in args:  # configs/grpo.yaml's update
+        assert (a.variant, a.r1_microbatch_max_tokens, a.logprob_chunk_size) == (
+            "r1-packed", grpo["microbatch_max_tokens"], grpo["logprob_chunk_size"])
+        assert (a.r1_loss_type, a.r1_loss_agg, a.gradient_checkpointing) == (
+            grpo["loss_type"], grpo["loss_agg"], grpo["gradient_checkpointing"])
+        assert a.r1_sdpa_backends == grpo["sdpa_backends"]

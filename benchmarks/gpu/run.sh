@@ -5,6 +5,10 @@
 #     setup     unpack vLLM/TRL/SmolLM2, install this package, print the versions
 #     tests     tests/gpu (2 GPUs: policy on cuda:0, vLLM on cuda:1; 1 GPU: the colocated test)
 #     update    GRPO and SFT policy update vs TRL, 1.5B shape, same batches (1 GPU)
+#     mfu       the GRPO update at configs/grpo.yaml's settings (16k-token microbatches, 1024-token log-prob
+#               chunks): as is, with Liger's fused kernels (.whl/liger_kernel-*.whl is installed if missing),
+#               with them and compiled, and compiled alone; tokens/s and MFU; first their gradient tests,
+#               tests/gpu/test_fused_kernels.py and test_compiled_head.py (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
 #     async     configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM's
@@ -25,7 +29,7 @@
 # everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
 # skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
 set -uo pipefail
-what=${1:?"WHAT: setup | tests | update | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
+what=${1:?"WHAT: setup | tests | update | mfu | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
 work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
 source benchmarks/gpu/setup.sh
 
@@ -52,6 +56,27 @@ update() {  # the configs' 16k-token microbatches, then the memory-lean 4k + 256
   bench update_sft_trl 45 120 policy_update --phase sft --warmup 1 --steps 3 --variant trl
   bench update_sft_r1_4k_chunk256 45 120 policy_update --phase sft --warmup 1 --steps 3 $lean
   bench update_r1_4k_chunk256_compile 60 120 policy_update --phase grpo --warmup 1 --steps 3 $lean --r1-compile inductor; }
+
+mfu() {  # each a process of its own; the compiled ones keep a second warm-up step for their compiles
+  python -c "import liger_kernel" 2>/dev/null || python -m pip install -q --no-index --no-deps --no-compile \
+    --upgrade --target /tmp/site .whl/liger_kernel-*.whl || echo "[mfu] no liger-kernel: the fused runs will fail"
+  local grpo="--phase grpo --variant r1-packed --steps 3" fused="--r1-fused-kernels rms_norm swiglu rope"
+  within 30 150 python -m pytest tests/gpu/test_fused_kernels.py tests/gpu/test_compiled_head.py -v -rA \
+    -p no:cacheprovider >"$work/gpu_test.log" 2>&1
+  echo "[mfu] gradient tests rc=$? at ${SECONDS} s"; tail -1 "$work/gpu_test.log"
+  bench mfu_r1_16k 45 120 policy_update $grpo --warmup 1
+  bench mfu_r1_16k_fused 45 120 policy_update $grpo --warmup 1 $fused
+  bench mfu_r1_16k_fused_compile 90 200 policy_update $grpo --warmup 2 $fused --r1-compile inductor
+  bench mfu_r1_16k_compile 90 200 policy_update $grpo --warmup 2 --r1-compile inductor
+  python - "$work" <<'PY'
+import json, pathlib, sys
+for name in ("r1_16k", "r1_16k_fused", "r1_16k_fused_compile", "r1_16k_compile"):
+    path = pathlib.Path(sys.argv[1]) / f"mfu_{name}.json"
+    r = json.loads(path.read_text()) if path.exists() else {}
+    print(f"[mfu] {name:22s} " + (f"tokens/s {r['tokens_per_s']:,.0f}  MFU {r['mfu']:.1%}  step {r['median_step_seconds']:.2f} s  "
+          f"peak {r.get('peak_memory_gb') or 0:.2f} GiB" if "mfu" in r else f"no result ({str(r.get('error', 'missing'))[-200:]})"))
+PY
+}
 
 rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU 0
   local common="--no-vllm-seeded --gpu-memory-utilization 0.5"
@@ -189,8 +214,8 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
 
 case $what in
   setup) ;;
-  tests|update|rollouts|step|async|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
-  *) echo "unknown WHAT '$what' (setup | tests | update | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
+  tests|update|mfu|rollouts|step|async|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | mfu | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
 esac
 # weights, optimizer states and checkpoints stay behind (a file back from the machine is at most 16 MiB)
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \

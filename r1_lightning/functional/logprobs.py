@@ -11,6 +11,8 @@ Log-softmax and entropy are always computed in at least float32, from `z - logsu
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -87,6 +89,61 @@ def _aligned_slice_width(width: int, multiple: int = 128) -> int:
     return width - width % multiple if width >= multiple else width
 
 
+def _chunk_log_softmax_stats(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """log p(label), logsumexp and entropy (C,) of one chunk's logits hidden (C, H) @ weight.T + bias,
+    upcast to float32; the logits are freed on return, before the next chunk's exist."""
+    return _log_softmax_stats_(_at_least_float32(F.linear(hidden, weight, bias)), labels, with_entropy)
+
+
+def _logits_grad_slice(
+    hidden, weight, bias, labels, start: int, lse, grad_log_probs, entropy, grad_entropy, need_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The loss gradient w.r.t. one vocabulary slice of the logits, z = hidden (N, H) @ weight.T
+    (V_s, H) + bias: (N, V_s) in the head's dtype, and its column sums in float32 when `need_bias`.
+    The slice's columns are vocabulary ids start .. start + V_s - 1; lse, entropy (N, 1);
+    grad_log_probs, grad_entropy (N,) or None."""
+    # Two (N, V_s) buffers: log p (made in place from the logits) and dz (made from p).
+    log_p = _at_least_float32(F.linear(hidden, weight, bias))
+    log_p -= lse
+    grad_logits = log_p.exp()
+    if grad_entropy is not None:
+        # dH/dz = -p (log p + H), built in log_p's buffer
+        log_p += entropy
+        log_p *= grad_logits
+        log_p *= -grad_entropy.unsqueeze(-1)
+    if grad_log_probs is not None:
+        # d log p_y / dz = onehot(y) - p; the onehot only where y is inside this slice (a
+        # masked scatter, not an index list: no nonzero(), so no wait for the GPU per slice)
+        grad_logits *= -grad_log_probs.unsqueeze(-1)
+        width = grad_logits.shape[1]
+        in_slice = (labels >= start) & (labels < start + width)
+        column = (labels - start).clamp_(0, width - 1).unsqueeze(-1)
+        onehot = torch.where(in_slice, grad_log_probs, 0.0).to(grad_logits.dtype).unsqueeze(-1)
+        grad_logits.scatter_add_(-1, column, onehot)
+    else:
+        grad_logits.zero_()
+    if grad_entropy is not None:
+        grad_logits += log_p
+    del log_p
+    grad_bias = grad_logits.sum(0) if need_bias else None
+    return grad_logits.to(weight.dtype), grad_bias
+
+
+@functools.cache
+def _compiled(fn, backend: str):
+    return torch.compile(fn, backend=backend, dynamic=True)
+
+
+def _maybe_compiled(fn, backend: str | None):
+    """`fn`, or `fn` under torch.compile with `backend`: the elementwise work around the head's
+    matmuls (upcast, softmax, its gradient, downcast) then runs as a few fused kernels instead of
+    one pass over an (N, V_s) float32 buffer per op. Token counts and slice widths vary per
+    microbatch, hence dynamic shapes."""
+    return fn if backend is None else _compiled(fn, backend)
+
+
 class _ChunkedLinearLogProbs(torch.autograd.Function):
     """log p(label) and entropy of softmax(hidden @ W.T + b), never holding all (N, V) logits.
 
@@ -100,24 +157,23 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size, with_entropy):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, with_entropy, compile_backend):
         # hidden (N, H), weight (V, H), bias (V,) or None, labels (N,) -> log_probs, entropy (N,) fp32
         n_tokens = hidden.shape[0]
         out_dtype = torch.promote_types(hidden.dtype, torch.float32)
         log_probs = hidden.new_empty(n_tokens, dtype=out_dtype)
         lse = hidden.new_empty(n_tokens, dtype=out_dtype)
         entropy = hidden.new_empty(n_tokens, dtype=out_dtype) if with_entropy else None
+        chunk_stats = _maybe_compiled(_chunk_log_softmax_stats, compile_backend)
         for start in range(0, n_tokens, chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = _at_least_float32(F.linear(hidden[rows], weight, bias))
-            log_probs[rows], lse[rows], chunk_entropy = _log_softmax_stats_(
-                logits, labels[rows], with_entropy
+            log_probs[rows], lse[rows], chunk_entropy = chunk_stats(
+                hidden[rows], weight, bias, labels[rows], with_entropy
             )
             if with_entropy:
                 entropy[rows] = chunk_entropy
-            del logits  # before the next chunk's logits exist, not after
         ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.compile_backend = chunk_size, compile_backend
         ctx.set_materialize_grads(False)  # entropy is often only logged: then its gradient is None
         if with_entropy:
             return log_probs, entropy
@@ -138,42 +194,22 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         grad_bias = torch.empty_like(bias) if need_bias else None
         slice_width = _aligned_slice_width(ctx.chunk_size * vocab // max(n_tokens, 1))
         lse, entropy = lse.unsqueeze(-1), None if entropy is None else entropy.unsqueeze(-1)
+        slice_grad = _maybe_compiled(_logits_grad_slice, ctx.compile_backend)
         for start in range(0, vocab, slice_width):
             cols = slice(start, start + slice_width)
-            b = None if bias is None else bias[cols]
-            # Two (N, V_s) buffers: log p (made in place from the logits) and dz (made from p).
-            log_p = _at_least_float32(F.linear(hidden, weight[cols], b))
-            log_p -= lse
-            grad_logits = log_p.exp()
-            if grad_entropy is not None:
-                # dH/dz = -p (log p + H), built in log_p's buffer
-                log_p += entropy
-                log_p *= grad_logits
-                log_p *= -grad_entropy.unsqueeze(-1)
-            if grad_log_probs is not None:
-                # d log p_y / dz = onehot(y) - p; the onehot only where y is inside this slice (a
-                # masked scatter, not an index list: no nonzero(), so no wait for the GPU per slice)
-                grad_logits *= -grad_log_probs.unsqueeze(-1)
-                width = grad_logits.shape[1]
-                in_slice = (labels >= start) & (labels < start + width)
-                column = (labels - start).clamp_(0, width - 1).unsqueeze(-1)
-                onehot = torch.where(in_slice, grad_log_probs, 0.0).to(grad_logits.dtype).unsqueeze(-1)
-                grad_logits.scatter_add_(-1, column, onehot)
-            else:
-                grad_logits.zero_()
-            if grad_entropy is not None:
-                grad_logits += log_p
-            del log_p
+            grad_logits, slice_grad_bias = slice_grad(
+                hidden, weight[cols], None if bias is None else bias[cols], labels, start, lse,
+                grad_log_probs, entropy, grad_entropy, need_bias,
+            )
             if need_bias:
-                grad_bias[cols] = grad_logits.sum(0)
-            grad_logits = grad_logits.to(weight.dtype)
+                grad_bias[cols] = slice_grad_bias
             if need_hidden:
                 grad_hidden += grad_logits @ weight[cols]
             if need_weight:
                 torch.mm(grad_logits.T, hidden, out=grad_weight[cols])
             del grad_logits  # before the next slice's buffers exist, not after
         grad_hidden = grad_hidden.to(hidden.dtype) if need_hidden else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def response_log_probs_from_hidden(
@@ -183,6 +219,7 @@ def response_log_probs_from_hidden(
     chunk_size: int = 512,
     return_token_entropy: bool = False,
     lm_head_bias: torch.Tensor | None = None,
+    compile_backend: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token log p(label) (and entropy) of a linear LM head, never materializing all logits.
 
@@ -195,6 +232,8 @@ def response_log_probs_from_hidden(
         hidden_states (B, T, H): the decoder's final (normed) hidden states.
         lm_head_weight (V, H), lm_head_bias (V,) or None: the output projection.
         labels (B, T) long: the token whose log-prob is wanted at each position.
+        compile_backend: torch.compile each chunk's and each vocabulary slice's work with this
+            backend (e.g. "inductor"); None: eager. The same numbers up to float rounding.
 
     Returns:
         {"log_probs": (B, T) float32, "token_entropy": (B, T) float32 if return_token_entropy}.
@@ -210,6 +249,7 @@ def response_log_probs_from_hidden(
         labels.reshape(-1),
         chunk_size,
         return_token_entropy,
+        compile_backend,
     )
     out = {"log_probs": log_probs.view(batch_shape)}
     if return_token_entropy:
@@ -238,6 +278,7 @@ def get_response_log_probs(
     return_token_entropy: bool = False,
     chunk_size: int | None = None,
     attention_mask: torch.Tensor | None = None,
+    compile_backend: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token log p(label | prefix) under a causal LM, unmasked (padding included).
 
@@ -251,6 +292,8 @@ def get_response_log_probs(
             post-processes the logits (soft-capping, scaling) or is not a linear layer silently
             take the naive path. Tied embeddings need nothing special: the head's weight is the
             shared parameter, so autograd sums both uses' gradients.
+        compile_backend: the chunked head's work under torch.compile with this backend (see
+            `response_log_probs_from_hidden`); the naive path ignores it.
 
     Returns:
         {"log_probs": (B, T) float32, "token_entropy": (B, T) float32 if return_token_entropy}.
@@ -268,5 +311,6 @@ def get_response_log_probs(
     decoder, head = parts
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return response_log_probs_from_hidden(
-        hidden, head.weight, labels, chunk_size, return_token_entropy, lm_head_bias=head.bias
+        hidden, head.weight, labels, chunk_size, return_token_entropy, lm_head_bias=head.bias,
+        compile_backend=compile_backend,
     )

@@ -446,7 +446,8 @@ class GRPOModule(RolloutModule):
             for key, model in frozen.items():
                 if model is not None:
                     out = get_response_log_probs(
-                        model, microbatch["input_ids"], microbatch["labels"], chunk_size=self.logprob_chunk_size
+                        model, microbatch["input_ids"], microbatch["labels"], chunk_size=self.logprob_chunk_size,
+                        compile_backend=self.compile_backend,
                     )
                     microbatch[key] = out["log_probs"].float()
 
@@ -470,7 +471,8 @@ class GRPOModule(RolloutModule):
         for _ in range(self.epochs_per_rollout_batch):
             for microbatch in microbatches:
                 out = get_response_log_probs(self.policy, microbatch["input_ids"], microbatch["labels"],
-                                             return_token_entropy=True, chunk_size=self.logprob_chunk_size)
+                                             return_token_entropy=True, chunk_size=self.logprob_chunk_size,
+                                             compile_backend=self.compile_backend)
                 log_probs, mask = out["log_probs"], microbatch["response_mask"]
                 old_log_probs = microbatch.get("old_log_probs")
                 if old_log_probs is None and self.loss_config.loss_type == "grpo_clip":

@@ -78,7 +78,8 @@ def sft_update(
         tokens = {key: value.to(module.device) for key, value in truncate_batch(tokens, max_length).items()}
         with module.attention_kernels():
             out = get_response_log_probs(
-                module.policy, tokens["input_ids"], tokens["labels"], chunk_size=module.logprob_chunk_size
+                module.policy, tokens["input_ids"], tokens["labels"], chunk_size=module.logprob_chunk_size,
+                compile_backend=module.compile_backend,
             )
             loss, _ = sft_microbatch_loss(
                 out["log_probs"], tokens["response_mask"], len(prompts) / len(group), normalize_constant
@@ -135,7 +136,8 @@ class SFTModule(PolicyModule):
         """Mean NLL per response token on held-out pairs."""
         tokens = tokenize_prompt_and_output(batch["prompt"], batch["response"], self.tokenizer)
         tokens = {key: value.to(self.device) for key, value in truncate_batch(tokens, self.max_length).items()}
-        out = get_response_log_probs(self.policy, tokens["input_ids"], tokens["labels"], chunk_size=self.logprob_chunk_size)
+        out = get_response_log_probs(self.policy, tokens["input_ids"], tokens["labels"], chunk_size=self.logprob_chunk_size,
+                                     compile_backend=self.compile_backend)
         mask = tokens["response_mask"]
         nll = -(out["log_probs"] * mask).sum() / mask.sum().clamp(min=1)
         self.log("val/loss", nll, batch_size=len(batch["prompt"]), prog_bar=True)
