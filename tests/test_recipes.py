@@ -152,7 +152,7 @@ def test_gpu_runner_parses_and_dispatches_the_pipeline():
     subprocess.run(["bash", "-n", str(RUN_SH)], check=True)
     text = RUN_SH.read_text()
     assert re.search(r"^pipeline\(\) \{", text, re.MULTILINE)
-    assert re.search(r"^  [a-z|0-9]*\|pipeline\) \$what ;;", text, re.MULTILINE)
+    assert re.search(r"^  [a-z_|0-9]*\|pipeline\) \$what ;;", text, re.MULTILINE)
     # GRPO from the SFT export runs twice: part 1, then part 2 resuming the run part 1 checkpoints
     body = text[text.index("pipeline() {"):text.index("\ncase $what in")]
     runs = [" ".join(command.split("2>&1")[0].replace("\\\n", " ").split())
@@ -168,7 +168,7 @@ def test_gpu_runner_mfu_runs_parse_as_policy_update_arguments():
     policy_update = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(policy_update)
     text = RUN_SH.read_text()
-    assert re.search(r"^  [a-z|0-9]*\|mfu\|[a-z|0-9]*\) \$what ;;", text, re.MULTILINE)
+    assert re.search(r"^  [a-z_|0-9]*\|mfu\|[a-z_|0-9]*\) \$what ;;", text, re.MULTILINE)
     body = text[text.index("mfu() {"):text.index("\nrollouts() {")]
     local = dict(re.findall(r'(\w+)="([^"]*)"', body.split("local ", 1)[1].splitlines()[0]))
     runs = [line.split("policy_update", 1)[1] for line in body.splitlines() if line.lstrip().startswith("bench ")]
