@@ -287,7 +287,7 @@ class GRPOModule(RolloutModule):
         if self.rollouts_ahead is not None:
             self.rollouts_ahead.step_ended(self)
 
-    # ----------------------------------------------------------------------------- pieces
+    # ----------------------------------------------------------------------------- sampling
     def sampler(self, batch: dict, global_step: int) -> Callable[[], SampledBatch]:
         """What samples `batch` for the step at `global_step` (with that step's seed) from the
         weights the engine holds now: a call that touches only the engine and the grader, so it
@@ -332,6 +332,7 @@ class GRPOModule(RolloutModule):
             metrics.update(choice_metrics)
         return (*join_groups(groups), metrics)
 
+    # ----------------------------------------------------------------------------- the update
     def _pack_microbatches(self, completions, advantages, raw_rewards, in_loss=None) -> list[dict]:
         """`pack_microbatches` with this module's batch sizes and each train batch's `token_mean_divisors`
         over the trainer's ranks. `in_loss` (N,) bool: default all in. CPU tensors, in update order."""
