@@ -22,7 +22,7 @@ import pytest
 import torch
 from tiny_models import tiny_qwen2, word_level_tokenizer
 
-from r1_lightning.rollout import TrainerRanks, VLLMEngine, vllm_engine, vllm_transfer
+from r1_lightning.rollout import TrainerRanks, VLLMEngine, vllm_build, vllm_transfer
 from r1_lightning.rollout.vllm_layout import engine_gpus
 
 
@@ -104,9 +104,9 @@ def build(monkeypatch):
     vLLM, `gpus` CUDA devices and the trainer's torch.distributed group initialized."""
     built: list = []
     fake_vllm = SimpleNamespace(LLM=lambda **options: FakeLLM(built, **options),
-                                __version__=vllm_engine.TESTED_VLLM_VERSION, envs=SimpleNamespace())
-    monkeypatch.setattr(vllm_engine, "_import_vllm", lambda: fake_vllm)
-    monkeypatch.setattr(vllm_engine, "_engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+                                __version__=vllm_build.TESTED_VLLM_VERSION, envs=SimpleNamespace())
+    monkeypatch.setattr(vllm_build, "import_vllm", lambda: fake_vllm)
+    monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())  # no GPU here
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(vllm_transfer, "trainer_connect", lambda info: "communicator")

@@ -20,14 +20,10 @@ import torch
 from tiny_models import tiny_qwen2, word_level_tokenizer
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
-from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine, vllm_engine
+from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine, vllm_build
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
-from r1_lightning.rollout.vllm_engine import (
-    TESTED_VLLM_VERSION,
-    engine_weights,
-    sampling_params_kwargs,
-    to_completions,
-)
+from r1_lightning.rollout.vllm_build import TESTED_VLLM_VERSION
+from r1_lightning.rollout.vllm_engine import engine_weights, sampling_params_kwargs, to_completions
 from r1_lightning.rollout.vllm_layout import engine_gpus
 
 CHARS = list("abcdefghij <>/=+0123456789")
@@ -375,7 +371,7 @@ def test_per_request_seeds_can_be_turned_off(monkeypatch, per_request_seeds):
 def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
     built = []
     fake_vllm = SimpleNamespace(LLM=lambda **kwargs: built.append(kwargs), __version__=TESTED_VLLM_VERSION)
-    monkeypatch.setattr(vllm_engine, "_engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+    monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
     for engine in (VLLMEngine(max_num_seqs=2048, max_model_len=1536, gpu_memory_utilization=0.5), VLLMEngine()):
         engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
         engine._build_llm(fake_vllm, "model-folder", "tokenizer-folder")

@@ -19,7 +19,14 @@ import pytest
 import torch
 from tiny_models import tiny_qwen2, word_level_tokenizer
 
-from r1_lightning.rollout import SamplingConfig, VLLMEngine, WeightSyncError, vllm_engine, vllm_transfer
+from r1_lightning.rollout import (
+    SamplingConfig,
+    VLLMEngine,
+    WeightSyncError,
+    vllm_build,
+    vllm_engine,
+    vllm_transfer,
+)
 
 VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *"abcdef"])}
 ENGINE_SIDE_PHASES = ["init_weight_transfer_engine", "start_weight_update", "update_weights",
@@ -94,10 +101,10 @@ def setup(monkeypatch):
         state.sent.append(list(vllm_transfer.wire_tensors(named_tensors, dtype)))
         meet.wait()
 
-    fake_vllm = SimpleNamespace(LLM=make_llm, __version__=vllm_engine.TESTED_VLLM_VERSION,
+    fake_vllm = SimpleNamespace(LLM=make_llm, __version__=vllm_build.TESTED_VLLM_VERSION,
                                 envs=SimpleNamespace(disable_envs_cache=lambda: state.built.append("envs cache dropped")))
-    monkeypatch.setattr(vllm_engine, "_import_vllm", lambda: fake_vllm)
-    monkeypatch.setattr(vllm_engine, "_engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+    monkeypatch.setattr(vllm_build, "import_vllm", lambda: fake_vllm)
+    monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
     monkeypatch.setattr(vllm_engine, "engine_gpus", lambda *args, **kwargs: [-1])  # cuda.device(-1): no-op
     monkeypatch.setattr(vllm_transfer, "trainer_connect", trainer_connect)
     monkeypatch.setattr(vllm_transfer, "trainer_send", trainer_send)

@@ -11,7 +11,7 @@ step makes `epochs_per_rollout_batch * rollout_batch_size / train_batch_size` of
 CS336 defaults).
 
 Under DDP the batch sizes are per rank: each rank samples whole groups for its own prompts, and an
-update equals one process's update on the ranks' batches together (see `token_mean_divisors`).
+update equals one process's update on the ranks' batches together (see `grpo_batches.token_mean_divisors`).
 
 Dynamic sampling (DAPO) keeps resume exact by taking its extra questions from the step's own data
 batch: the data module hands each step `dynamic_sampling_max_rounds` x `prompts_per_step`
@@ -37,40 +37,22 @@ from r1_lightning.functional import (
     get_response_log_probs,
     group_normalized_advantages,
     grpo_microbatch_loss,
-    microbatch_groups,
-    overlong_penalty,
-    pack_prompt_and_output_ids,
-    scatter_response_values,
-    varied_groups,
 )
 from r1_lightning.models import load_causal_lm
 from r1_lightning.modules.async_rollouts import RolloutsAhead, SampledBatch
+from r1_lightning.modules.grpo_batches import (
+    MetricSums,
+    check_batch_sizes,
+    dynamic_sampling_choice,
+    join_groups,
+    overlong_penalties,
+    pack_microbatches,
+    rollout_metrics,
+    split_groups,
+    token_mean_divisors,
+    train_batch_token_counts,
+)
 from r1_lightning.modules.rollout import RolloutModule
-
-
-def rollout_metrics(
-    records: list[dict], raw_rewards: torch.Tensor, advantages: torch.Tensor, group_std: torch.Tensor
-) -> dict[str, float | None]:
-    """The `train/` statistics of one step's graded rollouts (records of `grade_completions`)."""
-    lengths = torch.tensor([r["response_tokens"] for r in records], dtype=torch.float32)
-    correct = torch.tensor([r["answer_reward"] >= 1.0 for r in records])
-    n = len(records)
-    metrics = {
-        "train/reward_mean": float(raw_rewards.mean()),
-        "train/reward_std": float(raw_rewards.std()) if n > 1 else 0.0,
-        "train/format_reward": sum(r["format_reward"] for r in records) / n,
-        "train/answer_reward": sum(r["answer_reward"] for r in records) / n,
-        "train/advantage_mean": float(advantages.mean()),
-        "train/advantage_abs_mean": float(advantages.abs().mean()),
-        "train/frac_groups_zero_std": float((group_std == 0).float().mean()),
-        "train/response_length": float(lengths.mean()),
-        "train/truncated_fraction": sum(r["finish_reason"] == "length" for r in records) / n,
-    }
-    # None when this step (or rank) has no such answer: every rank logs the same names
-    metrics["train/response_length_correct"] = float(lengths[correct].mean()) if correct.any() else None
-    metrics["train/response_length_incorrect"] = float(lengths[~correct].mean()) if (~correct).any() else None
-    return metrics
-
 
 # Seed offset between the rollout rounds of one dynamic-sampling step: beyond any step count (the
 # step is added to the seed too), far below the rank stride, so no two (rank, step, round) collide.
@@ -164,8 +146,8 @@ class GRPOModule(RolloutModule):
                                  "own copy of the weights: VLLMEngine, or HFEngine with own_weights: true")
             if tis_cap is None and engine_logprobs is not False:
                 tis_cap = ASYNC_TIS_CAP
-        self._check_batch_sizes(rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
-                                epochs_per_rollout_batch)
+        check_batch_sizes(rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
+                          epochs_per_rollout_batch)
         self.set_group_size(group_size)
         try:
             self.loss_config = PolicyLossConfig(
@@ -206,20 +188,6 @@ class GRPOModule(RolloutModule):
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
         self.save_hyperparameters(ignore=["engine"])
-
-    @staticmethod
-    def _check_batch_sizes(rollout, group, train, accum, epochs):
-        def fail(message: str):
-            raise ValueError(f"GRPOModule: {message}")
-
-        if min(rollout, group, train, accum, epochs) < 1:
-            fail("batch sizes, group_size, epochs and gradient_accumulation_steps must be >= 1")
-        if rollout % group:
-            fail(f"rollout_batch_size ({rollout}) must be divisible by group_size ({group})")
-        if rollout % train:
-            fail(f"rollout_batch_size ({rollout}) must be divisible by train_batch_size ({train})")
-        if train % accum:
-            fail(f"train_batch_size ({train}) must be divisible by gradient_accumulation_steps ({accum})")
 
     @property
     def prompts_per_step(self) -> int:
@@ -319,7 +287,7 @@ class GRPOModule(RolloutModule):
         if self.rollouts_ahead is not None:
             self.rollouts_ahead.step_ended(self)
 
-    # ----------------------------------------------------------------------------- pieces
+    # ----------------------------------------------------------------------------- sampling
     def sampler(self, batch: dict, global_step: int) -> Callable[[], SampledBatch]:
         """What samples `batch` for the step at `global_step` (with that step's seed) from the
         weights the engine holds now: a call that touches only the engine and the grader, so it
@@ -340,8 +308,8 @@ class GRPOModule(RolloutModule):
         without variance for any still missing. Returns the chosen groups' completions, records and
         rewards (with any overlong penalty), in sampling order but varied groups first, and the
         step's rollout metrics. `sampling`: the step's (`step_sampling`)."""
-        per_step, n = self.prompts_per_step, self.group_size
-        groups, metrics = [], {}  # groups: (rewards vary, completions, records, rewards)
+        per_step = self.prompts_per_step
+        groups, metrics = [], {}
         for round_ in range(self.questions_per_step // per_step):
             questions = {key: values[round_ * per_step : (round_ + 1) * per_step] for key, values in batch.items()}
             round_sampling = dataclasses.replace(sampling, seed=sampling.seed + round_ * ROUND_SEED_STRIDE)
@@ -350,88 +318,33 @@ class GRPOModule(RolloutModule):
             for name, value in {**round_metrics, **grading_metrics}.items():  # seconds and counts add up
                 metrics[name] = metrics.get(name, 0.0) + value
             rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
-            rewards = rewards + self._overlong_penalties(completions)
-            groups += [(bool(vary), completions[g * n : (g + 1) * n], records[g * n : (g + 1) * n],
-                        rewards[g * n : (g + 1) * n]) for g, vary in enumerate(varied_groups(rewards, n))]
-            if not self.dynamic_sampling or sum(group[0] for group in groups) >= per_step:
+            rewards = rewards + overlong_penalties(completions, self.sampling.max_tokens, self.overlong_buffer,
+                                                   self.overlong_penalty)
+            groups += split_groups(completions, records, rewards, self.group_size)
+            if not self.dynamic_sampling or sum(group.varied for group in groups) >= per_step:
                 break
         metrics["perf/rollout_tokens_per_s"] = (
-            sum(len(c.token_ids) for group in groups for c in group[1]) / max(metrics["perf/rollout_seconds"], 1e-9)
+            sum(len(c.token_ids) for group in groups for c in group.completions)
+            / max(metrics["perf/rollout_seconds"], 1e-9)
         )
         if self.dynamic_sampling:
-            metrics["train/frac_groups_zero_std_before"] = sum(not group[0] for group in groups[:per_step]) / per_step
-            metrics["train/dynamic_sampling_prompts"] = float(len(groups))
-            groups = ([group for group in groups if group[0]] + [group for group in groups if not group[0]])[:per_step]
-        return ([c for group in groups for c in group[1]], [r for group in groups for r in group[2]],
-                torch.cat([group[3] for group in groups]), metrics)
+            groups, choice_metrics = dynamic_sampling_choice(groups, per_step)
+            metrics.update(choice_metrics)
+        return (*join_groups(groups), metrics)
 
-    def _overlong_penalties(self, completions) -> torch.Tensor:
-        """(N,) the soft overlong penalty of each completion (zeros when off)."""
-        if self.overlong_penalty is None:
-            return torch.zeros(len(completions))
-        lengths = torch.tensor([len(c.token_ids) for c in completions])
-        return overlong_penalty(lengths, self.sampling.max_tokens, self.overlong_buffer, self.overlong_penalty)
-
+    # ----------------------------------------------------------------------------- the update
     def _pack_microbatches(self, completions, advantages, raw_rewards, in_loss=None) -> list[dict]:
-        """Split the rollouts into train batches (one optimizer update each), sort each by length
-        (less padding; every loss aggregation here is invariant to the order within a train batch)
-        and cut it into microbatches padded to their own longest sequence: `train_batch_size /
-        gradient_accumulation_steps` sequences each, or as many as fit `microbatch_max_tokens`.
-        Each carries `loss_divisor` (train batch size / its size: the microbatch losses then sum to
-        the train batch's loss however it was cut), `ends_update` and `token_mean_divisor`
-        (`token_mean_divisors`). `in_loss` (N,) bool: False zeroes a sample's response mask (no
-        loss, no token in the token count; default: all in). CPU tensors, in update order."""
-        sequences_per_microbatch = self.train_batch_size // self.gradient_accumulation_steps
-        pad = self.tokenizer.pad_token_id
+        """`pack_microbatches` with this module's batch sizes and each train batch's `token_mean_divisors`
+        over the trainer's ranks. `in_loss` (N,) bool: default all in. CPU tensors, in update order."""
         in_loss = torch.ones(len(completions), dtype=torch.bool) if in_loss is None else in_loss
-        starts = range(0, len(completions), self.train_batch_size)
-        divisors = self.token_mean_divisors(
-            [sum(len(c.token_ids) for c, kept in zip(completions[s : s + self.train_batch_size],
-                                                      in_loss[s : s + self.train_batch_size]) if kept)
-             for s in starts]
+        divisors = token_mean_divisors(train_batch_token_counts(completions, in_loss, self.train_batch_size),
+                                       self.loss_config.loss_agg, self.trainer.world_size, self.all_reduce_sum)
+        return pack_microbatches(
+            completions, advantages, raw_rewards, in_loss, divisors, train_batch_size=self.train_batch_size,
+            sequences_per_microbatch=self.train_batch_size // self.gradient_accumulation_steps,
+            microbatch_max_tokens=self.microbatch_max_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            tis_cap=self.loss_config.tis_cap,
         )
-        microbatches = []
-        for start, token_mean_divisor in zip(starts, divisors):
-            train_batch = completions[start : start + self.train_batch_size]
-            # packed rows are one shorter than the sequence (inputs and labels are shifted)
-            lengths = [len(c.prompt_token_ids) + len(c.token_ids) - 1 for c in train_batch]
-            groups = microbatch_groups(lengths, sequences_per_microbatch, self.microbatch_max_tokens)
-            for position, group in enumerate(groups):
-                indices = [start + i for i in group]
-                rows = [completions[i] for i in indices]
-                prompt_ids = [c.prompt_token_ids for c in rows]
-                microbatch = pack_prompt_and_output_ids(prompt_ids, [c.token_ids for c in rows], pad)
-                microbatch["response_mask"] = microbatch["response_mask"] & in_loss[indices].unsqueeze(1)
-                microbatch["advantages"] = advantages[indices].unsqueeze(1).float()
-                microbatch["raw_rewards"] = raw_rewards[indices].unsqueeze(1).float()
-                microbatch["token_mean_divisor"] = token_mean_divisor
-                microbatch["loss_divisor"] = self.train_batch_size / len(rows)
-                microbatch["ends_update"] = position == len(groups) - 1
-                engine_log_probs = [c.logprobs for c in rows]
-                if any(row is not None for row in engine_log_probs):
-                    microbatch["rollout_log_probs"] = scatter_response_values(
-                        [row or [] for row in engine_log_probs], [len(p) for p in prompt_ids],
-                        tuple(microbatch["labels"].shape),
-                    )
-                    # (B, 1): the rows that have them (all with TIS; a sample for the sync check)
-                    microbatch["has_rollout_log_probs"] = torch.tensor([[row is not None] for row in engine_log_probs])
-                    if self.loss_config.tis_cap is not None and not microbatch["has_rollout_log_probs"].all():
-                        raise RuntimeError("tis_cap needs the engine's log-probs of every sample; the engine left some out")
-                microbatches.append(microbatch)
-        return microbatches
-
-    def token_mean_divisors(self, token_counts: list[int]) -> list[float]:
-        """Per train batch (optimizer update), what `token_mean` divides its masked loss sum by:
-        the update's response-token count in the loss (`token_counts`, this rank's) over all ranks
-        (at least 1), divided by the world size,
-        because DDP averages the ranks' gradients. The rank's loss is then its token sum x W / N,
-        and their average is the single-process token mean over the N tokens of the global batch.
-        (The other aggregations are means over sequences, which DDP's average already gets right:
-        every rank has the same number of sequences.) One all-reduce, for token_mean only."""
-        counts = torch.tensor([float(count) for count in token_counts], dtype=torch.float64)
-        if self.loss_config.loss_agg == "token_mean" and self.trainer.world_size > 1:
-            counts = self.all_reduce_sum(counts).cpu()
-        return (counts.clamp(min=1) / self.trainer.world_size).tolist()
 
     def _to_device(self, microbatch: dict) -> dict:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in microbatch.items()}
@@ -452,18 +365,7 @@ class GRPOModule(RolloutModule):
                     microbatch[key] = out["log_probs"].float()
 
     def _train_on_rollouts(self, microbatches: list[dict]) -> dict[str, float]:
-        # Metrics stay on the GPU until the end: reading one back (`float(x)`, `mask.any()`) makes
-        # the CPU wait for the GPU, which then idles while the CPU queues the next microbatch.
-        totals: dict[str, torch.Tensor] = {}
-        weights: dict[str, torch.Tensor | float] = {}
-
-        def add(name: str, value: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
-            totals[name] = totals.get(name, 0.0) + value
-            weights[name] = weights.get(name, 0.0) + weight
-
-        def add_token_mean(name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
-            add(name, (values * mask).sum(), mask.sum())
-
+        sums = MetricSums()  # on the GPU until the end: no read-back per microbatch
         update_metrics: dict[str, float] = {}
         loss_sum = torch.zeros((), device=self.device)
         update_loss = torch.zeros((), device=self.device)  # this update's share of loss_sum
@@ -486,28 +388,21 @@ class GRPOModule(RolloutModule):
                 )
                 self.backward_microbatch(loss, microbatch["ends_update"])
                 update_loss += loss.detach()  # microbatch losses sum to the update's objective
-                add_token_mean("train/entropy", out["token_entropy"].detach(), mask)
+                sums.add_token_mean("train/entropy", out["token_entropy"].detach(), mask)
                 for name, value in meta.items():
                     if isinstance(value, torch.Tensor) and value.numel() == 1:
-                        add(f"train/{name}", value.detach().float())
+                        sums.add(f"train/{name}", value.detach().float())
                 if before_updates and "rollout_log_probs" in microbatch:
                     # the engine/trainer log-prob gap: the weight-sync alarm (plus the lag, when async)
                     gap = (log_probs.detach().float() - microbatch["rollout_log_probs"]).abs()
-                    add_token_mean("train/engine_logprob_gap", gap, mask * microbatch["has_rollout_log_probs"])
+                    sums.add_token_mean("train/engine_logprob_gap", gap, mask * microbatch["has_rollout_log_probs"])
                 if microbatch["ends_update"]:
                     update_metrics = self.optimizer_update(update_loss)
                     loss_sum, update_loss = loss_sum + update_loss, torch.zeros_like(update_loss)
                     before_updates = False
         # Sums and counts over all ranks (one all-reduce), so token means are over the global batch.
         # The loss sums the ranks' losses, which DDP averages: its count is updates x world size.
-        add("train/loss", loss_sum, float(self.updates_per_rollout))
-        names = list(totals)
-        sums_and_counts = torch.stack(
-            [torch.as_tensor(totals[n], dtype=torch.float32, device=self.device) for n in names]
-            + [torch.as_tensor(weights[n], dtype=torch.float32, device=self.device) for n in names]
-        )
-        reduced = self.all_reduce_sum(sums_and_counts).tolist()  # the one read-back of the update
-        sums, counts = reduced[: len(names)], reduced[len(names) :]
-        metrics = {name: total / max(count, 1.0) for name, total, count in zip(names, sums, counts)}
+        sums.add("train/loss", loss_sum, float(self.updates_per_rollout))
+        metrics = sums.means(self.all_reduce_sum, self.device)
         metrics.update(update_metrics)
         return metrics

@@ -1,7 +1,8 @@
 """`VLLMEngine`: rollouts from a vLLM `LLM` on its own GPU, its engine core in the trainer's process
 or in a process of its own.
 
-All vLLM-specific code of the package is in this file and `vllm_transfer.py` (the weight sync into
+All vLLM-specific code of the package is in this file, `vllm_build.py` (vLLM's import and the
+`LLM(...)` arguments), `vllm_layout.py` (placement) and `vllm_transfer.py` (the weight sync into
 an engine in its own process), and vLLM is imported only when an engine is attached (`import
 r1_lightning.rollout` works without it). Tested against vLLM 0.26.0; the vLLM API each call relies
 on is named next to it.
@@ -42,19 +43,12 @@ from typing import Any, Literal, get_args
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from r1_lightning.rollout import vllm_build
 from r1_lightning.rollout.base import Completion, SamplingConfig, TrainerRanks, WeightSyncError
 from r1_lightning.rollout.vllm_layout import engine_gpus, engine_launch_env, scoped_env
 from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, engine_core_env, wire_dtype
 
 log = logging.getLogger(__name__)
-
-TESTED_VLLM_VERSION = "0.26.0"
-
-_INSTALL_HINT = (
-    "VLLMEngine needs vLLM on a CUDA machine: pip install 'r1-lightning[vllm]' (vllm=="
-    f"{TESTED_VLLM_VERSION}). Without vLLM, generate with the policy itself: "
-    "--model.init_args.engine r1_lightning.rollout.HFEngine"
-)
 
 # Where vLLM's engine core runs (`VLLMEngine.process`)
 Process = Literal["in_process", "separate"]
@@ -174,7 +168,7 @@ class VLLMEngine:
         return False
 
     def attach(self, policy: torch.nn.Module, tokenizer, ranks: TrainerRanks | None = None) -> None:
-        vllm = _import_vllm()
+        vllm = vllm_build.import_vllm()
         self.ranks = ranks or TrainerRanks()
         model_path = self.model or getattr(getattr(policy, "config", None), "_name_or_path", None)
         if not model_path:
@@ -293,48 +287,8 @@ class VLLMEngine:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _build_llm(self, vllm, model_path: str, tokenizer_path: str):
-        engine_args: dict[str, Any] = {
-            "model": model_path,
-            "tokenizer": tokenizer_path,
-            "dtype": self.dtype,
-            # one seed per rank: engines that sample from their own generator (per_request_seeds
-            # false) would otherwise draw the same numbers on every rank
-            "seed": self.seed + self.ranks.rank,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "enable_prefix_caching": self.enable_prefix_caching,
-            "enforce_eager": self.enforce_eager,
-            "enable_sleep_mode": self.colocate,
-            "logprobs_mode": "raw_logprobs",  # ModelConfig.logprobs_mode (also 0.26's default)
-        }
-        if self.process == "separate":
-            if not _engine_arg_exists("weight_transfer_config"):
-                raise RuntimeError(f"this vLLM ({vllm.__version__}) has no weight transfer API for an engine in its "
-                                   f"own process: use process 'in_process', or vllm=={TESTED_VLLM_VERSION}")
-            engine_args["weight_transfer_config"] = {"backend": "nccl"}  # EngineArgs.weight_transfer_config (0.26)
-        for name in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
-            if getattr(self, name) is not None:
-                engine_args[name] = getattr(self, name)
-        if self.tensor_parallel_size > 1:
-            engine_args["tensor_parallel_size"] = self.tensor_parallel_size
         launch_env = engine_launch_env(self.process, self.ranks, self.device_index)
-        if launch_env:
-            # the worker's GPU is LOCAL_RANK's; external_launcher takes no device_ids (its local
-            # rank would index them)
-            engine_args["distributed_executor_backend"] = "external_launcher"
-            if not torch.distributed.is_initialized():
-                raise RuntimeError(f"{self} runs in the trainer's process on {self.ranks.world_size} ranks, which needs "
-                                   "torch.distributed initialized first (attach it in configure_model)")
-        elif _engine_arg_exists("device_ids"):
-            engine_args["device_ids"] = list(self.device_indices)  # EngineArgs.device_ids (0.26)
-        elif self.device_index != 0:
-            # Fallback for a vLLM without `device_ids`: its single in-process worker takes cuda:0, and
-            # CUDA_VISIBLE_DEVICES cannot change once CUDA started (it has: the policy is on a GPU).
-            raise RuntimeError(
-                f"this vLLM ({vllm.__version__}) cannot place its engine on cuda:{self.device_index}. "
-                "Launch with the engine's GPU listed first, e.g. CUDA_VISIBLE_DEVICES=1,0, and pass "
-                "--model.init_args.engine.init_args.device 0 with the trainer on the other GPU, or use "
-                f"vllm=={TESTED_VLLM_VERSION}"
-            )
+        engine_args = vllm_build.llm_engine_args(self, vllm, model_path, tokenizer_path, launch_env)
         with (self._on_engine_device(), engine_core_env(vllm, separate=self.process == "separate"),
               scoped_env(launch_env)):
             return vllm.LLM(**engine_args)
@@ -427,23 +381,3 @@ def engine_weights(
         if tie_word_embeddings and name == "lm_head.weight":
             continue
         yield name, tensor
-
-
-# -- vLLM import and feature checks ---------------------------------------------------------------------
-
-
-def _import_vllm():
-    try:
-        import vllm
-        import vllm.envs
-    except ImportError as error:
-        raise ImportError(_INSTALL_HINT) from error
-    if vllm.__version__ != TESTED_VLLM_VERSION:
-        log.warning("VLLMEngine is tested with vllm==%s, found %s", TESTED_VLLM_VERSION, vllm.__version__)
-    return vllm
-
-
-def _engine_arg_exists(name: str) -> bool:
-    from vllm.engine.arg_utils import EngineArgs  # a dataclass: LLM(**kwargs) feeds it
-
-    return name in {field.name for field in dataclasses.fields(EngineArgs)}

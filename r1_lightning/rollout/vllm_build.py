@@ -1,0 +1,97 @@
+"""How `VLLMEngine` builds its vLLM `LLM`: importing vLLM (warning off the tested version), checking
+which engine arguments this vLLM has, and the `LLM(...)` keyword arguments of an engine's options.
+
+vLLM is imported here only when an engine is attached (`import_vllm`), so `import r1_lightning.rollout`
+works without it. The vLLM API each argument relies on is named next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from r1_lightning.rollout.vllm_engine import VLLMEngine
+
+log = logging.getLogger(__name__)
+
+TESTED_VLLM_VERSION = "0.26.0"
+
+INSTALL_HINT = (
+    "VLLMEngine needs vLLM on a CUDA machine: pip install 'r1-lightning[vllm]' (vllm=="
+    f"{TESTED_VLLM_VERSION}). Without vLLM, generate with the policy itself: "
+    "--model.init_args.engine r1_lightning.rollout.HFEngine"
+)
+
+
+def import_vllm():
+    """The `vllm` module (with `vllm.envs`), or an `ImportError` that says how to install it."""
+    try:
+        import vllm
+        import vllm.envs
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
+    if vllm.__version__ != TESTED_VLLM_VERSION:
+        log.warning("VLLMEngine is tested with vllm==%s, found %s", TESTED_VLLM_VERSION, vllm.__version__)
+    return vllm
+
+
+def engine_arg_exists(name: str) -> bool:
+    """Whether this vLLM's `EngineArgs` has the field `name` (older releases lack some we use)."""
+    from vllm.engine.arg_utils import EngineArgs  # a dataclass: LLM(**kwargs) feeds it
+
+    return name in {field.name for field in dataclasses.fields(EngineArgs)}
+
+
+def llm_engine_args(
+    engine: VLLMEngine, vllm, model_path: str, tokenizer_path: str, launch_env: dict[str, str]
+) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM` for `engine`'s options, placed on its `device_indices`
+    (or, with a non-empty `launch_env` (`vllm_layout.engine_launch_env`), by vLLM's external
+    launcher). Options left None are left out: vLLM's own default. Raises `RuntimeError` when this
+    vLLM lacks an argument the options need."""
+    engine_args: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": tokenizer_path,
+        "dtype": engine.dtype,
+        # one seed per rank: engines that sample from their own generator (per_request_seeds
+        # false) would otherwise draw the same numbers on every rank
+        "seed": engine.seed + engine.ranks.rank,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "enforce_eager": engine.enforce_eager,
+        "enable_sleep_mode": engine.colocate,
+        "logprobs_mode": "raw_logprobs",  # ModelConfig.logprobs_mode (also 0.26's default)
+    }
+    if engine.process == "separate":
+        if not engine_arg_exists("weight_transfer_config"):
+            raise RuntimeError(f"this vLLM ({vllm.__version__}) has no weight transfer API for an engine in its "
+                               f"own process: use process 'in_process', or vllm=={TESTED_VLLM_VERSION}")
+        engine_args["weight_transfer_config"] = {"backend": "nccl"}  # EngineArgs.weight_transfer_config (0.26)
+    for name in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
+        if getattr(engine, name) is not None:
+            engine_args[name] = getattr(engine, name)
+    if engine.tensor_parallel_size > 1:
+        engine_args["tensor_parallel_size"] = engine.tensor_parallel_size
+    if launch_env:
+        # the worker's GPU is LOCAL_RANK's; external_launcher takes no device_ids (its local
+        # rank would index them)
+        engine_args["distributed_executor_backend"] = "external_launcher"
+        if not torch.distributed.is_initialized():
+            raise RuntimeError(f"{engine} runs in the trainer's process on {engine.ranks.world_size} ranks, which "
+                               "needs torch.distributed initialized first (attach it in configure_model)")
+    elif engine_arg_exists("device_ids"):
+        engine_args["device_ids"] = list(engine.device_indices)  # EngineArgs.device_ids (0.26)
+    elif engine.device_index != 0:
+        # Fallback for a vLLM without `device_ids`: its single in-process worker takes cuda:0, and
+        # CUDA_VISIBLE_DEVICES cannot change once CUDA started (it has: the policy is on a GPU).
+        raise RuntimeError(
+            f"this vLLM ({vllm.__version__}) cannot place its engine on cuda:{engine.device_index}. "
+            "Launch with the engine's GPU listed first, e.g. CUDA_VISIBLE_DEVICES=1,0, and pass "
+            "--model.init_args.engine.init_args.device 0 with the trainer on the other GPU, or use "
+            f"vllm=={TESTED_VLLM_VERSION}"
+        )
+    return engine_args
