@@ -76,8 +76,9 @@ def engine_gpus(
 def engine_launch_env(process: str, ranks: TrainerRanks, device_index: int) -> dict[str, str]:
     """The variables vLLM's `external_launcher` executor reads (`_distributed_args`) when an engine
     runs in the process of one of several trainer ranks: RANK (its rank in the trainer's group, which
-    vLLM's groups reuse), LOCAL_RANK (the engine's GPU), WORLD_SIZE. Empty (vLLM's own executor) for
-    one process, and for an engine core in a process of its own."""
+    vLLM's groups reuse) and LOCAL_RANK (the engine's GPU); WORLD_SIZE only for an `env://` init,
+    which the trainer's existing group makes vLLM skip. Empty (vLLM's own executor) for one process,
+    and for an engine core in a process of its own."""
     if process != "in_process" or ranks.world_size == 1:
         return {}
     return {"RANK": str(ranks.rank), "LOCAL_RANK": str(device_index), "WORLD_SIZE": str(ranks.world_size)}
