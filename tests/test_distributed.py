@@ -157,20 +157,7 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
         assert len(single["grads"]) == expected_updates, name
         assert all(any(g.abs().max() > 0 for g in grads.values()) for grads in single["grads"])
         try:
-            assert len(distributed["grads"]) == len(single["grads"]), f"{len(distributed['grads'])} updates"
-            for update, (ddp_grads, grads) in enumerate(zip(distributed["grads"], single["grads"])):
-                for param in grads:
-                    torch.testing.assert_close(ddp_grads[param], grads[param], rtol=1e-4, atol=1e-6,
-                                               msg=f"update {update}, {param}: not close")
-            for param in single["params"]:
-                # looser: AdamW's steps turn float32 rounding in near-zero gradients into lr-sized noise
-                torch.testing.assert_close(distributed["params"][param], single["params"][param], rtol=1e-3,
-                                           atol=1e-4, msg=f"final {param}: not close")
-                torch.testing.assert_close(other_rank["params"][param], distributed["params"][param], rtol=0, atol=0)
-            # metrics of the global batch: means over all sequences, tokens and updates
-            for metric in LOGGED_AS_ONE_PROCESS:
-                if metric in single["logged"]:
-                    assert distributed["logged"][metric] == pytest.approx(single["logged"][metric], rel=1e-4), metric
+            assert_same_as_one_process(distributed, other_rank, single, weights="params")
         except AssertionError as error:
             mismatched[name] = str(error).splitlines()[0]
     assert not mismatched, mismatched
@@ -180,6 +167,25 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
         assert distributed["allreduces"] == len(distributed["grads"]), name
     # the ranks sample with different seeds (the same seed would correlate their samples)
     assert distributed["rollout_seed"] != torch.load(tmp_path / f"{name}.rank1.pt")["rollout_seed"]
+
+
+def assert_same_as_one_process(distributed: dict, other_rank: dict, single: dict, weights: str) -> None:
+    """Rank 0's record of a 2-rank run against one process on the same global batch: every update's
+    gradients (rtol 1e-4, atol 1e-6), the final weights (rtol 1e-3, atol 1e-4: AdamW's steps turn
+    float32 rounding in near-zero gradients into lr-sized noise), rank 1's weights bit for bit equal
+    to rank 0's, and the logged metrics of the global batch (means over all sequences, tokens and
+    updates). `weights`: the record's key for the final weights."""
+    assert len(distributed["grads"]) == len(single["grads"]), f"{len(distributed['grads'])} updates"
+    for update, (rank_grads, grads) in enumerate(zip(distributed["grads"], single["grads"])):
+        for param, grad in grads.items():
+            torch.testing.assert_close(rank_grads[param], grad, rtol=1e-4, atol=1e-6, msg=f"update {update}, grad {param}")
+    assert distributed[weights].keys() == single[weights].keys()
+    for param, weight in single[weights].items():
+        torch.testing.assert_close(distributed[weights][param], weight, rtol=1e-3, atol=1e-4, msg=f"weight {param}")
+        assert torch.equal(other_rank[weights][param], distributed[weights][param]), f"rank 1's {param}"
+    for metric in LOGGED_AS_ONE_PROCESS:
+        if metric in single["logged"]:
+            assert distributed["logged"][metric] == pytest.approx(single["logged"][metric], rel=1e-4), metric
 
 
 def launch_two_nodes(args: list, tmp_path: Path, timeout: float = 240, strategy: str = "ddp") -> None:

@@ -17,9 +17,13 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-from test_distributed import LOGGED_AS_ONE_PROCESS, WORLD, run_options, run_workers
+from test_distributed import (
+    WORLD,
+    assert_same_as_one_process,
+    run_options,
+    run_workers,
+)
 
 # The CLI's FSDP2: all ranks data-parallel (the policy has no tensor parallelism)
 FSDP2_STRATEGY = json.dumps({"class_path": "ModelParallelStrategy",
@@ -123,18 +127,7 @@ def test_fsdp2_updates_and_gathered_weights_equal_the_single_process_ones(tiny_m
         assert all(any(g.abs().max() > 0 for g in grads.values()) for grads in single["grads"]), name
         assert fsdp["sharded"] == [True] * len(fsdp["grads"]) and not any(single["sharded"]), name
         try:
-            assert len(fsdp["grads"]) == updates, f"{len(fsdp['grads'])} updates"
-            for update, (fsdp_grads, grads) in enumerate(zip(fsdp["grads"], single["grads"])):
-                for param, grad in grads.items():
-                    torch.testing.assert_close(fsdp_grads[param], grad, rtol=1e-4, atol=1e-6,
-                                               msg=f"update {update}, grad {param}")
-            assert fsdp["weights"].keys() == single["weights"].keys()
-            for param, weight in single["weights"].items():
-                torch.testing.assert_close(fsdp["weights"][param], weight, rtol=1e-3, atol=1e-4, msg=f"weight {param}")
-                assert torch.equal(other_rank["weights"][param], fsdp["weights"][param]), f"rank 1's {param}"
-            for metric in LOGGED_AS_ONE_PROCESS:
-                if metric in single["logged"]:
-                    assert fsdp["logged"][metric] == pytest.approx(single["logged"][metric], rel=1e-4), metric
+            assert_same_as_one_process(fsdp, other_rank, single, weights="weights")
         except AssertionError as error:
             mismatched[name] = str(error).splitlines()[0]
     assert not mismatched, mismatched
