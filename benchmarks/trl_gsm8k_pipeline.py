@@ -79,9 +79,9 @@ def recipe_settings(sft_data: str | None = None) -> dict:
     rollouts, accum = g_model["rollout_batch_size"], g_model["gradient_accumulation_steps"]
     if g_model["train_batch_size"] != rollouts or g_model.get("epochs_per_rollout_batch", 1) != 1:
         raise ValueError(f"{GRPO_CONFIG}: the TRL side mirrors one update per rollout batch only")
-    for name, config in (("SFT", sft), ("GRPO", grpo)):
+    for path, config in ((SFT_CONFIG, sft), (GRPO_CONFIG, grpo)):
         if config["trainer"]["precision"] != "bf16-mixed":  # TRL's bf16=True is autocast: mirror only that
-            raise ValueError(f"{SFT_CONFIG if name == 'SFT' else GRPO_CONFIG}: trainer.precision must be bf16-mixed")
+            raise ValueError(f"{path}: trainer.precision must be bf16-mixed")
     return {
         "sft": {
             "dtype": s_model["dtype"], "data": sft_data or s_data["train_path"], "learning_rate": s_model["learning_rate"],

@@ -146,9 +146,12 @@ scaling() {
   python -c "import json, sys; r = json.load(open(sys.argv[1])); print('[scaling]', r.get('weak_scaling_efficiency'),
     {n: x.get('tokens_per_s') or x.get('error') for n, x in r.get('runs', {}).items()})" "$work/update_weak_scaling.json"; }
 
+# smollm2_folder: SmolLM2's GGUF as an HF folder in /tmp/smollm2 (at once when it is there already)
+smollm2_folder() { [ -f /tmp/smollm2/config.json ] || python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
+    >"$work/convert.log" 2>&1 || { cat "$work/convert.log"; return 1; }; }
+
 smollm2() {  # the GGUF becomes an HF folder, then `r1-lightning fit` on configs/gsm8k/smollm2_grpo.yaml
-  python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
-    >"$work/convert.log" 2>&1 || { cat "$work/convert.log"; return 1; }
+  smollm2_folder || return 1
   # the run's CSV log and evaluations land in $work/logs as they are written (kept if the run is cut)
   mkdir -p runs/smollm2_gsm8k "$work/logs" && rm -rf runs/smollm2_gsm8k/logs && ln -s "$(realpath "$work/logs")" runs/smollm2_gsm8k/logs
   within 120 560 python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_grpo.yaml \
@@ -165,10 +168,7 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
   # greedy on all 1,319 GSM8K test questions with configs/gsm8k/smollm2_grpo.yaml's settings.
   local grpo=(python -m r1_lightning.cli fit --config configs/gsm8k/smollm2_grpo.yaml
     --trainer.default_root_dir "$work/grpo" --trainer.max_steps 500 --data.init_args.max_val_examples null)
-  if [ ! -f /tmp/smollm2/config.json ]; then
-    python -c "import sys; sys.path.insert(0, 'benchmarks'); import common; common.smollm2_hf_folder(out_dir='/tmp/smollm2')" \
-      >"$work/convert.log" 2>&1 || { cat "$work/convert.log"; return 1; }
-  fi
+  smollm2_folder || return 1
   local trl_pid= eval_base=${PIPELINE_EVAL_BASE:-1}  # 0: the starting model's evaluation is known already
   if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
     CUDA_VISIBLE_DEVICES=1 timeout $((${DEADLINE:-570} - SECONDS - 20)) python benchmarks/trl_gsm8k_pipeline.py \
