@@ -12,10 +12,14 @@
 #               tests/gpu/test_fused_kernels.py and test_compiled_head.py (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
-#     async     configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM's
+#     async     tests/gpu/test_vllm_separate_process.py, then configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM's
 #               engine core in the trainer's process (today's default), in its own process (weights over
 #               NCCL), and in its own process with one-step-off async rollouts (ASYNC_STEPS, default 4;
 #               ASYNC_EAGER=1: no CUDA graphs, for a faster engine start)
+#     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
+#               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
+#               runs on the visible GPU (policy and in-process engine share it), the second started once the
+#               first one's engine is built (vLLM sizes its cache from the free memory it sees)
 #     layouts   configs/grpo.yaml's step (1.5B shape) in the two engine layouts on 2 GPUs: colocated DDP (2 ranks,
 #               each with its engine on its own GPU, sleep mode) and split 1+1 (policy on GPU 0, engine on GPU 1)
 #     layout_tests  tests/gpu/test_engine_layouts.py: colocated DDP, colocated FSDP2 and split 1+1 fits, log-prob gap
@@ -30,7 +34,7 @@
 # everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
 # skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
 set -uo pipefail
-what=${1:?"WHAT: setup | tests | update | mfu | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
+what=${1:?"WHAT: setup | tests | update | mfu | rollouts | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
 work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
 source benchmarks/gpu/setup.sh
 
@@ -97,7 +101,10 @@ step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_
 
 async() {  # the new modes first: the in-process baseline (measured before) is the one a short budget skips
   local common=(--steps "${ASYNC_STEPS:-4}" ${ASYNC_EAGER:+--enforce-eager})
-  bench grpo_step_separate 150 300 grpo_step "${common[@]}" --engine-process separate --workdir "$work/separate"
+  within 60 120 python -m pytest tests/gpu/test_vllm_separate_process.py -v -rA -p no:cacheprovider \
+    >"$work/separate_process_tests.log" 2>&1
+  echo "[async] separate-process engine tests rc=$? at ${SECONDS} s"; tail -1 "$work/separate_process_tests.log"
+  bench grpo_step_separate 150 330 grpo_step "${common[@]}" --engine-process separate --workdir "$work/separate"
   bench grpo_step_separate_async 90 180 grpo_step "${common[@]}" --engine-process separate --async-rollouts \
     --workdir "$work/separate_async"
   bench grpo_step_in_process 90 160 grpo_step "${common[@]}" --engine-process in_process --workdir "$work/in_process"
@@ -111,6 +118,20 @@ for name in ("in_process", "separate", "separate_async"):
           "rollout_s", "rollout_wait_s", "update_s", "weight_sync_s")) if m else f"no result ({r.get('error', 'missing')[-200:]})"))
 PY
 }
+
+async_learning() {  # each run's CSV log and evaluations are in $work/{sync,async}/logs
+  smollm2_folder || return 1
+  # max_time ends a run that is too slow with its logs written, 90 s before the deadline
+  learn() { local run=$1; shift; within "$1" $((${DEADLINE:-570} - SECONDS - 10)) python -m r1_lightning.cli fit \
+    --config configs/gsm8k/smollm2_grpo.yaml --model.init_args.model_name_or_path /tmp/smollm2 \
+    --trainer.max_steps "${LEARN_STEPS:-30}" --trainer.max_time "$(hms $((${DEADLINE:-570} - SECONDS - 90)))" \
+    --trainer.default_root_dir "$work/$run" "${@:2}" >"$work/$run.log" 2>&1; }
+  learn sync 200 & local sync_pid=$!
+  for _ in $(seq 180); do grep -q "built in" "$work/sync.log" 2>/dev/null && break; sleep 1; done
+  echo "[async_learning] sync engine built at ${SECONDS} s"
+  learn async 150 --model.init_args.async_rollouts true; echo "[async_learning] async rc=$? at ${SECONDS} s"
+  wait "$sync_pid"; echo "[async_learning] sync rc=$? at ${SECONDS} s"
+  for run in sync async; do echo "[$run]"; cat "$work/$run"/logs/version_*/eval/*_summary.json 2>/dev/null | tr -d '\n'; echo; done; }
 
 # summarize NAME...: one line per grpo_step JSON of this WHAT
 summarize() { python - "$work" "$@" <<'PY'
@@ -215,8 +236,8 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
 
 case $what in
   setup) ;;
-  tests|update|mfu|rollouts|step|async|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
-  *) echo "unknown WHAT '$what' (setup | tests | update | mfu | rollouts | step | async | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
+  tests|update|mfu|rollouts|step|async|async_learning|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | mfu | rollouts | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
 esac
 # weights, optimizer states and checkpoints stay behind (a file back from the machine is at most 16 MiB)
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \
