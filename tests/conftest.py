@@ -52,3 +52,19 @@ def toy_task_dir(tmp_path_factory) -> Path:
             "ground_truth": r["answer"]} for r in rows[:80]]
     write_jsonl(folder / "sft.jsonl", sft)
     return folder
+
+
+@pytest.fixture
+def llm_process_here(monkeypatch):
+    """`VLLMEngine(process="separate")` builds its `LLM` in this process, under the environment its
+    spawned process would get (`LLMProcess`'s `env`): for tests whose `vllm` is a fake in this process.
+    tests/test_vllm_process.py tests the real `LLMProcess`."""
+    from r1_lightning.rollout import vllm_build, vllm_engine
+    from r1_lightning.rollout.vllm_layout import scoped_env
+
+    class LLMBuiltHere:
+        def __new__(cls, engine_args: dict, env: dict):
+            with scoped_env(env):
+                return vllm_build.import_vllm().LLM(**engine_args)
+
+    monkeypatch.setattr(vllm_engine, "LLMProcess", LLMBuiltHere)

@@ -99,7 +99,7 @@ class FakeLLM:
 
 
 @pytest.fixture
-def build(monkeypatch):
+def build(monkeypatch, llm_process_here):
     """build(gpus, rank_info, **engine options) -> (engine, what its LLM was built with), with a fake
     vLLM, `gpus` CUDA devices and the trainer's torch.distributed group initialized."""
     built: list = []

@@ -23,8 +23,15 @@ from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine, vllm_build
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
 from r1_lightning.rollout.vllm_build import TESTED_VLLM_VERSION
-from r1_lightning.rollout.vllm_engine import engine_weights, sampling_params_kwargs, to_completions
+from r1_lightning.rollout.vllm_engine import (
+    engine_weights,
+    generate_completions,
+    sampled_token_logprobs,
+    sampling_params_kwargs,
+    to_completions,
+)
 from r1_lightning.rollout.vllm_layout import engine_gpus
+from r1_lightning.rollout.vllm_process import LLMProcess, load
 
 CHARS = list("abcdefghij <>/=+0123456789")
 VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *CHARS])}
@@ -368,6 +375,21 @@ def test_per_request_seeds_can_be_turned_off(monkeypatch, per_request_seeds):
     assert seeds == ([10, 14, 18] if per_request_seeds else [None, None, None])
 
 
+def test_a_separate_engine_generates_in_its_own_process(monkeypatch):
+    """With the LLM in its own process, the engine sends token ids and sampling options there and
+    gets Completions back: `generate_completions` runs in that process, not here."""
+    calls = []
+    llm = LLMProcess.__new__(LLMProcess)  # no process: what generate sends it is the point
+    llm.call = lambda function, *args: calls.append((function, *args)) or ["completions"]
+    engine = VLLMEngine(process="separate")
+    engine.tokenizer, engine.llm = make_tokenizer(), llm
+    assert engine.generate(["ab", "c"], SamplingConfig(n=2, seed=10, stop=["</answer>"])) == ["completions"]
+    [(function, prompt_ids, params)] = calls
+    assert load(function) is generate_completions
+    assert prompt_ids == engine.tokenizer(["ab", "c"], add_special_tokens=False)["input_ids"]
+    assert [(p["n"], p["seed"], p["stop"]) for p in params] == [(2, 10, ["</answer>"]), (2, 12, ["</answer>"])]
+
+
 def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
     built = []
     fake_vllm = SimpleNamespace(LLM=lambda **kwargs: built.append(kwargs), __version__=TESTED_VLLM_VERSION)
@@ -422,6 +444,7 @@ def test_sampling_params_mapping():
         "include_stop_str_in_output": True,
         "skip_special_tokens": True,
         "logprobs": 0,
+        "flat_logprobs": True,
         "seed": 10,
     }
     # each prompt's n samples get seeds of their own
@@ -465,6 +488,19 @@ def test_vllm_outputs_become_prompt_major_completions():
     aborted = [SimpleNamespace(outputs=[sample(0, [3], "abort")])]
     with pytest.raises(RuntimeError, match="abort"):
         to_completions(aborted, [[1]])
+
+
+def test_flat_logprobs_give_the_sampled_tokens_logprobs():
+    """vLLM's FlatLogprobs (flat_logprobs=True): position i's entries run from start_indices[i], the
+    sampled token's first; here position 0 also carries another token's entry."""
+    flat = SimpleNamespace(start_indices=[0, 2, 3], end_indices=[2, 3, 4], token_ids=[5, 99, 6, 7],
+                           logprobs=[-0.5, -9.0, -1.25, -0.125])
+    assert sampled_token_logprobs(flat, [5, 6, 7]) == [-0.5, -1.25, -0.125]
+    as_dicts = [{5: SimpleNamespace(logprob=-0.5), 99: SimpleNamespace(logprob=-9.0)},
+                {6: SimpleNamespace(logprob=-1.25)}, {7: SimpleNamespace(logprob=-0.125)}]
+    assert sampled_token_logprobs(as_dicts, [5, 6, 7]) == [-0.5, -1.25, -0.125]
+    output = SimpleNamespace(index=0, token_ids=(5, 6, 7), text="", finish_reason="stop", logprobs=flat)
+    assert to_completions([SimpleNamespace(outputs=[output])], [[1]])[0].logprobs == [-0.5, -1.25, -0.125]
 
 
 def test_tied_models_do_not_send_lm_head():

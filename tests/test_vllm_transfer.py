@@ -76,7 +76,7 @@ class FakeLLM:
 
 
 @pytest.fixture
-def setup(monkeypatch):
+def setup(monkeypatch, llm_process_here):
     """A separate-process VLLMEngine attached (fake vLLM) to a float32 policy, engine dtype bfloat16."""
     calls, release = [], threading.Event()
     meet = threading.Barrier(2, timeout=10)
@@ -167,14 +167,15 @@ def test_sync_sequence_and_what_the_engine_is_told_to_expect(setup):
 
 def test_separate_engine_is_built_in_its_own_process_with_nccl_weight_transfer(setup):
     engine = setup.attach()
-    # an earlier in-process engine's cached variables are dropped before the engine is built
-    assert setup.built[0] == "envs cache dropped"
-    assert setup.built[1]["weight_transfer_config"] == {"backend": "nccl"}
-    # VLLM_ENABLE_V1_MULTIPROCESSING=0 in the environment, 1 while this engine is built, then 0 again
+    assert setup.built[0]["weight_transfer_config"] == {"backend": "nccl"}
+    # VLLM_ENABLE_V1_MULTIPROCESSING=0 in the environment, 1 where this engine is built (its own
+    # process: this one's environment is left as it was)
     assert setup.env_at_build == ["1"] and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     in_process = VLLMEngine(model="model-folder")
     in_process.attach(setup.policy, setup.tokenizer)
-    assert setup.env_at_build[1] == "0" and "weight_transfer_config" not in setup.built[3]
+    # an earlier in-process engine's cached variables are dropped before an in-process engine is built
+    assert setup.built[1] == "envs cache dropped"
+    assert setup.env_at_build[1] == "0" and "weight_transfer_config" not in setup.built[2]
     assert "separate" in str(engine) and "in-process" in str(in_process)
     with pytest.raises(ValueError, match="cannot be colocated"):
         VLLMEngine(process="separate", colocate=True)

@@ -101,7 +101,7 @@ step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_
 
 async() {  # the new modes first: the in-process baseline (measured before) is the one a short budget skips
   local common=(--steps "${ASYNC_STEPS:-4}" ${ASYNC_EAGER:+--enforce-eager})
-  within 60 120 python -m pytest tests/gpu/test_vllm_separate_process.py -v -rA -p no:cacheprovider \
+  within 60 240 python -m pytest tests/gpu/test_vllm_separate_process.py -v -rA -p no:cacheprovider \
     >"$work/separate_process_tests.log" 2>&1
   echo "[async] separate-process engine tests rc=$? at ${SECONDS} s"; tail -1 "$work/separate_process_tests.log"
   bench grpo_step_separate 150 330 grpo_step "${common[@]}" --engine-process separate --workdir "$work/separate"

@@ -7,11 +7,14 @@ works without it. The vLLM API each argument relies on is named next to it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from r1_lightning.rollout.vllm_layout import scoped_env
 
 if TYPE_CHECKING:
     from r1_lightning.rollout.vllm_engine import VLLMEngine
@@ -95,3 +98,17 @@ def llm_engine_args(
             f"vllm=={TESTED_VLLM_VERSION}"
         )
     return engine_args
+
+
+@contextlib.contextmanager
+def in_process_env(vllm):
+    """`VLLM_ENABLE_V1_MULTIPROCESSING=0` while an in-process engine is built, whatever the environment
+    says: vLLM 0.26 reads it (`vllm.envs`, lazily, at each access) when `LLM` builds its engine, and
+    decides there whether the engine core runs in this process. An in-process engine core caches every
+    vLLM variable once built (`envs.enable_envs_cache`), so a later engine would see that engine's
+    values: the cache is dropped first. The caller's value is restored afterwards."""
+    envs = getattr(vllm, "envs", None)
+    if envs is not None and hasattr(envs, "disable_envs_cache"):
+        envs.disable_envs_cache()
+    with scoped_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}):
+        yield

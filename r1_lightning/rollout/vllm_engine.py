@@ -12,11 +12,12 @@ Design:
   and its single worker run in this process and thread, so `LLM.apply_model` hands the worker's
   `nn.Module` to a Python function and the policy's tensors pass by reference — a weight sync is one
   in-place `model.load_weights(...)` over (Hugging Face name, tensor) pairs, with no disk and no NCCL.
-- Engine core in its own process (`process="separate"`, vLLM's default): its scheduler no longer
-  shares the trainer's interpreter (and GIL) with the training loop; weights cross over NCCL from the
-  policy's GPU to the engine's (`vllm_transfer.NCCLWeightSender`), still without disk. vLLM reads
-  `VLLM_ENABLE_V1_MULTIPROCESSING` when the `LLM` is built, so each engine sets it for its own
-  construction only (`vllm_transfer.engine_core_env`).
+- Engine in processes of its own (`process="separate"`): the whole `LLM` is built in a spawned
+  process (`vllm_process.LLMProcess`) and its engine core in another, as vLLM does by default. vLLM's
+  front end (detokenization, stop strings, per-token log-probs) then runs outside the trainer's
+  interpreter: sampled on a thread beside training (async rollouts), it would share the trainer's
+  GIL with the training loop. Weights cross over NCCL from the policy's GPU to the engine's
+  (`vllm_transfer.NCCLWeightSender`), still without disk.
 - A weight sync that fails or hangs (`sync_timeout_s`) raises `WeightSyncError`, and the engine then
   refuses to generate: it holds a mix of old and new weights.
 - Placement: `LLM(..., device_ids=[N])` (vLLM 0.26) puts the engine on `cuda:N` without touching
@@ -46,7 +47,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from r1_lightning.rollout import vllm_build
 from r1_lightning.rollout.base import Completion, SamplingConfig, TrainerRanks, WeightSyncError
 from r1_lightning.rollout.vllm_layout import engine_gpus, engine_launch_env, scoped_env
-from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, engine_core_env, wire_dtype
+from r1_lightning.rollout.vllm_process import LLMProcess
+from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, wire_dtype
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,12 @@ class VLLMEngine:
     tensor_parallel_size: GPUs per engine (vLLM's tensor parallelism), for models one GPU cannot hold;
         > 1 needs `process="separate"` (vLLM's workers then run in processes of their own: weights
         reach every worker over one NCCL broadcast, each loading its shard) and the split layout.
-    process: where vLLM's engine core runs. "in_process": in the trainer's process, weights synced
-        by reference (`LLM.apply_model`). "separate": in a process of its own (vLLM's default), weights
-        synced over NCCL from the policy's GPU, cast to `dtype` first; needs the engine on another GPU
-        than the policy (NCCL joins one rank per GPU), so not with `colocate`.
+    process: where vLLM runs. "in_process": in the trainer's process, weights synced by reference
+        (`LLM.apply_model`). "separate": the `LLM` in a process of its own and its engine core in
+        another (`vllm_process.LLMProcess`), weights synced over NCCL from the policy's GPU, cast to
+        `dtype` first; needs the engine on another GPU than the policy (NCCL joins one rank per GPU),
+        so not with `colocate`. Use it with async rollouts: vLLM's front end then does not share the
+        trainer's interpreter with the training loop.
     sync_timeout_s: with "separate", the seconds one weight sync may take (the first also connects)
         before it fails with `WeightSyncError` instead of waiting on a hung engine.
     """
@@ -212,25 +216,26 @@ class VLLMEngine:
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]:
         self._require_usable("generate")
-        from vllm import SamplingParams  # vllm.SamplingParams (0.26: a msgspec Struct)
-
         if not prompts:
             return []
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         if not self.per_request_seeds:
             sampling = dataclasses.replace(sampling, seed=None)
-        params = [SamplingParams(**sampling_params_kwargs(sampling, i)) for i in range(len(prompts))]
+        params = [sampling_params_kwargs(sampling, i) for i in range(len(prompts))]
+        if isinstance(self.llm, LLMProcess):  # the front end's per-token work stays in its process
+            return self.llm.call(f"{__name__}:generate_completions", prompt_ids, params)
         self.wake_up()
         with self._on_engine_device():
-            # LLM.generate(prompts, sampling_params, use_tqdm=...): a token-id prompt is a
-            # TokensPrompt dict {"prompt_token_ids": [...]}; one SamplingParams per prompt; the
-            # RequestOutputs come back in prompt order.
-            request_outputs = self.llm.generate(
-                [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
-            )
+            completions = generate_completions(self.llm, prompt_ids, params)
         if self.colocate:
             self.sleep()
-        return to_completions(request_outputs, prompt_ids)
+        return completions
+
+    def close(self) -> None:
+        """End the engine's own processes (`process="separate"`; otherwise they end with this one)."""
+        if isinstance(self.llm, LLMProcess):
+            self.llm.close()
+        self.llm = None
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy (Hugging Face name, tensor) pairs into the engine's model, in place: by reference
@@ -289,8 +294,9 @@ class VLLMEngine:
     def _build_llm(self, vllm, model_path: str, tokenizer_path: str):
         launch_env = engine_launch_env(self.process, self.ranks, self.device_index)
         engine_args = vllm_build.llm_engine_args(self, vllm, model_path, tokenizer_path, launch_env)
-        with (self._on_engine_device(), engine_core_env(vllm, separate=self.process == "separate"),
-              scoped_env(launch_env)):
+        if self.process == "separate":  # the whole LLM in a process of its own, its engine core in another
+            return LLMProcess(engine_args, env={**launch_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+        with self._on_engine_device(), vllm_build.in_process_env(vllm), scoped_env(launch_env):
             return vllm.LLM(**engine_args)
 
     @contextlib.contextmanager
@@ -335,12 +341,26 @@ def sampling_params_kwargs(sampling: SamplingConfig, prompt_index: int) -> dict[
         "include_stop_str_in_output": True,
         "skip_special_tokens": True,
         "logprobs": 0 if sampling.returns_logprobs(prompt_index) else None,  # 0: the sampled token's only
+        # flat lists instead of one dict and Logprob object per token: less work in vLLM's front end
+        "flat_logprobs": True,
     }
     if sampling.seed is not None:
         # One seed per request, spaced by n because vLLM derives the seeds of a request's n samples
         # from it; identical prompts in one batch must not get identical samples.
         kwargs["seed"] = sampling.seed + prompt_index * sampling.n
     return kwargs
+
+
+def generate_completions(llm, prompt_ids: list[list[int]], params: list[dict[str, Any]]) -> list[Completion]:
+    """`llm.generate` of token-id prompts, one `SamplingParams(**params[i])` per prompt, as flat
+    prompt-major `Completion`s: run where the `LLM` lives (`LLMProcess` calls it in its process)."""
+    from vllm import SamplingParams  # vllm.SamplingParams (0.26: a msgspec Struct)
+
+    # LLM.generate(prompts, sampling_params, use_tqdm=...): a token-id prompt is a TokensPrompt dict
+    # {"prompt_token_ids": [...]}; one SamplingParams per prompt; the RequestOutputs come back in order.
+    request_outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids],
+                                   [SamplingParams(**kwargs) for kwargs in params], use_tqdm=False)
+    return to_completions(request_outputs, prompt_ids)
 
 
 def to_completions(request_outputs: Sequence[Any], prompt_token_ids: Sequence[list[int]]) -> list[Completion]:
@@ -355,10 +375,7 @@ def to_completions(request_outputs: Sequence[Any], prompt_token_ids: Sequence[li
             if sample.finish_reason not in _FINISH_REASONS:
                 raise RuntimeError(f"vLLM request {prompt_index} finished with {sample.finish_reason!r}")
             token_ids = list(sample.token_ids)
-            logprobs = None
-            if sample.logprobs is not None:
-                # One {token id: Logprob} mapping per generated token; it holds the sampled token.
-                logprobs = [float(step[token].logprob) for step, token in zip(sample.logprobs, token_ids)]
+            logprobs = None if sample.logprobs is None else sampled_token_logprobs(sample.logprobs, token_ids)
             completions.append(
                 Completion(
                     prompt_index=prompt_index,
@@ -370,6 +387,15 @@ def to_completions(request_outputs: Sequence[Any], prompt_token_ids: Sequence[li
                 )
             )
     return completions
+
+
+def sampled_token_logprobs(logprobs, token_ids: list[int]) -> list[float]:
+    """The log-prob of each sampled token from vLLM's per-position log-probs: a `FlatLogprobs`
+    (`flat_logprobs=True`: flat lists, position i's entries from `start_indices[i]`, the sampled
+    token's first) or a list of {token id: Logprob} mappings, one per position."""
+    if hasattr(logprobs, "start_indices"):
+        return [float(logprobs.logprobs[start]) for start in logprobs.start_indices[: len(token_ids)]]
+    return [float(step[token].logprob) for step, token in zip(logprobs, token_ids)]
 
 
 def engine_weights(

@@ -1,5 +1,5 @@
-"""A vLLM engine core in its own process (`VLLMEngine(process="separate")`): how it is built
-(`engine_core_env`) and how weights reach it, over NCCL (`NCCLWeightSender`).
+"""How weights reach a vLLM engine in processes of its own (`VLLMEngine(process="separate")`): over
+NCCL, `NCCLWeightSender`.
 
 vLLM 0.26's RL weight-transfer API, with `LLM(..., weight_transfer_config={"backend": "nccl"})`:
 
@@ -39,7 +39,6 @@ from typing import Any
 import torch
 
 from r1_lightning.rollout.base import WeightSyncError
-from r1_lightning.rollout.vllm_layout import scoped_env
 
 NamedTensors = Sequence[tuple[str, torch.Tensor]]
 
@@ -166,21 +165,6 @@ def on_device(device: torch.device, call: Callable[[], Any]) -> Callable[[], Any
             return call()
 
     return run
-
-
-@contextlib.contextmanager
-def engine_core_env(vllm, separate: bool):
-    """`VLLM_ENABLE_V1_MULTIPROCESSING` for one engine's construction, whatever the environment says:
-    vLLM 0.26 reads it (`vllm.envs`, lazily, at each access) when `LLM` builds its engine, and decides
-    there whether the engine core runs in this process. An in-process engine core caches every vLLM
-    variable once built (`envs.enable_envs_cache`), so a later engine would see that engine's value:
-    the cache is dropped first. The caller's value is restored afterwards; a spawned engine core took
-    its copy of the environment when it started."""
-    envs = getattr(vllm, "envs", None)
-    if envs is not None and hasattr(envs, "disable_envs_cache"):
-        envs.disable_envs_cache()
-    with scoped_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if separate else "0"}):
-        yield
 
 
 # -- the trainer-side vLLM calls --------------------------------------------------------------------------------

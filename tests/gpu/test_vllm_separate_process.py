@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
                         max_model_len=256, enforce_eager=True, sync_timeout_s=30)
     engine.attach(policy, tokenizer)
     yield SimpleNamespace(policy=policy, engine=engine, engine_memory=free_before - torch.cuda.mem_get_info(1)[0])
-    engine.llm = None
+    engine.close()
     gc.collect()
 
 
