@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import warnings
 
 import lightning as L
 import pytest
@@ -17,7 +18,7 @@ from test_cli import run_cli, tiny_grpo_args
 
 from r1_lightning.data import PromptDataModule, ResumableDataLoader
 from r1_lightning.modules import GRPOModule
-from r1_lightning.rollout import HFEngine
+from r1_lightning.rollout import HFEngine, VLLMEngine
 
 
 class RecordingEngine(HFEngine):
@@ -153,6 +154,15 @@ def test_async_options_are_checked(tiny_model_dir):
                       engine_logprobs=False).loss_config.tis_cap is None
     assert GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True,
                       tis_cap=5.0).loss_config.tis_cap == 5.0
+
+
+def test_async_with_an_in_process_vllm_engine_warns_to_run_it_in_its_own_process(tiny_model_dir):
+    with pytest.warns(UserWarning, match="process separate"):
+        GRPOModule(tiny_model_dir, engine=VLLMEngine(process="in_process"), async_rollouts=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GRPOModule(tiny_model_dir, engine=VLLMEngine(process="separate"), async_rollouts=True)
+        GRPOModule(tiny_model_dir, engine=VLLMEngine(process="in_process"))
 
 
 def test_the_loader_peeks_at_the_batch_it_hands_out_next():

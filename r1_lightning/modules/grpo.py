@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.functional import (
     PolicyLossConfig,
@@ -146,6 +147,10 @@ class GRPOModule(RolloutModule):
                                  "own copy of the weights: VLLMEngine, or HFEngine with own_weights: true")
             if tis_cap is None and engine_logprobs is not False:
                 tis_cap = ASYNC_TIS_CAP
+            if getattr(self.engine, "process", None) == "in_process":
+                rank_zero_warn("GRPOModule async_rollouts with VLLMEngine process 'in_process': vLLM then samples on "
+                               "a thread of this process and its Python shares the interpreter with training, which "
+                               "slows both; set --model.init_args.engine.init_args.process separate to overlap them")
         check_batch_sizes(rollout_batch_size, group_size, train_batch_size, gradient_accumulation_steps,
                           epochs_per_rollout_batch)
         self.set_group_size(group_size)
