@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
+
+from report_figures import Panel, eval_summaries, plot_panels
 
 from r1_lightning.plotting import read_metrics
 
@@ -36,8 +37,7 @@ PANELS = (
 def read_pipeline(folder: Path) -> dict:
     """Both sides' curves ({panel metric: [(step, value)]}) and evaluations ({stage: summary})."""
     r1 = read_metrics(folder / "r1_grpo_metrics.csv")
-    r1_evals = {int(re.search(r"step_(\d+)", p.name).group(1)): json.loads(p.read_text())
-                for p in folder.glob("r1_eval_step_*_summary.json")}
+    r1_evals = eval_summaries(folder, prefix="r1_")
     trl = json.loads((folder / "trl_pipeline.json").read_text())
     rows = [row for row in trl["grpo_log"] if "reward" in row]  # the last row is the run's summary
     trl_curves = {r1_key: [(row["step"], row[trl_key]) for row in rows if trl_key in row] for r1_key, trl_key, _ in PANELS}
@@ -75,29 +75,12 @@ def markdown_table(table: dict) -> str:
 
 
 def plot(data: dict, out_png: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    panels = [(key, title) for key, _, title in PANELS] + [("accuracy", "GSM8K test accuracy (greedy, 1,319)")]
-    for ax, (key, title) in zip(axes.flat, panels):
-        for side, label, style in (("r1", "r1-lightning", "-"), ("trl", "TRL", "--")):
-            points = data[f"{side}_accuracy"] if key == "accuracy" else data[side][key]
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, style, label=label, marker="o" if key == "accuracy" else None, markersize=4)
-        ax.set_title(title)
-        ax.set_xlabel("GRPO step")
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend()
-    fig.suptitle("SmolLM2-135M-Instruct on GSM8K: SFT then GRPO, r1-lightning (GPU 0) beside TRL (GPU 1)")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    sides = (("r1", "r1-lightning"), ("trl", "TRL"))
+    panels = [Panel(title, {label: data[side][key] for side, label in sides}) for key, _, title in PANELS]
+    panels.append(Panel("GSM8K test accuracy (greedy, 1,319)",
+                        {label: data[f"{side}_accuracy"] for side, label in sides}, markers=True))
+    return plot_panels(panels, out_png,
+                       "SmolLM2-135M-Instruct on GSM8K: SFT then GRPO, r1-lightning (GPU 0) beside TRL (GPU 1)")
 
 
 def main(argv=None) -> None:

@@ -216,9 +216,7 @@ def test_gpu_runner_parses():
 def test_pipeline_report_reads_the_committed_pipeline_files(tmp_path, capsys):
     """benchmarks/pipeline_report.py on raw/pipeline_gsm8k: its table carries the evaluations' own
     accuracies (the last r1 evaluation, TRL's after SFT and after GRPO), and it draws the figure."""
-    spec = importlib.util.spec_from_file_location("pipeline_report", BENCHMARKS / "pipeline_report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_script("pipeline_report")
     folder = RESULTS / "raw" / "pipeline_gsm8k"
     report.main([str(folder), "--png", str(tmp_path / "curves.png")])
     table = capsys.readouterr().out
@@ -226,6 +224,44 @@ def test_pipeline_report_reads_the_committed_pipeline_files(tmp_path, capsys):
     trl = json.loads((folder / "trl_pipeline.json").read_text())["evaluations"]
     for summary in (json.loads(last_r1.read_text()), trl["sft"], trl["grpo"][-1]):
         assert f"| {100 * summary['answer_accuracy']:.1f}% | {100 * summary['format_rate']:.1f}% |" in table
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def write_run(folder: Path, train: list[tuple[float, float]], evals: dict[int, tuple[float, float]]) -> None:
+    """A CSV log as Lightning's CSVLogger writes it (an evaluation row with empty train cells, then one
+    row per step) and the evaluation callback's summaries."""
+    folder.mkdir(parents=True)
+    lines = ["step,train/reward_mean,train/answer_reward,train/format_reward,train/response_length,val/answer_accuracy",
+             "0,,,,,0.5"]  # the CSV's own val row: the report takes evaluations from the summaries
+    lines += [f"{step},{answer + 0.1 * fmt},{answer},{fmt},{100 - step}," for step, (answer, fmt) in enumerate(train)]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    for step, (accuracy, fmt) in evals.items():
+        (folder / f"eval_step_{step}_summary.json").write_text(json.dumps(
+            {"n": 50, "answer_accuracy": accuracy, "format_rate": fmt, "response_tokens_mean": 10.0}))
+
+
+def test_async_learning_report_keeps_runs_and_steps_apart(tmp_path, capsys):
+    """benchmarks/async_learning_report.py on two made-up runs whose every value differs: each table
+    row and each curve carries its own run's values at their own steps (evaluations at 0, 2 and 10,
+    which sort differently as text)."""
+    report = load_script("async_learning_report")
+    write_run(tmp_path / "sync", [(0.0, 0.1), (0.2, 0.6), (0.4, 0.9)], {10: (0.3, 1.0), 0: (0.1, 0.2), 2: (0.2, 0.5)})
+    write_run(tmp_path / "async", [(0.0, 0.0), (0.0, 0.2), (0.1, 0.7)], {2: (0.05, 0.25), 10: (0.15, 0.75), 0: (0.1, 0.2)})
+    report.main([str(tmp_path), "--png", str(tmp_path / "curves.png")])
+    table = capsys.readouterr().out
+    # sync: format reward 0.6 >= 0.5 first at step 1, answer reward mean (0 + 0.2 + 0.4) / 3;
+    # async: 0.7 at step 2, (0 + 0 + 0.1) / 3
+    assert "| synchronous | 10.0% / 20.0% / 30.0% | 20.0% / 50.0% / 100.0% | 1 | 0.2000 |" in table
+    assert "| one step off | 10.0% / 5.0% / 15.0% | 20.0% / 25.0% / 75.0% | 2 | 0.0333 |" in table
+    assert "at step 0 / 2 / 10 |" in table
+    panels = {panel.title: panel.lines for panel in report.panels(report.read_runs(tmp_path))}
+    assert panels["train format reward"] == {"synchronous": [(0, 0.1), (1, 0.6), (2, 0.9)],
+                                             "one step off": [(0, 0.0), (1, 0.2), (2, 0.7)]}
+    assert panels["response length (tokens)"]["one step off"] == [
+        (0, 100.0), (1, 99.0), (2, 98.0)]
+    assert panels["held-out accuracy (greedy), 50 questions"] == {"synchronous": [(0, 0.1), (2, 0.2), (10, 0.3)],
+                                                                  "one step off": [(0, 0.1), (2, 0.05), (10, 0.15)]}
+    assert panels["held-out format rate, 50 questions"]["one step off"] == [(0, 0.2), (2, 0.25), (10, 0.75)]
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 

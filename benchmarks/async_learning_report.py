@@ -1,0 +1,89 @@
+"""Synchronous against one-step-off GRPO on the same task: the curves and the evaluation table, from
+the files `bash benchmarks/gpu/run.sh async_learning` leaves, one folder per run:
+
+    sync/metrics.csv, async/metrics.csv             each run's CSV log
+    sync/eval_step_<N>_summary.json, async/...      its greedy held-out evaluations at step N
+
+    python benchmarks/async_learning_report.py benchmarks/results/raw/async_learning_smollm2 \\
+        --png benchmarks/results/async_learning_smollm2.png
+
+prints a markdown table (held-out accuracy and format rate at each evaluation, the first step whose
+train format reward reached one half, the mean train answer reward over the last ten steps) and draws,
+against the GRPO step, both runs' train reward, answer reward, format reward, response length and
+held-out accuracy and format rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from report_figures import Panel, eval_summaries, plot_panels
+
+from r1_lightning.plotting import read_metrics
+
+RUNS = (("sync", "synchronous"), ("async", "one step off"))
+TRAIN = (
+    ("train/reward_mean", "train reward (answer + 0.1 format)"),
+    ("train/answer_reward", "train answer reward"),
+    ("train/format_reward", "train format reward"),
+    ("train/response_length", "response length (tokens)"),
+)
+HELD_OUT = (("answer_accuracy", "held-out accuracy (greedy)"), ("format_rate", "held-out format rate"))
+
+
+def read_runs(folder: Path) -> dict[str, dict]:
+    """{run label: {"train": {metric: [(step, value)]}, "evals": [(step, summary)] by step}}."""
+    runs = {}
+    for name, label in RUNS:
+        if not (folder / name / "metrics.csv").is_file():
+            raise FileNotFoundError(f"{folder / name / 'metrics.csv'}: missing (expected one folder per run: sync/, async/)")
+        metrics = read_metrics(folder / name / "metrics.csv")
+        runs[label] = {"train": {key: metrics.get(key, []) for key, _ in TRAIN},
+                       "evals": sorted(eval_summaries(folder / name).items())}
+    return runs
+
+
+def first_step_at_least(points: list[tuple[int, float]], threshold: float) -> int | None:
+    return next((step for step, value in points if value >= threshold), None)
+
+
+def markdown_table(runs: dict[str, dict]) -> str:
+    steps = " / ".join(str(step) for step, _ in next(iter(runs.values()))["evals"])
+    header = (f"| run | held-out accuracy at step {steps} | format rate | train format reward ≥ 0.5 from step "
+              "| train answer reward, last 10 steps |")
+    lines = [header, "|---|---|---|---|---|"]
+    for label, run in runs.items():
+        accuracy = " / ".join(f"{100 * s['answer_accuracy']:.1f}%" for _, s in run["evals"])
+        formats = " / ".join(f"{100 * s['format_rate']:.1f}%" for _, s in run["evals"])
+        answers = [value for _, value in run["train"]["train/answer_reward"][-10:]]
+        mean = f"{sum(answers) / len(answers):.4f}" if answers else "–"
+        lines.append(f"| {label} | {accuracy} | {formats} | "
+                     f"{first_step_at_least(run['train']['train/format_reward'], 0.5)} | {mean} |")
+    return "\n".join(lines)
+
+
+def panels(runs: dict[str, dict]) -> list[Panel]:
+    n = {s["n"] for run in runs.values() for _, s in run["evals"]}
+    train = [Panel(title, {label: run["train"][key] for label, run in runs.items()}) for key, title in TRAIN]
+    held_out = [Panel(f"{title}, {'/'.join(map(str, sorted(n)))} questions",
+                      {label: [(step, s[key]) for step, s in run["evals"]] for label, run in runs.items()}, markers=True)
+                for key, title in HELD_OUT]
+    return train + held_out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="the folder holding sync/ and async/ (see above)")
+    parser.add_argument("--png", type=Path, help="draw the curves here")
+    parser.add_argument("--title", default="SmolLM2-135M-Instruct on GSM8K, GRPO from the base model: "
+                        "synchronous vs one step off")
+    args = parser.parse_args(argv)
+    runs = read_runs(args.folder)
+    print(markdown_table(runs))
+    if args.png:
+        print(f"curves: {plot_panels(panels(runs), args.png, args.title)}")
+
+
+if __name__ == "__main__":
+    main()
