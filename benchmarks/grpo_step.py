@@ -109,7 +109,8 @@ def derived_config(args, folder: Path, gsm8k: Path, workdir: Path) -> dict:
     if args.tiny:
         trainer.update(accelerator="cpu" if args.device == "cpu" else "auto")
         init.update(engine={"class_path": "r1_lightning.rollout.HFEngine"}, rollout_batch_size=4, group_size=2,
-                    train_batch_size=4, gradient_accumulation_steps=2, sampling_max_tokens=16, dtype="float32")
+                    train_batch_size=4, gradient_accumulation_steps=2, sampling_max_tokens=16, dtype="float32",
+                    compile=False)  # a smoke run: inductor's compile (a C++ compiler on the CPU) would dominate it
         data.update(batch_size=2)
     engine = init["engine"].setdefault("init_args", {})
     place(args, trainer, init, data, engine)

@@ -63,8 +63,6 @@ def parse_args(argv):
     p.add_argument("--r1-loss-type", default="reinforce_with_baseline")
     p.add_argument("--r1-loss-agg", default="seq_mean_token_mean")
     p.add_argument("--r1-compile", help="r1 variants: torch.compile the decoder layers with this backend (e.g. inductor)")
-    p.add_argument("--r1-fused-kernels", nargs="+", choices=["rms_norm", "swiglu", "rope"],
-                   help="r1 variants: Liger Kernel's fused kernels for these ops (the modules' fused_kernels)")
     p.add_argument("--r1-sdpa-backends", nargs="+", choices=["flash", "efficient", "cudnn", "math", "torch"],
                    default=["flash", "efficient", "math"],
                    help="r1 variants: the PyTorch SDPA kernels allowed in training (the modules' sdpa_backends); "
@@ -162,7 +160,7 @@ def run_r1(args, folder, batches, device) -> dict:
     common = {"learning_rate": 1e-6, "max_grad_norm": 1.0, "dtype": args.dtype,
               "attn_implementation": args.attn_implementation, "gradient_checkpointing": args.gradient_checkpointing,
               "fused_adamw": args.fused_adamw, "logprob_chunk_size": args.logprob_chunk_size or None,
-              "compile": args.r1_compile or False, "fused_kernels": args.r1_fused_kernels, "sdpa_backends": None if "torch" in args.r1_sdpa_backends else args.r1_sdpa_backends}
+              "compile": args.r1_compile or False, "sdpa_backends": None if "torch" in args.r1_sdpa_backends else args.r1_sdpa_backends}
     if args.phase == "grpo":
         class TimedGRPO(GRPOModule):
             def _train_on_rollouts(self, microbatches):

@@ -150,6 +150,7 @@ def test_grpo_step_tiny_reports_every_part(scripts, tmp_path):
     assert result["shape"]["group_size"] == 2 and result["engine"]["class_path"].endswith("HFEngine")
     derived = (tmp_path / "run" / "grpo_step.yaml").read_text()
     assert "tokenizer_name_or_path" in derived and "enable_checkpointing: false" in derived
+    assert "compile: false" in derived  # configs/grpo.yaml compiles; the smoke run must not wait for inductor
 
 
 def test_grpo_step_tiny_async_rollouts_report_the_wait_and_the_wall_clock(scripts, tmp_path):

@@ -141,6 +141,7 @@ def tiny_grpo_args(model_dir, task_dir, out_dir, max_steps, extra=()) -> list:
         "--model.init_args.train_batch_size", 8, "--model.init_args.gradient_accumulation_steps", 2,
         "--model.init_args.sampling_max_tokens", 12, "--model.init_args.eval_max_tokens", 12,
         "--model.init_args.gradient_checkpointing", "false", "--model.init_args.learning_rate", 1e-2,
+        "--model.init_args.compile", "false",  # the config's inductor: a C++ compile per run on the CPU
         "--data.init_args.train_path", task_dir / "train.jsonl", "--data.init_args.val_path", task_dir / "val.jsonl",
         "--data.init_args.batch_size", 2, "--data.init_args.val_batch_size", 10,
         "--data.init_args.max_val_examples", 10,

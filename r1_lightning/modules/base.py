@@ -21,7 +21,6 @@ from r1_lightning.distributed import (
     shard_policy,
     total_norm,
 )
-from r1_lightning.kernels import apply_fused_kernels, check_fused_kernels
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer, resolve_dtype
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -57,10 +56,8 @@ class PolicyModule(L.LightningModule):
         dtype: "auto" (bf16 where the GPU has it, else fp32), "bfloat16", "float32".
         gradient_checkpointing: trade compute for activation memory.
         compile: torch.compile the decoder layers and the chunked LM head's work around its matmuls
-            (True: inductor; or a backend name, e.g. "aot_eager"). An option to measure, not a default.
-        fused_kernels: Liger Kernel's fused Triton kernels for these ops of a Llama or Qwen2 policy,
-            from "rms_norm", "swiglu", "rope" (`r1_lightning.kernels`; CUDA only, the `kernels`
-            extra). Same parameters and function, fewer passes over the activations. None: off.
+            (True: inductor; or a backend name, e.g. "aot_eager"). Off by default; configs/grpo.yaml and
+            configs/leaderboard.yaml turn it on for the GPU, where it was measured faster.
         logprob_chunk_size: compute log-probs from hidden states in chunks of this many tokens so
             the (B, T, vocab) float32 log-softmax is never materialized; None = naive.
         fused_adamw: use the fused CUDA AdamW kernel (ignored on the CPU).
@@ -101,7 +98,6 @@ class PolicyModule(L.LightningModule):
         seed: int = 0,
         tokenizer_name_or_path: str | None = None,
         compile: bool | str = False,
-        fused_kernels: list[str] | None = None,
         microbatch_max_tokens: int | None = None,
         sdpa_backends: list[str] | None = None,
         max_consecutive_skipped_updates: int = 10,
@@ -138,7 +134,6 @@ class PolicyModule(L.LightningModule):
         # The tokenizer is cheap and needed before the model (e.g. to validate data), so load it now.
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.compile_backend = ("inductor" if compile is True else compile) or None
-        self.fused_kernels = check_fused_kernels(fused_kernels)
         self.microbatch_max_tokens = microbatch_max_tokens
         self.sdpa_backends = list(sdpa_backends) if sdpa_backends else None
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
@@ -156,12 +151,6 @@ class PolicyModule(L.LightningModule):
         self.policy = load_causal_lm(
             self.model_name_or_path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing
         )
-        if self.fused_kernels:
-            device = self.trainer.strategy.root_device
-            if device.type != "cuda":
-                raise RuntimeError(f"fused_kernels: Liger's kernels are Triton, CUDA only, and this run trains on "
-                                   f"{device.type}; set fused_kernels: null")
-            apply_fused_kernels(self.policy, self.fused_kernels)
         if self.compile_backend:
             compile_decoder_layers(self.policy, self.compile_backend)
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 (see r1_lightning.distributed)
