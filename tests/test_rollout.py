@@ -20,6 +20,7 @@ import torch
 from tiny_models import tiny_qwen2, word_level_tokenizer
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
+from r1_lightning.models import compile_decoder_layers
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine, vllm_build
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
 from r1_lightning.rollout.vllm_build import TESTED_VLLM_VERSION
@@ -134,6 +135,26 @@ def test_greedy_equals_reference_loop_in_left_padded_batches(greedy_case, max_ba
     engine = attached(policy, tokenizer, max_batch_size=max_batch_size)
     completions = engine.generate(PROMPTS, SamplingConfig(temperature=0, max_tokens=20, stop=stop))
     assert_matches(completions, expected)
+
+
+def test_generation_runs_a_compiled_policy_eagerly(greedy_case):
+    """`compile` is for training's shapes: the HF engine decodes through the same layers without
+    calling the compiler, and gives the eager answers."""
+    policy, tokenizer, stop, expected = greedy_case
+    compiled = copy.deepcopy(policy)
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    compile_decoder_layers(compiled, backend=counting_backend)
+    torch._dynamo.reset()
+    completions = attached(compiled, tokenizer).generate(PROMPTS, SamplingConfig(temperature=0, max_tokens=20, stop=stop))
+    assert_matches(completions, expected)
+    assert graphs == []
+    compiled(torch.tensor([[1, 2, 3]]))  # the layers are compiled: outside generation the compiler runs
+    assert graphs
 
 
 def test_greedy_with_n_repeats_the_single_greedy_answer(greedy_case):

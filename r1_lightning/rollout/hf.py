@@ -95,7 +95,10 @@ class HFEngine:
                 )
 
         device = next(self.policy.parameters()).device
-        with _eval_mode(self.policy), torch.inference_mode(), _seeded(sampling.seed, device):
+        # The policy's compiled layers (`compile`) are built for training's shapes; decoding a token at a
+        # time against a growing KV cache would recompile them over and over, so generation runs eagerly.
+        with (_eval_mode(self.policy), torch.inference_mode(), _seeded(sampling.seed, device),
+              torch.compiler.set_stance("force_eager")):
             completions = []
             for start in range(0, len(prompt_ids), self.max_batch_size):
                 chunk = prompt_ids[start : start + self.max_batch_size]
