@@ -6,8 +6,9 @@ token id's string and one dict + `Logprob` per token (flat lists with `flat_logp
 drives vLLM's own `OutputProcessor` as `LLMEngine` does (FINAL_ONLY, a `ParentRequest` fanning out
 n children, one `process_outputs` per engine step) with a simulated engine core: its per-step
 `EngineCoreOutputs` (one token per running request, `LogprobsLists` sliced per request) are built
-and msgpack-encoded before the clock starts. With the engine core in its own process the caller
-also decodes each step's message (vLLM's `MsgpackDecoder`): timed apart as `decode_s`.
+and msgpack-encoded before the clock starts (that encoding, the engine core process's own work, is
+timed once: `engine_encode_s`). With the engine core in its own process the caller also decodes
+each step's message (vLLM's `MsgpackDecoder`): timed apart as `decode_s`.
 
 The batch: 32 prompts x n=8, as `VLLMEngine.generate` asks (its own `sampling_params_kwargs`), GSM8K
 questions in the R1-Zero template, the GPU benchmarks' word tokenizer (151,936 ids, 296 of them
@@ -161,8 +162,9 @@ def run_variant(name: str, tokenizer, prompt_ids, samples, args) -> dict:
         kwargs = [dict(k, detokenize=False, stop=None) for k in kwargs]
     wants = [k["logprobs"] is not None for k in kwargs]
     steps = engine_steps(tokens, logprobs, lengths, truncated, args.n, wants, detokenize)
-    encoder = MsgpackEncoder()
+    encoder, start = MsgpackEncoder(), time.perf_counter()  # the engine core process's side, timed once
     messages = [[bytes(b) for b in encoder.encode(EngineCoreOutputs(outputs=step))] for step in steps]
+    encode_s = time.perf_counter() - start
     del steps
     process_s, decode_s = [], []
     for _ in range(args.repeats):
@@ -188,6 +190,7 @@ def run_variant(name: str, tokenizer, prompt_ids, samples, args) -> dict:
     return {"process_s": C.median(process_s), "decode_s": C.median(decode_s), "process_s_all": process_s,
             "decode_s_all": decode_s, "process_us_per_token": 1e6 * C.median(process_s) / n_tokens,
             "decode_us_per_token": 1e6 * C.median(decode_s) / n_tokens, "aborted_by_stop_string": aborted,
+            "engine_encode_s": encode_s, "engine_encode_us_per_token": 1e6 * encode_s / n_tokens,
             "detokenizer": detokenizer,
             "check": check_outputs(outputs, prompt_ids, samples, wants, detokenize, tokenizer)}
 
@@ -215,12 +218,12 @@ def print_table(result: dict) -> None:
     batch = result["batch"]
     print(f"{batch['samples']} samples, {batch['tokens']:,} tokens, {batch['engine_steps']} engine steps "
           f"({result['machine']['cpu']})", file=sys.stderr)
-    print("| variant | process_outputs s | µs/token | decode s | µs/token | check |", file=sys.stderr)
-    print("|---|---|---|---|---|---|", file=sys.stderr)
+    print("| variant | process_outputs s | µs/token | decode s | µs/token | engine encode s | check |", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|", file=sys.stderr)
     for name, v in result["variants"].items():
         print(f"| {name} | {v['process_s']:.3f} | {v['process_us_per_token']:.2f} | {v['decode_s']:.3f} | "
-              f"{v['decode_us_per_token']:.2f} | {'ok' if not v['check'] else 'FAILED: ' + v['check'][0]} |",
-              file=sys.stderr)
+              f"{v['decode_us_per_token']:.2f} | {v['engine_encode_s']:.3f} | "
+              f"{'ok' if not v['check'] else 'FAILED: ' + v['check'][0]} |", file=sys.stderr)
     if failed(result):
         print("!!! to_completions does not give back what the engine sent: see 'check' in the JSON", file=sys.stderr)
 
