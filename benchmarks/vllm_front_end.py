@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gc-off", action="store_true", help="gc.disable(): how much of the time is Python's cyclic GC")
     p.add_argument("--gsm8k", help="GSM8K test.jsonl (default: $R1L_GSM8K, else data/gsm8k/test.jsonl)")
     p.add_argument("--out")
     return p.parse_args(argv)
@@ -240,6 +241,8 @@ def cpu_model() -> str | None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.gc_off:
+        gc.disable()  # gc.collect() between repeats still runs
     import msgspec
     import vllm
 
@@ -248,7 +251,7 @@ def main(argv=None) -> dict:
     lengths, truncated = samples[2], samples[3]
     result = {
         "benchmark": "vllm_front_end", "environment": C.environment(),
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count()},
+        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count()}, "gc_off": args.gc_off,
         "library_versions": {"vllm": vllm.__version__, "msgspec": msgspec.__version__, "numpy": np.__version__},
         "batch": {"prompts": args.prompts, "n": args.n, "samples": len(lengths), "tokens": int(lengths.sum()),
                   "response_length_mean": float(lengths.mean()), "truncated_fraction": float(truncated.mean()),
