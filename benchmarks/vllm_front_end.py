@@ -25,6 +25,7 @@ variants end the same samples on the engine's side, as a stop token id would.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import platform
@@ -40,14 +41,18 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import common as C
 
 from r1_lightning.rollout.base import SamplingConfig
+from r1_lightning.rollout.vllm_build import without_logprob_token_strings
 from r1_lightning.rollout.vllm_engine import sampling_params_kwargs, to_completions
 
 # name -> (which prompts' samples get log-probs: "none" / "one" (the first prompt's, the sync check
 # of configs/grpo.yaml) / "all" (TIS, async rollouts), flat_logprobs, detokenize)
 VARIANTS = {"none": ("none", False, True), "one_prompt": ("one", False, True), "all": ("all", False, True),
-            "all_flat": ("all", True, True), "no_detok": ("none", False, False),
+            "all_flat": ("all", True, True), "all_flat_no_strings": ("all", True, True),
+            "no_detok": ("none", False, False),
             "no_detok_all": ("all", False, False), "no_detok_all_flat": ("all", True, False)}
 STOP = "</answer>"
+# variants run as VLLMEngine builds its LLM, with vllm_build.without_logprob_token_strings (undone after)
+WITHOUT_TOKEN_STRINGS = {"all_flat_no_strings"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -168,25 +173,26 @@ def run_variant(name: str, tokenizer, prompt_ids, samples, args) -> dict:
     encode_s = time.perf_counter() - start
     del steps
     process_s, decode_s = [], []
-    for _ in range(args.repeats):
-        processor = OutputProcessor(tokenizer, log_stats=False)  # LLM: disable_log_stats=True
-        add_requests(processor, prompt_ids, [SamplingParams(**k) for k in kwargs], tokenizer)
-        detokenizer = type(next(iter(processor.request_states.values())).detokenizer).__name__
-        decoder = MsgpackDecoder(EngineCoreOutputs)
-        outputs, aborted, decode, process = [], 0, 0.0, 0.0  # (drops the last repeat's outputs)
-        gc.collect()
-        for message in messages:
-            start = time.perf_counter()
-            step = decoder.decode(message)
-            middle = time.perf_counter()
-            result = processor.process_outputs(step.outputs, engine_core_timestamp=step.timestamp)
-            process += time.perf_counter() - middle
-            decode += middle - start
-            outputs += result.request_outputs
-            aborted += len(result.reqs_to_abort)
-        process_s.append(process)
-        decode_s.append(decode)
-        assert not processor.has_unfinished_requests(), f"{name}: requests left unfinished"
+    with token_strings(keep=name not in WITHOUT_TOKEN_STRINGS):
+        for _ in range(args.repeats):
+            processor = OutputProcessor(tokenizer, log_stats=False)  # LLM: disable_log_stats=True
+            add_requests(processor, prompt_ids, [SamplingParams(**k) for k in kwargs], tokenizer)
+            detokenizer = type(next(iter(processor.request_states.values())).detokenizer).__name__
+            decoder = MsgpackDecoder(EngineCoreOutputs)
+            outputs, aborted, decode, process = [], 0, 0.0, 0.0  # (drops the last repeat's outputs)
+            gc.collect()
+            for message in messages:
+                start = time.perf_counter()
+                step = decoder.decode(message)
+                middle = time.perf_counter()
+                result = processor.process_outputs(step.outputs, engine_core_timestamp=step.timestamp)
+                process += time.perf_counter() - middle
+                decode += middle - start
+                outputs += result.request_outputs
+                aborted += len(result.reqs_to_abort)
+            process_s.append(process)
+            decode_s.append(decode)
+            assert not processor.has_unfinished_requests(), f"{name}: requests left unfinished"
     n_tokens = int(lengths.sum())
     return {"process_s": C.median(process_s), "decode_s": C.median(decode_s), "process_s_all": process_s,
             "decode_s_all": decode_s, "process_us_per_token": 1e6 * C.median(process_s) / n_tokens,
@@ -194,6 +200,21 @@ def run_variant(name: str, tokenizer, prompt_ids, samples, args) -> dict:
             "engine_encode_s": encode_s, "engine_encode_us_per_token": 1e6 * encode_s / n_tokens,
             "detokenizer": detokenizer,
             "check": check_outputs(outputs, prompt_ids, samples, wants, detokenize, tokenizer)}
+
+
+@contextlib.contextmanager
+def token_strings(keep: bool):
+    """vLLM's log-prob token strings as they are (keep) or left out as `VLLMEngine` builds its LLM,
+    restored afterwards."""
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    saved = LogprobsProcessor.__dict__["from_new_request"]
+    if not keep:
+        without_logprob_token_strings()
+    try:
+        yield
+    finally:
+        LogprobsProcessor.from_new_request = saved
 
 
 def check_outputs(request_outputs, prompt_ids, samples, wants, detokenize, tokenizer) -> list[str]:

@@ -59,12 +59,13 @@ def llm_process_here(monkeypatch):
     """`VLLMEngine(process="separate")` builds its `LLM` in this process, under the environment its
     spawned process would get (`LLMProcess`'s `env`): for tests whose `vllm` is a fake in this process.
     tests/test_vllm_process.py tests the real `LLMProcess`."""
-    from r1_lightning.rollout import vllm_build, vllm_engine
+    from r1_lightning.rollout import vllm_engine
     from r1_lightning.rollout.vllm_layout import scoped_env
+    from r1_lightning.rollout.vllm_process import load
 
     class LLMBuiltHere:
-        def __new__(cls, engine_args: dict, env: dict):
+        def __new__(cls, engine_args: dict, env: dict, build: str):
             with scoped_env(env):
-                return vllm_build.import_vllm().LLM(**engine_args)
+                return load(build)(**engine_args)
 
     monkeypatch.setattr(vllm_engine, "LLMProcess", LLMBuiltHere)

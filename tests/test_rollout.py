@@ -411,9 +411,32 @@ def test_a_separate_engine_generates_in_its_own_process(monkeypatch):
     assert [(p["n"], p["seed"], p["stop"]) for p in params] == [(2, 10, ["</answer>"]), (2, 12, ["</answer>"])]
 
 
+def test_vllm_log_prob_processors_are_built_without_the_tokenizer(monkeypatch):
+    """`build_llm` first makes vLLM's front end build each request's LogprobsProcessor without a
+    tokenizer (it then skips the per-token strings), once however often it runs; the request and the
+    way vLLM calls it (keywords) are unchanged."""
+    built = []
+
+    class LogprobsProcessor:  # vLLM 0.26's hook, as vllm/v1/engine/logprobs.py defines it
+        @classmethod
+        def from_new_request(cls, tokenizer, request):
+            built.append((cls, tokenizer, request))
+
+    module = SimpleNamespace(LogprobsProcessor=LogprobsProcessor)
+    for name in ("vllm", "vllm.v1", "vllm.v1.engine"):
+        monkeypatch.setitem(sys.modules, name, SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "vllm.v1.engine.logprobs", module)
+    monkeypatch.setattr(vllm_build, "import_vllm", lambda: SimpleNamespace(LLM=lambda **kwargs: kwargs))
+    assert vllm_build.build_llm(model="m") == {"model": "m"}
+    vllm_build.without_logprob_token_strings()  # a second engine: not wrapped twice
+    LogprobsProcessor.from_new_request(tokenizer="tokenizer", request="request")
+    assert built == [(LogprobsProcessor, None, "request")]
+
+
 def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
     built = []
     fake_vllm = SimpleNamespace(LLM=lambda **kwargs: built.append(kwargs), __version__=TESTED_VLLM_VERSION)
+    monkeypatch.setattr(vllm_build, "import_vllm", lambda: fake_vllm)
     monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
     for engine in (VLLMEngine(max_num_seqs=2048, max_model_len=1536, gpu_memory_utilization=0.5), VLLMEngine()):
         engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here

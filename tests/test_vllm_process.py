@@ -65,11 +65,11 @@ def test_a_hung_engine_fails_the_weight_sync_and_close_ends_it(monkeypatch):
     monkeypatch.setattr(vllm_transfer, "trainer_connect", lambda info: "communicator")
     monkeypatch.setattr(vllm_transfer, "trainer_send", lambda named_tensors, communicator, dtype: None)
     process = LLMProcess({}, env={}, build=FAKE)
-    sender = vllm_transfer.NCCLWeightSender(process, "engine", timeout_s=1.0, dtype=torch.bfloat16)
+    sender = vllm_transfer.NCCLWeightSender(process, "engine", timeout_s=5.0, dtype=torch.bfloat16)
     start = time.monotonic()
-    with pytest.raises(WeightSyncError, match=r"update_weights\) did not finish within sync_timeout_s=1 s"):
+    with pytest.raises(WeightSyncError, match=r"update_weights\) did not finish within sync_timeout_s=5 s"):
         sender.send([("w", torch.zeros(2))])
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 30
     process.close(timeout_s=1.0)
     assert not process._process.is_alive()
     with pytest.raises(RuntimeError, match="gone|exited"):

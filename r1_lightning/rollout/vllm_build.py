@@ -112,3 +112,38 @@ def in_process_env(vllm):
         envs.disable_envs_cache()
     with scoped_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}):
         yield
+
+
+def build_llm(**engine_args):
+    """`vllm.LLM(**engine_args)` as every `VLLMEngine` builds it, in this process or in its own
+    (`LLMProcess` runs "r1_lightning.rollout.vllm_build:build_llm" there)."""
+    vllm = import_vllm()
+    without_logprob_token_strings()
+    return vllm.LLM(**engine_args)
+
+
+def without_logprob_token_strings() -> None:
+    """Stop vLLM's front end from turning each log-prob's token id into its text.
+
+    With every sampled token's log-prob asked for (async rollouts' importance weights), vLLM 0.26's
+    front end converts each of those ids to its string (`Logprob.decoded_token`) and checks it for
+    partial UTF-8: the largest part of its per-token work, measured on vLLM's own `OutputProcessor`
+    (benchmarks/vllm_front_end.py), and nothing in this package reads those strings. vLLM has no
+    option for it, but its `LogprobsProcessor` leaves them out when it has no tokenizer: this gives
+    every request's processor none. The completion text and stop strings still use the tokenizer
+    (the `IncrementalDetokenizer` is built apart). Idempotent; a vLLM without that hook is left as is.
+    """
+    try:
+        from vllm.v1.engine.logprobs import LogprobsProcessor  # vLLM 0.26's front end
+    except ImportError:
+        return
+    build = LogprobsProcessor.__dict__.get("from_new_request")
+    if not isinstance(build, classmethod) or getattr(build.__func__, "without_token_strings", False):
+        return
+    original = build.__func__
+
+    def from_new_request(cls, tokenizer, request):
+        return original(cls, None, request)
+
+    from_new_request.without_token_strings = True
+    LogprobsProcessor.from_new_request = classmethod(from_new_request)

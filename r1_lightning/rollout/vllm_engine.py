@@ -295,9 +295,10 @@ class VLLMEngine:
         launch_env = engine_launch_env(self.process, self.ranks, self.device_index)
         engine_args = vllm_build.llm_engine_args(self, vllm, model_path, tokenizer_path, launch_env)
         if self.process == "separate":  # the whole LLM in a process of its own, its engine core in another
-            return LLMProcess(engine_args, env={**launch_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+            return LLMProcess(engine_args, env={**launch_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
+                              build=f"{vllm_build.__name__}:build_llm")
         with self._on_engine_device(), vllm_build.in_process_env(vllm), scoped_env(launch_env):
-            return vllm.LLM(**engine_args)
+            return vllm_build.build_llm(**engine_args)
 
     @contextlib.contextmanager
     def _on_engine_device(self):
