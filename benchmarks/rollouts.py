@@ -169,12 +169,12 @@ def logprob_gap(engine, policy, tokenizer, prompts, sampling, device) -> float:
 def build_vllm(out, args, folder, policy, tokenizer, device):
     if device.type != "cuda":
         raise EngineUnavailable("the vLLM engine needs a CUDA GPU (and vllm==0.26.0 importable, e.g. PYTHONPATH=/tmp/site)")
-    from r1_lightning.rollout import VLLMEngine, vllm_engine
+    from r1_lightning.rollout import VLLMEngine, vllm_build
+    from r1_lightning.rollout.vllm_layout import scoped_env
 
     if args.vllm_engine_process:  # diagnostic: the in-process engine's code, its engine core built in its own process
         # (VLLMEngine(process="separate") would sync over NCCL, which needs the engine on another GPU than the policy)
-        build_env = vllm_engine.engine_core_env
-        vllm_engine.engine_core_env = lambda vllm, separate: build_env(vllm, separate=True)
+        vllm_build.in_process_env = lambda vllm: scoped_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     gc.collect()
     torch.cuda.empty_cache()
     engine = VLLMEngine(model=str(folder), device=device.index or 0, gpu_memory_utilization=args.gpu_memory_utilization,
