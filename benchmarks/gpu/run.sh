@@ -11,10 +11,10 @@
 #               test, tests/gpu/test_compiled_head.py (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
-#     async     tests/gpu/test_vllm_separate_process.py, then configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM's
-#               engine core in the trainer's process (today's default), in its own process (weights over
-#               NCCL), and in its own process with one-step-off async rollouts (ASYNC_STEPS, default 4;
-#               ASYNC_EAGER=1: no CUDA graphs, for a faster engine start)
+#     async     configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM in
+#               processes of its own (weights over NCCL), the same with one-step-off async rollouts, and
+#               vLLM in the trainer's process (today's default); tests/gpu/test_vllm_separate_process.py
+#               between the last two (ASYNC_STEPS, default 4; ASYNC_EAGER=1: no CUDA graphs, faster start)
 #     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
 #               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
 #               runs on the visible GPU (policy and in-process engine share it), the second started once the
@@ -93,14 +93,15 @@ rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU
 
 step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_step"; }
 
-async() {  # the new modes first: the in-process baseline (measured before) is the one a short budget skips
+async() {  # the two separate-process modes first; then the GPU tests of that engine; the in-process
+  # baseline (measured before) is what a short budget skips
   local common=(--steps "${ASYNC_STEPS:-4}" ${ASYNC_EAGER:+--enforce-eager})
-  within 60 240 python -m pytest tests/gpu/test_vllm_separate_process.py -v -rA -p no:cacheprovider \
+  bench grpo_step_separate 150 300 grpo_step "${common[@]}" --engine-process separate --workdir "$work/separate"
+  bench grpo_step_separate_async 120 200 grpo_step "${common[@]}" --engine-process separate --async-rollouts \
+    --workdir "$work/separate_async"
+  within 60 180 python -m pytest tests/gpu/test_vllm_separate_process.py -v -rA -p no:cacheprovider \
     >"$work/separate_process_tests.log" 2>&1
   echo "[async] separate-process engine tests rc=$? at ${SECONDS} s"; tail -1 "$work/separate_process_tests.log"
-  bench grpo_step_separate 150 330 grpo_step "${common[@]}" --engine-process separate --workdir "$work/separate"
-  bench grpo_step_separate_async 90 180 grpo_step "${common[@]}" --engine-process separate --async-rollouts \
-    --workdir "$work/separate_async"
   bench grpo_step_in_process 90 160 grpo_step "${common[@]}" --engine-process in_process --workdir "$work/in_process"
   python - "$work" <<'PY'
 import json, pathlib, sys
