@@ -1,18 +1,29 @@
 """`LLMProcess`: the `LLM` of `VLLMEngine(process="separate")` built and called in a spawned process.
 
 Real processes, with `tests/llm_process_fakes.py`'s stand-in for `vllm.LLM` (the child imports it by
-name). The real vLLM path runs on the GPU machine: tests/gpu/test_vllm_separate_process.py.
+name), and `VLLMEngine(process="separate")` end to end with tests/fixtures/fake_vllm as `vllm`. The
+real vLLM path runs on the GPU machine: tests/gpu/test_vllm_separate_process.py.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_qwen2, word_level_tokenizer
 
-from r1_lightning.rollout import WeightSyncError, vllm_transfer
+from r1_lightning.rollout import (
+    SamplingConfig,
+    VLLMEngine,
+    WeightSyncError,
+    vllm_build,
+    vllm_engine,
+    vllm_transfer,
+)
 from r1_lightning.rollout.vllm_process import LLMProcess
 
 FAKE = "llm_process_fakes:EchoLLM"
@@ -74,3 +85,48 @@ def test_a_hung_engine_fails_the_weight_sync_and_close_ends_it(monkeypatch):
     assert not process._process.is_alive()
     with pytest.raises(RuntimeError, match="gone|exited"):
         process.add(1)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """tests/fixtures/fake_vllm's `vllm` importable here and in spawned processes (they take this
+    sys.path); every `vllm` module it imported here is forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures" / "fake_vllm"))
+    yield
+    for name in [name for name in sys.modules if name == "vllm" or name.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+def test_a_separate_engine_samples_and_syncs_through_its_own_process(fake_vllm, monkeypatch):
+    """VLLMEngine(process="separate") end to end but for vLLM itself: built by `build_llm` in a spawned
+    process, prompts out and Completions back, and the weight-transfer calls made there in order."""
+    monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+    monkeypatch.setattr(vllm_engine, "engine_gpus", lambda *args, **kwargs: [1])  # no GPU here
+    monkeypatch.setattr(vllm_transfer, "trainer_connect", lambda info: "communicator")
+    sent = []
+    monkeypatch.setattr(vllm_transfer, "trainer_send",
+                        lambda named_tensors, communicator, dtype: sent.append(dict(named_tensors)))
+    vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", *"abcdef"])}
+    tokenizer = word_level_tokenizer(vocab, "<pad>", per_character=True, pad_token="<pad>", eos_token="<eos>")
+    policy = tiny_qwen2(len(vocab))
+    engine = VLLMEngine(process="separate", model="model-folder", dtype="bfloat16", sync_timeout_s=30)
+    engine.attach(policy, tokenizer)
+    try:
+        pid, multiprocessing_env, engine_args = engine.llm.where()
+        assert pid != os.getpid() and multiprocessing_env == "1"
+        assert engine_args["device_ids"] == [1] and engine_args["weight_transfer_config"] == {"backend": "nccl"}
+
+        completions = engine.generate(["ab", "c"], SamplingConfig(n=2, max_tokens=4, stop=[], logprobs=True))
+        a, c = vocab["a"], vocab["c"]  # each prompt's first token id; the stand-in samples from it
+        assert [(x.prompt_index, x.token_ids) for x in completions] == [
+            (0, [a, a + 1]), (0, [a + 1, a + 2]), (1, [c, c + 1]), (1, [c + 1, c + 2])]
+        assert completions[3].logprobs == [-(c + 1) / 10, -(c + 2) / 10]
+
+        engine.load_weights(policy.named_parameters())
+        calls = engine.llm.calls()
+        assert [call[0] for call in calls] == ["init_weight_transfer_engine", "start_weight_update", "update_weights",
+                                               "finish_weight_update", "reset_prefix_cache"]
+        assert calls[2][1]["names"] == list(sent[0]) == [name for name, _ in policy.named_parameters()]
+    finally:
+        engine.close()
+    assert engine.llm is None
