@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import tiny_qwen2, word_level_tokenizer
+from tiny_models import char_tokenizer, char_vocab, tiny_qwen2
 
 from r1_lightning.rollout import TrainerRanks, VLLMEngine, vllm_build, vllm_transfer
 from r1_lightning.rollout.vllm_layout import engine_gpus
@@ -76,7 +76,7 @@ def test_one_explicit_gpu_for_several_ranks_per_node_and_tp_without_separate_are
 
 # -- what each rank's engine is built with (a fake vllm.LLM) ------------------------------------------------
 
-VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *"abcdef"])}
+VOCAB = char_vocab("abcdef")
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "VLLM_ENABLE_V1_MULTIPROCESSING")
 
 
@@ -114,7 +114,7 @@ def build(monkeypatch, llm_process_here):
     for name in LAUNCH_VARIABLES:
         monkeypatch.setenv(name, f"launcher's {name}")
     policy = tiny_qwen2(len(VOCAB))  # on the CPU: a colocated engine takes its local rank's GPU
-    tokenizer = word_level_tokenizer(VOCAB, "<pad>", per_character=True, pad_token="<pad>", eos_token="<eos>")
+    tokenizer = char_tokenizer(VOCAB)
 
     def make(gpus: int, trainer_ranks: TrainerRanks, **options):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_qwen2, word_level_tokenizer
+from tiny_models import char_tokenizer, char_vocab, tiny_qwen2
 
 from r1_lightning.rollout import (
     SamplingConfig,
@@ -106,8 +106,8 @@ def test_a_separate_engine_samples_and_syncs_through_its_own_process(fake_vllm, 
     sent = []
     monkeypatch.setattr(vllm_transfer, "trainer_send",
                         lambda named_tensors, communicator, dtype: sent.append(dict(named_tensors)))
-    vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", *"abcdef"])}
-    tokenizer = word_level_tokenizer(vocab, "<pad>", per_character=True, pad_token="<pad>", eos_token="<eos>")
+    vocab = char_vocab("abcdef")
+    tokenizer = char_tokenizer(vocab)
     policy = tiny_qwen2(len(vocab))
     engine = VLLMEngine(process="separate", model="model-folder", dtype="bfloat16", sync_timeout_s=30)
     engine.attach(policy, tokenizer)

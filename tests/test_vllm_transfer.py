@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import tiny_qwen2, word_level_tokenizer
+from tiny_models import char_tokenizer, char_vocab, tiny_qwen2
 
 from r1_lightning.rollout import (
     SamplingConfig,
@@ -28,7 +28,7 @@ from r1_lightning.rollout import (
     vllm_transfer,
 )
 
-VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *"abcdef"])}
+VOCAB = char_vocab("abcdef")
 ENGINE_SIDE_PHASES = ["init_weight_transfer_engine", "start_weight_update", "update_weights",
                       "finish_weight_update", "reset_prefix_cache"]
 
@@ -110,7 +110,7 @@ def setup(monkeypatch, llm_process_here):
     monkeypatch.setattr(vllm_transfer, "trainer_send", trainer_send)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as benchmarks/gpu/setup.sh exports it
     state.policy = tiny_qwen2(len(VOCAB))  # float32 master weights
-    state.tokenizer = word_level_tokenizer(VOCAB, "<pad>", per_character=True, pad_token="<pad>", eos_token="<eos>")
+    state.tokenizer = char_tokenizer(VOCAB)
 
     def attach(**options):
         engine = VLLMEngine(process="separate", model="model-folder", dtype="bfloat16", **options)

@@ -39,3 +39,13 @@ def word_level_tokenizer(
             single=f"{bos_token} $A", special_tokens=[(bos_token, vocab[bos_token])]
         )
     return PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens)
+
+
+def char_vocab(chars: str) -> dict[str, int]:
+    """<pad> 0, <eos> 1, then one id per character of `chars`: the vocabulary `char_tokenizer` reads."""
+    return {token: i for i, token in enumerate(["<pad>", "<eos>", *chars])}
+
+
+def char_tokenizer(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
+    """One token per character of a `char_vocab`, <pad> for padding and unknown, <eos> to end."""
+    return word_level_tokenizer(vocab, "<pad>", per_character=True, pad_token="<pad>", eos_token="<eos>")

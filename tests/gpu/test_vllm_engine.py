@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install 'r1-lightning[vllm]'")
 
-from tiny_models import tiny_qwen2, word_level_tokenizer
+from tiny_models import char_tokenizer, char_vocab, tiny_qwen2
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1_lightning.rollout import HFEngine, SamplingConfig, VLLMEngine
@@ -29,7 +29,7 @@ from r1_lightning.rollout import HFEngine, SamplingConfig, VLLMEngine
 # No space character: transformers 5.17 (on the GPU machine) drops " " when it reloads this
 # character-level tokenizer from disk.
 CHARS = list("abcdefghij_<>/=+0123456789")
-VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *CHARS])}
+VOCAB = char_vocab("".join(CHARS))
 EOS = VOCAB["<eos>"]
 PROMPTS = ["a", "bc_d", "12+34=", "j", "ab/ab"]
 NEAR_TIE = 0.05  # logit margin under which bf16 vs fp32 may pick different greedy tokens
@@ -37,7 +37,7 @@ MAX_LOGPROB_GAP = 1e-2  # mean |engine log-prob - policy log-prob| of a healthy 
 
 
 def save_tiny_model(path) -> None:
-    tokenizer = word_level_tokenizer(VOCAB, "<pad>", per_character=True, pad_token="<pad>", eos_token="<eos>")
+    tokenizer = char_tokenizer(VOCAB)
     tokenizer.save_pretrained(path)
     model = tiny_qwen2(
         len(VOCAB), hidden_size=256, intermediate_size=512, max_position_embeddings=512, tie_word_embeddings=False,
