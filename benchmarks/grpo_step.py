@@ -7,8 +7,8 @@ cuDNN, one update per step, gradient checkpointing, chunked log-probs, policy on
 Qwen2.5-Math-1.5B architecture with random weights and a word-level tokenizer
 (`common.qwen_shape_rollout_folder`, as in rollouts.py: samples end on the real `</answer>` stop
 string after ~512 tokens on average, ~13% reach 1024), the questions are GSM8K's, no evaluation, no
-checkpoint. Options pick the engine's process (`--engine-process separate`: vLLM's engine core in its
-own process, weights over NCCL) and one-step-off `--async-rollouts`; `benchmarks/gpu/run.sh async`
+checkpoint. Options pick the engine's process (`--engine-process separate`: vLLM in processes of its
+own, weights over NCCL) and one-step-off `--async-rollouts`; `benchmarks/gpu/run.sh async`
 runs the three modes side by side. The breakdown comes from what the module logs every step:
 `perf/rollout_seconds`, `perf/reward_seconds`, `perf/old_logprob_seconds` (0 here: one update per
 rollout batch needs no old log-probs), `perf/update_seconds`, `perf/step_seconds` (rollout to

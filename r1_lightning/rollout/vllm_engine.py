@@ -239,7 +239,7 @@ class VLLMEngine:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy (Hugging Face name, tensor) pairs into the engine's model, in place: by reference
-        in process, over NCCL to an engine core in its own process.
+        in process, over NCCL to an engine in processes of its own.
 
         The tensors may live on another GPU (copied device to device) and in another dtype
         (cast on copy). vLLM's `load_weights` fuses q/k/v and gate/up itself. Raises
