@@ -74,7 +74,10 @@ class StepClock(L.Callback):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3, help="GRPO steps (the first one also warms up)")
+    p.add_argument("--steps", type=int, default=3, help="GRPO steps, warm-up steps included")
+    p.add_argument("--warmup-steps", type=int, default=1,
+                   help="first steps left out of the medians (median_timed): the first builds the engine and, compiled, "
+                        "compiles; a compiled update may recompile for a new microbatch shape in the next few")
     p.add_argument("--tiny", action="store_true", help="2-layer model, 2 questions x 2 samples x 16 tokens, HF engine")
     p.add_argument("--device", default="auto", help="auto | cpu (cpu: --tiny with the HF engine)")
     p.add_argument("--config", default=str(C.REPO_ROOT / "configs" / "grpo.yaml"))
@@ -94,6 +97,8 @@ def parse_args(argv):
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs or torch.compile (faster start)")
     p.add_argument("--out", help="also write the JSON here")
     args, args.fit_overrides = p.parse_known_args(argv)  # the rest goes to `r1-lightning fit` as given
+    if not 0 <= args.warmup_steps < args.steps:
+        p.error(f"--warmup-steps {args.warmup_steps} must be at least 0 and below --steps {args.steps}")
     return args
 
 
@@ -191,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     command = [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(config_path), *args.fit_overrides]
     pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}  # grpo_step.StepClock
+    # grpo_step.StepClock; fit.log names each torch.compile recompile and the guard that failed
+    env = {"TORCH_LOGS": "recompiles", **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
     start = time.perf_counter()
     with C.GpuMemoryPeak() as memory:
         proc = subprocess.run(command, cwd=C.REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"r1-lightning fit failed (exit {proc.returncode}); log: {workdir / 'fit.log'}")
     init = config["model"]["init_args"]
     rows = breakdown(read_metrics(metrics_files[-1].parent), init.get("async_rollouts", False))
-    timed = rows[1:] or rows  # the first step also warms up (allocator, kernels)
+    timed = rows[args.warmup_steps:] or rows  # a fit cut short: every step it made
     for row in rows:  # rollouts of all ranks per second of step (the batch sizes are per rank)
         row["samples_per_s"] = init["rollout_batch_size"] * args.devices / row["step_s"]
     keys = ("step_s", "wall_step_s", *(f"{part}_s" for part in (*PARTS, "rollout_wait")), "other_s", "samples_per_s",
@@ -222,9 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
         shape={k: init[k] for k in ("rollout_batch_size", "group_size", "sampling_max_tokens", "train_batch_size",
                                     "gradient_accumulation_steps", "gradient_checkpointing", "logprob_chunk_size")},
         engine=init["engine"], async_rollouts=init.get("async_rollouts", False), steps=rows,
-        median_after_first={key: C.median([r[key] for r in timed if r[key] is not None]) for key in keys},
+        timed_steps=[row["step"] for row in timed],
+        median_timed={key: C.median([r[key] for r in timed if r[key] is not None]) for key in keys},
     )
-    medians = result["median_after_first"]
+    medians = result["median_timed"]
     # 0.1 s: the bound for a 1.5B-parameter sync over NCCL (the in-process sync takes ~0.03 s)
     gap = medians["engine_logprob_gap"]
     result["acceptance"] = {"step_under_60_s": medians["step_s"] < 60,

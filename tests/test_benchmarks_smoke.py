@@ -143,6 +143,8 @@ def test_grpo_step_tiny_reports_every_part(scripts, tmp_path):
     result = grpo_step.main(["--tiny", "--device", "cpu", "--steps", "2", "--gsm8k", str(GSM8K_FIXTURE),
                              "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "g.json")])
     assert result["fit_exit_code"] == 0 and [row["step"] for row in result["steps"]] == [0, 1]
+    # the medians leave the warm-up step out (one by default)
+    assert result["timed_steps"] == [1] and result["median_timed"]["step_s"] == result["steps"][1]["step_s"]
     for row in result["steps"]:
         parts = sum(row[f"{part}_s"] for part in grpo_step.PARTS)
         assert row["rollout_s"] > 0 and row["update_s"] > 0 and 0 <= parts <= row["step_s"]
@@ -151,6 +153,15 @@ def test_grpo_step_tiny_reports_every_part(scripts, tmp_path):
     derived = (tmp_path / "run" / "grpo_step.yaml").read_text()
     assert "tokenizer_name_or_path" in derived and "enable_checkpointing: false" in derived
     assert "compile: false" in derived  # configs/grpo.yaml compiles; the smoke run must not wait for inductor
+
+
+def test_grpo_step_refuses_warmup_steps_that_leave_nothing_timed(capsys):
+    grpo_step = load_script("grpo_step")
+    assert grpo_step.parse_args(["--steps", "8", "--warmup-steps", "3"]).warmup_steps == 3
+    for steps, warmup in (("3", "3"), ("3", "-1")):
+        with pytest.raises(SystemExit):
+            grpo_step.parse_args(["--steps", steps, "--warmup-steps", warmup])
+        assert f"--warmup-steps {warmup} must be at least 0 and below --steps {steps}" in capsys.readouterr().err
 
 
 def test_grpo_step_tiny_async_rollouts_report_the_wait_and_the_wall_clock(scripts, tmp_path):

@@ -11,10 +11,11 @@
 #               test, tests/gpu/test_compiled_head.py (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
-#     async     configs/grpo.yaml's GRPO step in three modes, one process each, on the same 2 GPUs: vLLM in
-#               processes of its own (weights over NCCL), the same with one-step-off async rollouts, and
-#               vLLM in the trainer's process (today's default); tests/gpu/test_vllm_separate_process.py
-#               between the last two (ASYNC_STEPS, default 4; ASYNC_EAGER=1: no CUDA graphs, faster start)
+#     async     configs/grpo.yaml's GRPO step synchronous, then one step off (async rollouts), one process each on
+#               the same 2 GPUs, vLLM in processes of its own (weights over NCCL); ASYNC_STEPS (default 8) steps,
+#               medians of those after the first ASYNC_WARMUP_STEPS (default 3: builds, compiles, recompiles);
+#               ASYNC_EAGER=1: no CUDA graphs, faster start. On a fresh machine the first run pays the first
+#               compiles: run it twice (tests/gpu/test_vllm_separate_process.py runs with `tests`)
 #     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
 #               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
 #               runs on the visible GPU (policy and in-process engine share it), the second started once the
@@ -93,26 +94,13 @@ rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU
 
 step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_step"; }
 
-async() {  # the two separate-process modes first; then the GPU tests of that engine; the in-process
-  # baseline (measured before) is what a short budget skips
-  local common=(--steps "${ASYNC_STEPS:-4}" ${ASYNC_EAGER:+--enforce-eager})
-  bench grpo_step_separate 150 300 grpo_step "${common[@]}" --engine-process separate --workdir "$work/separate"
-  bench grpo_step_separate_async 120 200 grpo_step "${common[@]}" --engine-process separate --async-rollouts \
-    --workdir "$work/separate_async"
-  within 60 180 python -m pytest tests/gpu/test_vllm_separate_process.py -v -rA -p no:cacheprovider \
-    >"$work/separate_process_tests.log" 2>&1
-  echo "[async] separate-process engine tests rc=$? at ${SECONDS} s"; tail -1 "$work/separate_process_tests.log"
-  bench grpo_step_in_process 90 160 grpo_step "${common[@]}" --engine-process in_process --workdir "$work/in_process"
-  python - "$work" <<'PY'
-import json, pathlib, sys
-for name in ("in_process", "separate", "separate_async"):
-    path = pathlib.Path(sys.argv[1]) / f"grpo_step_{name}.json"
-    r = json.loads(path.read_text()) if path.exists() else {}
-    m = r.get("median_after_first") or {}
-    print(f"[async] {name:15s} " + (" ".join(f"{k}={m.get(k) or 0:.3f}" for k in ("step_s", "wall_step_s",
-          "rollout_s", "rollout_wait_s", "update_s", "weight_sync_s")) if m else f"no result ({r.get('error', 'missing')[-200:]})"))
-PY
-}
+async() {  # synchronous, then one step off, both with vLLM in processes of its own; on a fresh machine the
+  # first run also pays vLLM's and inductor's first compiles (cached for the second): run it twice there
+  local common=(--steps "${ASYNC_STEPS:-8}" --warmup-steps "${ASYNC_WARMUP_STEPS:-3}" ${ASYNC_EAGER:+--enforce-eager}
+                --engine-process separate)
+  bench grpo_step_separate 150 340 grpo_step "${common[@]}" --workdir "$work/separate"
+  bench grpo_step_separate_async 120 220 grpo_step "${common[@]}" --async-rollouts --workdir "$work/separate_async"
+  summarize grpo_step_separate grpo_step_separate_async; }
 
 async_learning() {  # each run's CSV log and evaluations are in $work/{sync,async}/logs
   smollm2_folder || return 1
@@ -134,10 +122,11 @@ import json, pathlib, sys
 for name in sys.argv[2:]:
     path = pathlib.Path(sys.argv[1]) / f"{name}.json"
     r = json.loads(path.read_text()) if path.exists() else {}
-    m = r.get("median_after_first") or {}
-    keys = ("step_s", "rollout_s", "update_s", "weight_sync_s", "samples_per_s", "train_tokens_per_s",
-            "policy_gpu_peak_memory_gb", "engine_logprob_gap")
-    print(f"[{name}] " + (" ".join(f"{k}={m.get(k) or 0:.4g}" for k in keys) + f" gpu_peak_gb={r.get('gpu_peak_memory_used_gb')}"
+    m = r.get("median_timed") or {}
+    keys = ("step_s", "wall_step_s", "rollout_s", "rollout_wait_s", "update_s", "weight_sync_s", "samples_per_s",
+            "train_tokens_per_s", "policy_gpu_peak_memory_gb", "engine_logprob_gap")
+    print(f"[{name}] steps {r.get('timed_steps')}: " + (" ".join(f"{k}={m.get(k) or 0:.4g}" for k in keys)
+          + f" gpu_peak_gb={r.get('gpu_peak_memory_used_gb')}"
           if m else f"no result ({r.get('error', 'missing')[-300:]})"))
 PY
 }
