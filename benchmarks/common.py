@@ -353,27 +353,40 @@ class StepTimer:
         return self.seconds[-1]
 
 
-class GpuMemoryPeak:
-    """The most memory in use on each GPU (`nvidia-smi`, polled every `interval` s on a thread) while
-    the block runs: all processes together (a trainer and the vLLM engines beside it, whatever
-    allocator they use). `peak_gb` stays None without nvidia-smi."""
+class GpuMonitor:
+    """Every GPU's memory in use and utilization (`nvidia-smi`, polled every `interval` s on a thread)
+    while the block runs, all processes together (a trainer and the vLLM engines beside it, whatever
+    allocator they use). `peak_gb`: the most memory in use per GPU; `utilization(start, end)`: each
+    GPU's mean utilization (%: the share of time a kernel ran, as the driver samples it) over the polls
+    between two `time.time()` stamps. Both stay None without nvidia-smi."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    QUERY = ("nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits")
+
+    def __init__(self, interval: float = 0.2) -> None:
         import threading
 
         self.interval, self.peak_gb, self._stop = interval, None, threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="gpu-memory-peak", daemon=True)
+        self.samples: list[tuple[float, list[float]]] = []  # (time.time(), utilization % per GPU)
+        self._thread = threading.Thread(target=self._poll, name="gpu-monitor", daemon=True)
 
     def _poll(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
         while not self._stop.is_set():
             try:
-                used = [int(line) / 1024 for line in subprocess.run(query, capture_output=True, text=True, timeout=10,
-                                                                    check=True).stdout.split()]
+                out = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10, check=True).stdout
+                rows = [[float(x) for x in line.split(",")] for line in out.strip().splitlines()]
             except (OSError, subprocess.SubprocessError, ValueError):
                 return
+            used = [memory / 1024 for memory, _ in rows]
             self.peak_gb = [round(max(a, b), 2) for a, b in zip(self.peak_gb or used, used)]
+            self.samples.append((time.time(), [utilization for _, utilization in rows]))
             self._stop.wait(self.interval)
+
+    def utilization(self, start: float, end: float) -> list[float] | None:
+        """Mean utilization (%) per GPU of the polls in [start, end] (`time.time()`); None if none fell there."""
+        inside = [per_gpu for t, per_gpu in self.samples if start <= t <= end]
+        if not inside:
+            return None
+        return [round(sum(gpu) / len(inside), 1) for gpu in zip(*inside)]
 
     def __enter__(self):
         self._thread.start()

@@ -30,7 +30,9 @@ rank's engine on its own GPU (vLLM sleep mode, `--engine-memory` of it); `split`
 ranks + local rank. Under DDP the batch sizes are per rank: `samples_per_s` (rollouts of all ranks
 per second of step) compares layouts with different rank counts, `train_tokens_per_s` (the ranks'
 mean: per GPU) the update alone. `gpu_peak_memory_used_gb` is nvidia-smi's peak per GPU over the whole run (trainer and
-engines together); `policy_gpu_peak_memory_gb` the trainer's own allocator's.
+engines together); `policy_gpu_peak_memory_gb` the trainer's own allocator's. `gpu_utilization_percent` is
+each GPU's mean nvidia-smi utilization over the timed steps: with the policy on one GPU and the engine on the
+other, what overlap buys shows as both rising.
     python benchmarks/grpo_step.py --layout colocated --devices 2 --steps 4             # colocated DDP, 2 GPUs
     python benchmarks/grpo_step.py --layout split --devices 1 --steps 4                 # split 1+1
     python benchmarks/grpo_step.py --model qwen7b-shape --layout colocated --devices 2 --strategy fsdp2 \
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -63,13 +66,31 @@ ASYNC_PARTS = ("rollout_wait", "old_logprob", "update", "weight_sync")
 
 class StepClock(L.Callback):
     """Logs `perf/wall_step_seconds`: from a training batch's start (before the weight sync, which the
-    module's own callback runs after the trainer's) to its end."""
+    module's own callback runs after the trainer's) to its end. With `path`, rank 0 also appends each
+    step's [start, end] (`time.time()`) there as a JSON line: the window of the GPU utilization."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.start = time.perf_counter()
+        self.start, self.start_time = time.perf_counter(), time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         pl_module.log("perf/wall_step_seconds", time.perf_counter() - self.start, on_step=True, on_epoch=False)
+        if self.path and trainer.is_global_zero:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"start": self.start_time, "end": time.time()}) + "\n")
+
+
+def timed_utilization(gpus: C.GpuMonitor, steps_file: Path, warmup_steps: int) -> list[float] | None:
+    """Each GPU's mean utilization (%) from the first timed step's start to the last one's end (StepClock's
+    windows, one per step in order): how busy the trainer's and the engine's GPUs kept (both near 100%
+    only if generation and training overlap)."""
+    windows = [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.exists() else []
+    windows = windows[warmup_steps:]
+    if not windows:
+        return None
+    return gpus.utilization(min(w["start"] for w in windows), max(w["end"] for w in windows))
 
 
 def parse_args(argv):
@@ -107,7 +128,7 @@ def derived_config(args, folder: Path, gsm8k: Path, workdir: Path) -> dict:
     trainer, init, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
     trainer.update(max_steps=args.steps, default_root_dir=str(workdir), enable_checkpointing=False,
                    enable_progress_bar=False,  # the module brings its own weight sync
-                   callbacks=[{"class_path": "grpo_step.StepClock"}],
+                   callbacks=[{"class_path": "grpo_step.StepClock", "init_args": {"path": str(workdir / "steps.jsonl")}}],
                    logger=[{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "logs"}}])
     init.update(model_name_or_path=str(folder), tokenizer_name_or_path=str(folder / "tokenizer"))
     data.update(train_path=str(gsm8k), val_path=str(gsm8k), dataset="gsm8k")
@@ -193,13 +214,14 @@ def main(argv: list[str] | None = None) -> dict:
     config = derived_config(args, folder, gsm8k, workdir)
     config_path = workdir / "grpo_step.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    (workdir / "steps.jsonl").unlink(missing_ok=True)  # StepClock appends
 
     command = [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(config_path), *args.fit_overrides]
     pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
     # grpo_step.StepClock; fit.log names each torch.compile recompile and the guard that failed
     env = {"TORCH_LOGS": "recompiles", **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
     start = time.perf_counter()
-    with C.GpuMemoryPeak() as memory:
+    with C.GpuMonitor() as gpus:
         proc = subprocess.run(command, cwd=C.REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=args.timeout, check=False)
     wall = time.perf_counter() - start
@@ -211,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
               "model_folder": str(folder), "config": str(config_path), "fit_command": " ".join(command),
               "fit_exit_code": proc.returncode, "fit_wall_seconds": wall, "workdir": str(workdir),
               "layout": args.layout, "ranks": args.devices, "strategy": args.strategy if args.devices > 1 else None,
-              "gpu_peak_memory_used_gb": memory.peak_gb}
+              "gpu_peak_memory_used_gb": gpus.peak_gb}
     metrics_files = sorted(workdir.glob("logs/version_*/metrics.csv"))
     if proc.returncode != 0 or not metrics_files:
         result["error"] = proc.stdout[-4000:]
@@ -230,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         engine=init["engine"], async_rollouts=init.get("async_rollouts", False), steps=rows,
         timed_steps=[row["step"] for row in timed],
         median_timed={key: C.median([r[key] for r in timed if r[key] is not None]) for key in keys},
+        gpu_utilization_percent=timed_utilization(gpus, workdir / "steps.jsonl", len(rows) - len(timed)),
     )
     medians = result["median_timed"]
     # 0.1 s: the bound for a 1.5B-parameter sync over NCCL (the in-process sync takes ~0.03 s)

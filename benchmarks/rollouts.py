@@ -117,13 +117,18 @@ def timed_generate(engine, prompts, sampling, device, cpu_profile: str | None = 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     profiler = cProfile.Profile() if cpu_profile else contextlib.nullcontext()
-    timer.start()
-    with profiler:
-        completions = engine.generate(prompts, sampling)
+    with C.GpuMonitor(interval=0.1) as gpus:
+        timer.start()
+        start = time.time()
+        with profiler:
+            completions = engine.generate(prompts, sampling)
+        seconds, end = timer.stop(), time.time()
     if cpu_profile:
         write_cpu_profile(profiler, cpu_profile)
-    return {**completion_stats(completions, timer.stop(), sampling.stop), **C.peak_memory(device),
-            "sampling": dataclasses.asdict(sampling)}
+    # how much of the generate call a kernel ran on each GPU: well under 100% on the engine's GPU means the
+    # engine's CPU work (scheduling, sampling bookkeeping, output processing) is what the rollout waits on
+    return {**completion_stats(completions, seconds, sampling.stop), **C.peak_memory(device),
+            "gpu_utilization_percent": gpus.utilization(start, end), "sampling": dataclasses.asdict(sampling)}
 
 
 def write_cpu_profile(profiler, path: str) -> None:

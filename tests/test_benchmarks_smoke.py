@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,10 @@ def test_grpo_step_tiny_reports_every_part(scripts, tmp_path):
     assert result["fit_exit_code"] == 0 and [row["step"] for row in result["steps"]] == [0, 1]
     # the medians leave the warm-up step out (one by default)
     assert result["timed_steps"] == [1] and result["median_timed"]["step_s"] == result["steps"][1]["step_s"]
+    windows = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert len(windows) == 2 and all(w["end"] > w["start"] for w in windows)  # StepClock: one window a step
+    if shutil.which("nvidia-smi") is None:
+        assert result["gpu_utilization_percent"] is None
     for row in result["steps"]:
         parts = sum(row[f"{part}_s"] for part in grpo_step.PARTS)
         assert row["rollout_s"] > 0 and row["update_s"] > 0 and 0 <= parts <= row["step_s"]
@@ -153,6 +158,34 @@ def test_grpo_step_tiny_reports_every_part(scripts, tmp_path):
     derived = (tmp_path / "run" / "grpo_step.yaml").read_text()
     assert "tokenizer_name_or_path" in derived and "enable_checkpointing: false" in derived
     assert "compile: false" in derived  # configs/grpo.yaml compiles; the smoke run must not wait for inductor
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_monitor_reads_memory_and_utilization_per_gpu(tmp_path, monkeypatch):
+    """GpuMonitor polls nvidia-smi (here a stand-in printing two GPUs, then a busier second poll):
+    the peak memory per GPU, and each GPU's mean utilization over the polls inside a time window."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import common
+
+    polls = tmp_path / "polls"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"""#!/usr/bin/env bash
+echo x >> {polls}
+if [ "$(wc -l < {polls})" -eq 1 ]; then printf '1024, 40\\n4096, 100\\n'; else printf '3072, 60\\n2048, 100\\n'; fi
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with common.GpuMonitor(interval=0.05) as gpus:
+        deadline = time.monotonic() + 30
+        while len(gpus.samples) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert gpus.peak_gb == [3.0, 4.0]
+    (t0, first), (t1, second) = gpus.samples[:2]
+    assert first == [40, 100] and second == [60, 100]
+    assert gpus.utilization(t0, t1) == [50.0, 100.0]
+    assert gpus.utilization(t1 + 0.01, t1 + 0.02) is None  # no poll inside (they are 0.05 s apart)
+    assert gpus.utilization(t0, gpus.samples[-1][0]) == [round((40 + 60 * (len(gpus.samples) - 1)) / len(gpus.samples), 1),
+                                                         100.0]
 
 
 def test_grpo_step_refuses_warmup_steps_that_leave_nothing_timed(capsys):
