@@ -7,8 +7,9 @@ prompt's samples only, GRPOModule's engine/trainer gap check; `--vllm-logprobs a
 process, one GPU: the bf16 policy (which `HFEngine` generates with, and which `VLLMEngine.load_weights`
 copies from) and the vLLM engine (`--gpu-memory-utilization` of the GPU) share it. Order, so that a
 run cut by a time limit keeps the figures that matter most (the JSON is rewritten after each): vLLM
-with the engine's seed only, vLLM with one seed per request (vLLM 0.26 samples such requests one at a
-time), HF, then the weight sync (it perturbs the policy first).
+with one seed per call (`VLLMEngine(per_request_seeds=False)`: the workers' generator reseeded, the
+noise drawn in one batched call a step), vLLM with one seed per request (vLLM 0.26 draws such requests'
+noise one at a time), HF, then the weight sync (it perturbs the policy first).
 
     python benchmarks/rollouts.py --model smollm2-gsm8k --engine both --out benchmarks/results/rollouts_smollm2.json
     python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --out benchmarks/results/rollouts_qwen1.5b.json
@@ -71,12 +72,13 @@ def parse_args(argv):
                    help="vLLM's sampled-token log-probs: for the first prompt's samples (GRPOModule's default "
                         "engine/trainer gap check), for all (as TIS needs), or none")
     p.add_argument("--vllm-seeded", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time vLLM with per-request seeds (VLLMEngine(per_request_seeds=True))")
+                   help="also time vLLM with per-request seeds (VLLMEngine(per_request_seeds=True)), after one "
+                        "seed per call (per_request_seeds=False)")
     p.add_argument("--vllm-engine-process", action="store_true",
                    help="diagnostic: vLLM's engine core in its own process (vLLM's default) instead of VLLMEngine's "
                         "in-process engine; the in-place weight sync cannot reach it, so no sync is measured")
     p.add_argument("--cpu-profile", metavar="PATH",
-                   help="cProfile the (unseeded) vLLM generate; write the top functions by own time to PATH")
+                   help="cProfile the (one seed per call) vLLM generate; write the top functions by own time to PATH")
     p.add_argument("--sync-repeats", type=int, default=5, help="timed weight syncs (after one untimed)")
     p.add_argument("--stop-token-fraction", type=float, default=1 / 512, help="1.5B shape: see above")
     p.add_argument("--gsm8k", help="GSM8K test.jsonl (default: $R1L_GSM8K, else data/gsm8k/test.jsonl)")
@@ -196,11 +198,15 @@ def build_vllm(out, args, folder, policy, tokenizer, device):
 
 
 def run_vllm(out, engine, args, prompts, sampling, device, save) -> None:
-    """Unseeded (the engine's own seed) first, then one seed per request, as GRPOModule asks by default."""
+    """One seed per call first, then one seed per request, as GRPOModule asks by default."""
     out["prompts"] = len(prompts)
     with_logprobs = dataclasses.replace(sampling, logprobs=args.vllm_logprobs != "none",
                                         logprobs_prompts=1 if args.vllm_logprobs == "check" else None)
-    out.update(timed_generate(engine, prompts, dataclasses.replace(with_logprobs, seed=None), device, args.cpu_profile))
+    engine.per_request_seeds = False
+    try:
+        out.update(timed_generate(engine, prompts, with_logprobs, device, args.cpu_profile))
+    finally:
+        engine.per_request_seeds = True
     save()
     if args.vllm_seeded:
         out["seeded"] = timed_generate(engine, prompts, with_logprobs, device)
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         acceptance["vllm_at_least_3x_hf"] = ratios["vllm_over_hf_tokens_per_s"] >= 3.0
         if "seeded" in vllm:
             ratios["vllm_seeded_over_hf_tokens_per_s"] = vllm["seeded"]["tokens_per_s"] / hf["tokens_per_s"]
-            ratios["vllm_unseeded_over_seeded_tokens_per_s"] = vllm["tokens_per_s"] / vllm["seeded"]["tokens_per_s"]
+            ratios["vllm_seed_per_call_over_per_request_tokens_per_s"] = vllm["tokens_per_s"] / vllm["seeded"]["tokens_per_s"]
     if "weight_sync_median_seconds" in vllm:
         acceptance["weight_sync_under_0.1_s"] = vllm["weight_sync_median_seconds"] < 0.1
     result = {"benchmark": "rollouts", "environment": C.environment(device), "model": args.model, "model_note": model_note,

@@ -33,6 +33,7 @@ from r1_lightning.rollout.vllm_engine import (
 )
 from r1_lightning.rollout.vllm_layout import engine_gpus
 from r1_lightning.rollout.vllm_process import LLMProcess, load
+from r1_lightning.rollout.vllm_worker import WORKER_EXTENSION, WorkerExtension
 
 CHARS = list("abcdefghij <>/=+0123456789")
 VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *CHARS])}
@@ -381,19 +382,34 @@ def test_attach_without_vllm_says_how_to_install_it(monkeypatch):
         VLLMEngine().attach(make_policy(), make_tokenizer())
 
 
-@pytest.mark.parametrize("per_request_seeds", [True, False])
-def test_per_request_seeds_can_be_turned_off(monkeypatch, per_request_seeds):
-    """With per_request_seeds=False the engine ignores SamplingConfig.seed (vLLM then samples from
-    its own generator, without the per-request path); with True every prompt gets its seed."""
-    made = []
+@pytest.mark.parametrize("per_request_seeds, reseedable", [(True, True), (False, True), (False, False)])
+def test_per_request_seeds_or_one_seed_per_call(monkeypatch, per_request_seeds, reseedable):
+    """With per_request_seeds every prompt gets its own seed. Without, no request has one, and the
+    call's seed goes to the workers' sampler first (WorkerExtension.reseed_sampler, through
+    collective_rpc); a vLLM without worker extensions samples from the engine's own generator."""
+    made, order = [], []
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kwargs: made.append(kwargs)))
     engine = VLLMEngine(per_request_seeds=per_request_seeds)
-    engine.tokenizer = make_tokenizer()
-    engine.llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: [SimpleNamespace(outputs=[]) for _ in prompts])
+    engine.tokenizer, engine._reseedable = make_tokenizer(), reseedable
+    engine.llm = SimpleNamespace(
+        generate=lambda prompts, params, use_tqdm: order.append("generate") or [SimpleNamespace(outputs=[]) for _ in prompts],
+        collective_rpc=lambda method, args: order.append((method, args)))
     engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
     engine.generate(["ab", "cd", "ef"], SamplingConfig(n=4, seed=10))
     seeds = [kwargs.get("seed") for kwargs in made]
     assert seeds == ([10, 14, 18] if per_request_seeds else [None, None, None])
+    assert order == ([("reseed_sampler", (10,)), "generate"] if not per_request_seeds and reseedable else ["generate"])
+
+
+def test_the_worker_extension_seeds_its_workers_gpu(monkeypatch):
+    """WorkerExtension.reseed_sampler, as vLLM calls it on a worker (self: the worker, with its device)."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed", seeded.append)
+    worker = type("Worker", (WorkerExtension,), {"device": -1})()  # device -1: torch.cuda.device is a no-op
+    worker.reseed_sampler(123)
+    assert seeded == [123]
+    assert WORKER_EXTENSION == "r1_lightning.rollout.vllm_worker.WorkerExtension"
+    assert load(WORKER_EXTENSION.replace(".WorkerExtension", ":WorkerExtension")) is WorkerExtension
 
 
 def test_a_separate_engine_generates_in_its_own_process(monkeypatch):
@@ -405,8 +421,8 @@ def test_a_separate_engine_generates_in_its_own_process(monkeypatch):
     engine = VLLMEngine(process="separate")
     engine.tokenizer, engine.llm = make_tokenizer(), llm
     assert engine.generate(["ab", "c"], SamplingConfig(n=2, seed=10, stop=["</answer>"])) == ["completions"]
-    [(function, prompt_ids, params)] = calls
-    assert load(function) is generate_completions
+    [(function, prompt_ids, params, call_seed)] = calls
+    assert load(function) is generate_completions and call_seed is None  # per-request seeds (the default)
     assert prompt_ids == engine.tokenizer(["ab", "c"], add_special_tokens=False)["input_ids"]
     assert [(p["n"], p["seed"], p["stop"]) for p in params] == [(2, 10, ["</answer>"]), (2, 12, ["</answer>"])]
 
@@ -445,6 +461,7 @@ def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
     assert (tuned["max_num_seqs"], tuned["max_model_len"], tuned["gpu_memory_utilization"]) == (2048, 1536, 0.5)
     assert tuned["device_ids"] == [-1] and tuned["model"] == "model-folder" and tuned["tokenizer"] == "tokenizer-folder"
     assert "max_num_seqs" not in default and "max_model_len" not in default
+    assert default["worker_extension_cls"] == WORKER_EXTENSION and engine._reseedable  # reseed_sampler there
     with pytest.raises(ValueError, match="max_num_seqs"):
         VLLMEngine(max_num_seqs=0)
 

@@ -25,6 +25,7 @@ from r1_lightning.rollout import (
     vllm_transfer,
 )
 from r1_lightning.rollout.vllm_process import LLMProcess
+from r1_lightning.rollout.vllm_worker import WORKER_EXTENSION
 
 FAKE = "llm_process_fakes:EchoLLM"
 
@@ -121,12 +122,17 @@ def test_a_separate_engine_samples_and_syncs_through_its_own_process(fake_vllm, 
         assert [(x.prompt_index, x.token_ids) for x in completions] == [
             (0, [a, a + 1]), (0, [a + 1, a + 2]), (1, [c, c + 1]), (1, [c + 1, c + 2])]
         assert completions[3].logprobs == [-(c + 1) / 10, -(c + 2) / 10]
+        assert engine_args["worker_extension_cls"] == WORKER_EXTENSION and engine.llm.calls() == []
+
+        engine.per_request_seeds = False  # one seed per call: set in the workers, there, before sampling
+        engine.generate(["ab"], SamplingConfig(n=2, max_tokens=4, stop=[], seed=7))
+        assert engine.llm.calls() == [("collective_rpc", "reseed_sampler", (7,))]
 
         engine.load_weights(policy.named_parameters())
         calls = engine.llm.calls()
-        assert [call[0] for call in calls] == ["init_weight_transfer_engine", "start_weight_update", "update_weights",
-                                               "finish_weight_update", "reset_prefix_cache"]
-        assert calls[2][1]["names"] == list(sent[0]) == [name for name, _ in policy.named_parameters()]
+        assert [call[0] for call in calls] == ["collective_rpc", "init_weight_transfer_engine", "start_weight_update",
+                                               "update_weights", "finish_weight_update", "reset_prefix_cache"]
+        assert calls[3][1]["names"] == list(sent[0]) == [name for name, _ in policy.named_parameters()]
     finally:
         engine.close()
     assert engine.llm is None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from r1_lightning.rollout.vllm_layout import scoped_env
+from r1_lightning.rollout.vllm_worker import WORKER_EXTENSION
 
 if TYPE_CHECKING:
     from r1_lightning.rollout.vllm_engine import VLLMEngine
@@ -74,6 +75,8 @@ def llm_engine_args(
             raise RuntimeError(f"this vLLM ({vllm.__version__}) has no weight transfer API for an engine in its "
                                f"own process: use process 'in_process', or vllm=={TESTED_VLLM_VERSION}")
         engine_args["weight_transfer_config"] = {"backend": "nccl"}  # EngineArgs.weight_transfer_config (0.26)
+    if engine_arg_exists("worker_extension_cls"):  # ParallelConfig.worker_extension_cls: our worker methods
+        engine_args["worker_extension_cls"] = WORKER_EXTENSION
     for name in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
         if getattr(engine, name) is not None:
             engine_args[name] = getattr(engine, name)

@@ -2,8 +2,9 @@
 or in a process of its own.
 
 All vLLM-specific code of the package is in this file, `vllm_build.py` (vLLM's import and the
-`LLM(...)` arguments), `vllm_layout.py` (placement) and `vllm_transfer.py` (the weight sync into
-an engine in its own process), and vLLM is imported only when an engine is attached (`import
+`LLM(...)` arguments), `vllm_layout.py` (placement), `vllm_transfer.py` (the weight sync into
+an engine in its own process), `vllm_process.py` (the `LLM` in a process of its own) and
+`vllm_worker.py` (methods added to vLLM's workers), and vLLM is imported only when an engine is attached (`import
 r1_lightning.rollout` works without it). Tested against vLLM 0.26.0; the vLLM API each call relies
 on is named next to it.
 
@@ -74,9 +75,14 @@ class VLLMEngine:
     seed: the engine's base seed.
     per_request_seeds: honour `SamplingConfig.seed` with one seed per request, so a rollout is the
         same whatever else is in the batch (a resumed run samples what the straight run did). vLLM
-        0.26 draws seeded requests' noise one request at a time; False samples from the engine's
-        own generator instead (1.12x the tokens/s on a SmolLM2 GSM8K rollout batch on an H200;
-        reproducible only for the same sequence of calls).
+        0.26 draws seeded requests' noise one request at a time, a kernel each per decoding step.
+        False: one seed per `generate` call instead. The engine's workers reseed their sampler's
+        generator with `SamplingConfig.seed` first (`vllm_worker.WorkerExtension`), and vLLM draws all
+        the noise in one call a step. The same call on the same engine state then samples the same (a
+        resumed run too, since each step's sync leaves that state alike), but a request's samples
+        depend on the batch. Without a seed, both sample from the engine's own generator. Unseeded
+        sampling measured 1.12x the tokens/s of per-request seeds on a SmolLM2 GSM8K rollout batch on
+        an H200. Colocated in process, the reseed also reseeds the trainer's generator on that GPU.
     max_num_seqs: how many sequences vLLM decodes at once; None = vLLM's default, which 0.26 sets to
         1024 on GPUs of 70 GB or more (`EngineArgs.get_batch_defaults`): a 256 x 8 rollout batch then
         runs in two waves.
@@ -153,6 +159,7 @@ class VLLMEngine:
         self._tie_word_embeddings = False
         self._sleeping = False
         self._sender: NCCLWeightSender | None = None  # process "separate": the trainer's side of the sync
+        self._reseedable = False  # the workers have WorkerExtension.reseed_sampler (per_request_seeds false)
         self._broken: str | None = None  # why the engine's weights are unknown (a failed sync)
 
     def __str__(self) -> str:
@@ -219,14 +226,16 @@ class VLLMEngine:
         if not prompts:
             return []
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        if not self.per_request_seeds:
+        call_seed = None
+        if not self.per_request_seeds:  # one seed for the whole call, set in the workers
+            call_seed = sampling.seed if self._reseedable else None
             sampling = dataclasses.replace(sampling, seed=None)
         params = [sampling_params_kwargs(sampling, i) for i in range(len(prompts))]
         if isinstance(self.llm, LLMProcess):  # the front end's per-token work stays in its process
-            return self.llm.call(f"{__name__}:generate_completions", prompt_ids, params)
+            return self.llm.call(f"{__name__}:generate_completions", prompt_ids, params, call_seed)
         self.wake_up()
         with self._on_engine_device():
-            completions = generate_completions(self.llm, prompt_ids, params)
+            completions = generate_completions(self.llm, prompt_ids, params, call_seed)
         if self.colocate:
             self.sleep()
         return completions
@@ -294,6 +303,7 @@ class VLLMEngine:
     def _build_llm(self, vllm, model_path: str, tokenizer_path: str):
         launch_env = engine_launch_env(self.process, self.ranks, self.device_index)
         engine_args = vllm_build.llm_engine_args(self, vllm, model_path, tokenizer_path, launch_env)
+        self._reseedable = "worker_extension_cls" in engine_args
         if self.process == "separate":  # the whole LLM in a process of its own, its engine core in another
             return LLMProcess(engine_args, env={**launch_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
                               build=f"{vllm_build.__name__}:build_llm")
@@ -352,11 +362,15 @@ def sampling_params_kwargs(sampling: SamplingConfig, prompt_index: int) -> dict[
     return kwargs
 
 
-def generate_completions(llm, prompt_ids: list[list[int]], params: list[dict[str, Any]]) -> list[Completion]:
+def generate_completions(llm, prompt_ids: list[list[int]], params: list[dict[str, Any]],
+                         call_seed: int | None = None) -> list[Completion]:
     """`llm.generate` of token-id prompts, one `SamplingParams(**params[i])` per prompt, as flat
-    prompt-major `Completion`s: run where the `LLM` lives (`LLMProcess` calls it in its process)."""
+    prompt-major `Completion`s, after reseeding the workers' sampler with `call_seed` when given: run
+    where the `LLM` lives (`LLMProcess` calls it in its process)."""
     from vllm import SamplingParams  # vllm.SamplingParams (0.26: a msgspec Struct)
 
+    if call_seed is not None:  # LLM.collective_rpc(method name, args=...): a WorkerExtension method
+        llm.collective_rpc("reseed_sampler", args=(call_seed,))
     # LLM.generate(prompts, sampling_params, use_tqdm=...): a token-id prompt is a TokensPrompt dict
     # {"prompt_token_ids": [...]}; one SamplingParams per prompt; the RequestOutputs come back in order.
     request_outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids],

@@ -110,7 +110,7 @@ class LLMProcess:
 
 
 def _close(process, conn, timeout_s: float = 30.0) -> None:
-    """Ask the child to end, then make sure it has (a hung engine is terminated)."""
+    """Ask the child to end, then make sure it has (a hung engine is terminated, then killed)."""
     try:
         conn.send(None)
     except (BrokenPipeError, OSError):
@@ -119,6 +119,9 @@ def _close(process, conn, timeout_s: float = 30.0) -> None:
     if process.is_alive():
         process.terminate()
         process.join(timeout=5)
+    if process.is_alive():  # SIGTERM handled (vLLM installs handlers) but not acted on: SIGKILL
+        process.kill()
+        process.join()
     conn.close()
 
 

@@ -140,6 +140,24 @@ def test_n_samples_per_prompt_and_the_stop_string_is_kept(setup):
     assert ended_on_stop > 0
 
 
+def test_one_seed_per_call_samples_the_same_call_the_same(setup):
+    """per_request_seeds false: the workers' sampler is reseeded with the call's seed
+    (WorkerExtension.reseed_sampler), so the same call samples the same, whatever was sampled
+    between, and another seed samples otherwise."""
+    engine = setup.engine
+    sampling = SamplingConfig(n=4, max_tokens=24, stop=[], seed=5)
+    engine.per_request_seeds = False
+    try:
+        first = [c.token_ids for c in engine.generate(PROMPTS, sampling)]
+        engine.generate(PROMPTS[:2], SamplingConfig(n=3, max_tokens=8, stop=[], seed=9))  # moves the generator
+        again = [c.token_ids for c in engine.generate(PROMPTS, sampling)]
+        other = [c.token_ids for c in engine.generate(PROMPTS, SamplingConfig(n=4, max_tokens=24, stop=[], seed=6))]
+    finally:
+        engine.per_request_seeds = True
+    assert first == again
+    assert first != other
+
+
 def test_greedy_equals_hf_engine_greedy(setup):
     exact = [
         assert_same_greedy(setup.policy, vllm_c, hf_c)
