@@ -796,6 +796,19 @@ def test_split_by_token_budget_counts_padded_tokens():
         split_by_token_budget([1], 0)
 
 
+def test_split_by_token_budget_leaves_no_last_microbatch_of_one_when_it_can():
+    # greedy: [10, 10, 10] then 50 alone; 50 takes the third 10 (2 x 50 = 100 fits): no batch of one
+    assert split_by_token_budget([10, 10, 10, 50], 100) == [[0, 1], [2, 3]]
+    assert split_by_token_budget([10, 10, 10, 50], 99) == [[0, 1, 2], [3]]  # 2 x 50 would not fit
+    assert split_by_token_budget([10, 50], 100) == [[0, 1]]  # fits whole: unchanged
+    assert split_by_token_budget([40, 60], 100) == [[0], [1]]  # the one before has nothing to give
+    for lengths in ([3, 5, 7, 7, 8, 30, 31, 40], list(range(1, 60))):  # every sequence once, in order, in budget
+        groups = split_by_token_budget(lengths, 64)
+        assert [i for group in groups for i in group] == list(range(len(lengths)))
+        assert all(len(group) * max(lengths[i] for i in group) <= 64 or len(group) == 1 for group in groups)
+        assert len(groups[-1]) > 1 or 2 * lengths[-1] > 64
+
+
 def test_microbatch_groups_fixed_slices_or_token_budget():
     lengths = [5, 3, 4, 3]
     assert microbatch_groups(lengths, 2) == [[1, 3], [2, 0]]  # length order (ties keep their order)

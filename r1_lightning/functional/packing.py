@@ -49,6 +49,9 @@ def split_by_token_budget(lengths: Sequence[int], max_tokens: int) -> list[list[
     microbatch pads to its own last and longest one). Returns lists of indices into `lengths`;
     a microbatch's cost is len(microbatch) * max(length in it). A sequence longer than the budget
     gets a microbatch of its own. Fewer, fuller microbatches mean fewer forward/backward passes.
+    A last microbatch of one sequence takes one more from the one before when the budget allows:
+    under torch.compile a batch of one is a shape of its own (0/1 specialization), and each grad
+    mode of every compiled function would recompile for it.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -63,6 +66,8 @@ def split_by_token_budget(lengths: Sequence[int], max_tokens: int) -> list[list[
         longest = max(longest, length)
     if current:
         groups.append(current)
+    if len(groups) > 1 and len(groups[-1]) == 1 and len(groups[-2]) > 1 and 2 * longest <= max_tokens:
+        groups[-1].insert(0, groups[-2].pop())  # still consecutive; the longest stays last
     return groups
 
 
