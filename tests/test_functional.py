@@ -33,6 +33,7 @@ from r1_lightning.functional import (
     split_by_token_budget,
     tokenize_prompt_and_output,
 )
+from r1_lightning.functional.logprobs import _spans
 
 T = torch.tensor
 LN = math.log
@@ -191,7 +192,9 @@ def test_chunked_head_compiled_matches_eager_and_compiles_once_for_all_lengths()
     H, V, chunk_size = 8, 300, 16
     weight, bias = torch.randn(V, H, requires_grad=True), torch.randn(V, requires_grad=True)
     graphs = []
-    for B, L in [(3, 13), (2, 23), (3, 19)]:  # 39, 46, 57 tokens: slices of 123, 104, 84 columns
+    # 39, 46, 57 tokens: slices of 123, 104, 84 columns; 33 = 2 x 16 + 1 tokens: no chunk of one row (a shape
+    # of its own to a compiler: 0/1 specialization), the last chunk takes 17
+    for B, L in [(3, 13), (2, 23), (3, 19), (3, 11)]:
         hidden = torch.randn(B, L, H, requires_grad=True)
         labels = torch.randint(0, V, (B, L))
         c_lp, c_h = torch.randn(B, L), torch.randn(B, L)
@@ -204,9 +207,16 @@ def test_chunked_head_compiled_matches_eager_and_compiles_once_for_all_lengths()
         for got, expected in zip(results[1], results[0]):
             close(got, expected, atol=1e-5, rtol=1e-5)
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    assert graphs == [2, 2, 2], graphs  # one for the forward chunks, one for the backward slices
+    assert graphs == [2, 2, 2, 2], graphs  # one for the forward chunks, one for the backward slices
     assert not torch._dynamo.utils.counters["graph_break"]  # each runs whole, as one graph
     torch._dynamo.reset()
+
+
+def test_spans_cover_everything_in_order_and_leave_no_piece_of_one():
+    assert list(_spans(10, 3)) == [(0, 3), (3, 6), (6, 10)]  # 9 + 1: the last span takes the one
+    assert list(_spans(11, 3)) == [(0, 3), (3, 6), (6, 9), (9, 11)]
+    assert list(_spans(4, 3)) == [(0, 4)] and list(_spans(3, 3)) == [(0, 3)] and list(_spans(2, 5)) == [(0, 2)]
+    assert list(_spans(1, 3)) == [(0, 1)] and list(_spans(0, 3)) == []  # one in all: nothing to merge with
 
 
 def test_chunked_head_gradcheck_float64():

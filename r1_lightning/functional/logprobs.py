@@ -12,6 +12,7 @@ Log-softmax and entropy are always computed in at least float32, from `z - logsu
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,17 @@ def _aligned_slice_width(width: int, multiple: int = 128) -> int:
     """
     width = max(1, width)
     return width - width % multiple if width >= multiple else width
+
+
+def _spans(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """[start, end) pieces of range(total), `size` long but the last, which is never 1 long unless
+    `total` is: it takes the one left over instead. Under torch.compile a dimension of 1 is a shape of
+    its own (0/1 specialization), so a piece of one row or column would compile the chunk's work anew."""
+    start = 0
+    while start < total:
+        end = total if total - (start + size) <= 1 else start + size
+        yield start, end
+        start = end
 
 
 def _chunk_log_softmax_stats(
@@ -165,8 +177,8 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         lse = hidden.new_empty(n_tokens, dtype=out_dtype)
         entropy = hidden.new_empty(n_tokens, dtype=out_dtype) if with_entropy else None
         chunk_stats = _maybe_compiled(_chunk_log_softmax_stats, compile_backend)
-        for start in range(0, n_tokens, chunk_size):
-            rows = slice(start, start + chunk_size)
+        for start, end in _spans(n_tokens, chunk_size):
+            rows = slice(start, end)
             log_probs[rows], lse[rows], chunk_entropy = chunk_stats(
                 hidden[rows], weight, bias, labels[rows], with_entropy
             )
@@ -195,8 +207,8 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         slice_width = _aligned_slice_width(ctx.chunk_size * vocab // max(n_tokens, 1))
         lse, entropy = lse.unsqueeze(-1), None if entropy is None else entropy.unsqueeze(-1)
         slice_grad = _maybe_compiled(_logits_grad_slice, ctx.compile_backend)
-        for start in range(0, vocab, slice_width):
-            cols = slice(start, start + slice_width)
+        for start, end in _spans(vocab, slice_width):
+            cols = slice(start, end)
             grad_logits, slice_grad_bias = slice_grad(
                 hidden, weight[cols], None if bias is None else bias[cols], labels, start, lse,
                 grad_log_probs, entropy, grad_entropy, need_bias,
