@@ -401,13 +401,22 @@ def test_per_request_seeds_or_one_seed_per_call(monkeypatch, per_request_seeds, 
     assert order == ([("reseed_sampler", (10,)), "generate"] if not per_request_seeds and reseedable else ["generate"])
 
 
-def test_the_worker_extension_seeds_its_workers_gpu(monkeypatch):
-    """WorkerExtension.reseed_sampler, as vLLM calls it on a worker (self: the worker, with its device)."""
+def test_the_worker_extension_seeds_its_workers_gpu_and_loads_weights_in_place(monkeypatch):
+    """WorkerExtension's methods, as vLLM calls them on a worker (self: the worker, with its device and
+    its weight transfer engine)."""
     seeded = []
     monkeypatch.setattr(torch.cuda, "manual_seed", seeded.append)
     worker = type("Worker", (WorkerExtension,), {"device": -1})()  # device -1: torch.cuda.device is a no-op
     worker.reseed_sampler(123)
     assert seeded == [123]
+    # load_weights_in_place: the worker's weight transfer engine receives and loads the update itself
+    received = []
+    worker.weight_transfer_engine = SimpleNamespace(update_weights=received.append)
+    worker.load_weights_in_place({"names": ["w"]})
+    assert received == [{"names": ["w"]}]
+    worker.weight_transfer_engine = None
+    with pytest.raises(RuntimeError, match="weight_transfer_config"):
+        worker.load_weights_in_place({"names": ["w"]})
     assert WORKER_EXTENSION == "r1_lightning.rollout.vllm_worker.WorkerExtension"
     assert load(WORKER_EXTENSION.replace(".WorkerExtension", ":WorkerExtension")) is WorkerExtension
 

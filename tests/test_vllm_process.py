@@ -72,14 +72,14 @@ def test_a_child_that_dies_fails_the_waiting_call_with_its_exit_code_and_every_l
 
 
 def test_a_hung_engine_fails_the_weight_sync_and_close_ends_it(monkeypatch):
-    """The sender's deadline covers calls into the child: a hung update_weights there raises
+    """The sender's deadline covers calls into the child: a hung weight receive there raises
     WeightSyncError here; close() then terminates the child, which never answers."""
     monkeypatch.setattr(vllm_transfer, "trainer_connect", lambda info: "communicator")
     monkeypatch.setattr(vllm_transfer, "trainer_send", lambda named_tensors, communicator, dtype: None)
     process = LLMProcess({}, env={}, build=FAKE)
     sender = vllm_transfer.NCCLWeightSender(process, "engine", timeout_s=5.0, dtype=torch.bfloat16)
     start = time.monotonic()
-    with pytest.raises(WeightSyncError, match=r"update_weights\) did not finish within sync_timeout_s=5 s"):
+    with pytest.raises(WeightSyncError, match=r"load_weights_in_place\) did not finish within sync_timeout_s=5 s"):
         sender.send([("w", torch.zeros(2))])
     assert time.monotonic() - start < 30
     process.close(timeout_s=1.0)
@@ -130,9 +130,10 @@ def test_a_separate_engine_samples_and_syncs_through_its_own_process(fake_vllm, 
 
         engine.load_weights(policy.named_parameters())
         calls = engine.llm.calls()
-        assert [call[0] for call in calls] == ["collective_rpc", "init_weight_transfer_engine", "start_weight_update",
-                                               "update_weights", "finish_weight_update", "reset_prefix_cache"]
-        assert calls[3][1]["names"] == list(sent[0]) == [name for name, _ in policy.named_parameters()]
+        assert [call[0] for call in calls] == ["collective_rpc", "init_weight_transfer_engine", "collective_rpc",
+                                               "reset_prefix_cache"]
+        assert calls[2][1] == "load_weights_in_place"
+        assert calls[2][2][0]["names"] == list(sent[0]) == [name for name, _ in policy.named_parameters()]
     finally:
         engine.close()
     assert engine.llm is None

@@ -29,14 +29,14 @@ from r1_lightning.rollout import (
 )
 
 VOCAB = char_vocab("abcdef")
-ENGINE_SIDE_PHASES = ["init_weight_transfer_engine", "start_weight_update", "update_weights",
-                      "finish_weight_update", "reset_prefix_cache"]
+ENGINE_SIDE_PHASES = ["init_weight_transfer_engine", "load_weights_in_place", "reset_prefix_cache"]
 
 
 class FakeLLM:
-    """`vllm.LLM`'s weight-transfer surface (0.26). `hang`: the method that never returns (until the
-    test ends); `fail`: the one that raises. `update_weights` and `init_weight_transfer_engine` meet the
-    trainer's side at a barrier, as NCCL would: they only finish if both sides run at once."""
+    """`vllm.LLM`'s weight-transfer surface (0.26) with our worker extension's method behind
+    `collective_rpc`. `hang`: the call that never returns (until the test ends); `fail`: the one that
+    raises. `load_weights_in_place` and `init_weight_transfer_engine` meet the trainer's side at a
+    barrier, as NCCL would: they only finish if both sides run at once."""
 
     def __init__(self, calls: list, meet: threading.Barrier, release: threading.Event, hang=None, fail=None,
                  prefix_cache_reset=True):
@@ -56,16 +56,11 @@ class FakeLLM:
         self.init_infos.append(request["init_info"])
         self.meet.wait()
 
-    def start_weight_update(self):
-        self._call("start_weight_update")
-
-    def update_weights(self, request):
-        self._call("update_weights")
-        self.update_infos.append(request["update_info"])
-        self.meet.wait()
-
-    def finish_weight_update(self):
-        self._call("finish_weight_update")
+    def collective_rpc(self, method, args=()):
+        assert method == "load_weights_in_place", method  # the only worker call a sync makes
+        self.update_infos.append(args[0])
+        self.meet.wait()  # the broadcast, with the trainer
+        self._call(method)  # then loading what arrived: may hang or fail
 
     def reset_prefix_cache(self):
         self._call("reset_prefix_cache")
@@ -141,12 +136,10 @@ def test_sync_sequence_and_what_the_engine_is_told_to_expect(setup):
     sync(setup, engine)
     second = setup.calls[len(first):]
 
-    # connect (both sides at once, the first time only), start, receive || send, finish, drop the prefix cache
+    # connect (both sides at once, the first time only), receive in place || send, drop the prefix cache
     assert set(first[:2]) == {"init_weight_transfer_engine", "trainer_connect"}
-    assert first[2] == "start_weight_update" and set(first[3:5]) == {"update_weights", "trainer_send"}
-    assert first[5:] == ["finish_weight_update", "reset_prefix_cache"]
-    assert second[0] == "start_weight_update" and set(second[1:3]) == {"update_weights", "trainer_send"}
-    assert second[3:] == ["finish_weight_update", "reset_prefix_cache"]
+    assert set(first[2:4]) == {"load_weights_in_place", "trainer_send"} and first[4:] == ["reset_prefix_cache"]
+    assert set(second[:2]) == {"load_weights_in_place", "trainer_send"} and second[2:] == ["reset_prefix_cache"]
     info = setup.llm.init_infos[0]
     assert (info["rank_offset"], info["world_size"], info["master_address"]) == (1, 2, "127.0.0.1")
 
@@ -203,14 +196,14 @@ def test_a_trainer_side_exception_raises_at_once_and_the_engine_refuses(setup):
     with pytest.raises(WeightSyncError, match="trainer sending .* failed: RuntimeError: NCCL error: unhandled cuda error"):
         sync(setup, engine)
     assert time.monotonic() - start < 5.0  # not the 30 s timeout: the engine side is still waiting
-    assert "finish_weight_update" not in setup.calls
+    assert "reset_prefix_cache" not in setup.calls
     assert_refuses_to_generate(engine)
 
 
 def test_an_engine_side_exception_or_a_refused_prefix_cache_reset_fails_the_sync(setup):
-    setup.llm_options = {"fail": "finish_weight_update"}
+    setup.llm_options = {"fail": "load_weights_in_place"}
     engine = setup.attach()
-    with pytest.raises(WeightSyncError, match="LLM.finish_weight_update failed: RuntimeError: engine core died"):
+    with pytest.raises(WeightSyncError, match=r"receiving \(load_weights_in_place\) failed: RuntimeError: engine core died"):
         sync(setup, engine)
     assert_refuses_to_generate(engine)
 
@@ -237,11 +230,11 @@ def test_a_failed_in_process_sync_also_leaves_the_engine_refusing(setup):
 def test_the_module_names_the_step_of_a_failed_sync_and_keeps_its_engine_version(setup, tiny_model_dir):
     from r1_lightning.modules.rollout import RolloutModule
 
-    setup.llm_options = {"fail": "start_weight_update"}
+    setup.llm_options = {"fail": "reset_prefix_cache"}
     module = RolloutModule(tiny_model_dir, engine=setup.attach())
     module.policy = setup.policy  # what configure_model loads (the engine is attached to it already)
     with pytest.raises(WeightSyncError, match=r"^at global step 0, syncing policy version 0: VLLMEngine on .* weight "
-                                              r"sync 1: LLM.start_weight_update failed"):
+                                              r"sync 1: LLM.reset_prefix_cache failed"):
         module.sync_engine()
     assert module.engine_version is None  # the engine is not known to hold any version
     assert_refuses_to_generate(module.engine)

@@ -7,10 +7,10 @@ vLLM 0.26's RL weight-transfer API, with `LLM(..., weight_transfer_config={"back
   `rank_offset` 1; one for an engine without tensor parallelism) meet at a free local port. The engine side is `LLM.init_weight_transfer_engine(
   {"init_info": ...})`; the trainer side, at the same time, `vllm.distributed.weight_transfer.
   nccl_common.trainer_init(init_info)`, a `PyNcclCommunicator` on the policy's GPU.
-- Each sync: `LLM.start_weight_update()` (the worker prepares a layerwise reload), then
-  `LLM.update_weights({"update_info": {names, dtype_names, shapes, packed}})` while the trainer
-  broadcasts the same tensors in the same order, packed into 1 GiB buffers
-  (`NCCLWeightTransferEngine.trainer_send_weights`), then `LLM.finish_weight_update()` and
+- Each sync: `LLM.collective_rpc("load_weights_in_place", args=({names, dtype_names, shapes,
+  packed},))` (`vllm_worker.WorkerExtension`: each worker receives and loads into its running model
+  in place, without vLLM's layerwise reload) while the trainer broadcasts the same tensors in the same
+  order, packed into 1 GiB buffers (`NCCLWeightTransferEngine.trainer_send_weights`), then
   `LLM.reset_prefix_cache()`: prompt KV cached from the old weights would be used otherwise.
 - The trainer casts each tensor to the engine's dtype on its own GPU before it travels (FP32 master
   weights go as bf16: half the bytes, and the values the engine would have rounded them to anyway).
@@ -81,13 +81,12 @@ class NCCLWeightSender:
                 "the trainer joining the NCCL group (trainer_init)": on_device(device, lambda: trainer_connect(info)),
             })[1]
         info = update_info(named_tensors, self.dtype)
-        self._run(where, deadline, {"LLM.start_weight_update": self.llm.start_weight_update})
         self._run(where, deadline, {
-            "the engine receiving (LLM.update_weights)": lambda: self.llm.update_weights({"update_info": info}),
+            "the engine receiving (load_weights_in_place)":
+                lambda: self.llm.collective_rpc("load_weights_in_place", args=(info,)),
             "the trainer sending (trainer_send_weights)":
                 on_device(device, lambda: trainer_send(named_tensors, self.communicator, self.dtype)),
         })
-        self._run(where, deadline, {"LLM.finish_weight_update": self.llm.finish_weight_update})
         if self._run(where, deadline, {"LLM.reset_prefix_cache": self.llm.reset_prefix_cache})[0] is False:
             raise WeightSyncError(f"{where}: LLM.reset_prefix_cache() refused (requests still running?), so prompt "
                                   "KV computed with the old weights would be reused")
