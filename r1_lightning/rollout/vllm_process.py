@@ -55,7 +55,9 @@ class LLMProcess:
         self._process.start()
         child_conn.close()  # the child holds the only other end: its exit reads as EOF here
         self._lock = threading.Lock()
-        self._closer = weakref.finalize(self, _close, self._process, self._conn)
+        # one thread at a time reaps the child: of two waiting at once, one would see it alive after it died
+        self._reap_lock = threading.Lock()
+        self._closer = weakref.finalize(self, _close, self._process, self._conn, self._reap_lock)
         # multiprocessing joins non-daemon children at exit, in a handler registered when it was
         # imported; atexit runs the last registered first, so this closes the child before that join
         atexit.register(self._closer)
@@ -86,14 +88,14 @@ class LLMProcess:
         """End the child (and with it vLLM's engine core), terminating it if it has not ended within
         `timeout_s` (a hung engine); later calls fail."""
         if self._closer.detach() is not None:
-            _close(self._process, self._conn, timeout_s)
+            _close(self._process, self._conn, self._reap_lock, timeout_s)
 
     def _request(self, request: tuple) -> Any:
         with self._lock:
             try:
                 self._conn.send(request)
             except (BrokenPipeError, OSError) as error:
-                raise RuntimeError(f"the vLLM process is gone (exit code {self._process.exitcode}); "
+                raise RuntimeError(f"the vLLM process is gone (exit code {self._exit_code(0)}); "
                                    f"{request[1]} was not sent") from error
             return self._answer(request[1])
 
@@ -101,27 +103,33 @@ class LLMProcess:
         try:
             status, value = self._conn.recv()
         except (EOFError, OSError) as error:
-            self._process.join(timeout=5)
-            raise RuntimeError(f"the vLLM process exited with code {self._process.exitcode} during {what}; "
+            raise RuntimeError(f"the vLLM process exited with code {self._exit_code(5)} during {what}; "
                                "its log is above") from error
         if status == "error":
             raise RuntimeError(f"vLLM process, {what}: {value}")
         return value
 
+    def _exit_code(self, timeout_s: float) -> int | None:
+        """The child's exit code once it has ended (waiting up to `timeout_s`), else None."""
+        with self._reap_lock:
+            self._process.join(timeout_s)
+            return self._process.exitcode
 
-def _close(process, conn, timeout_s: float = 30.0) -> None:
+
+def _close(process, conn, reap_lock: threading.Lock, timeout_s: float = 30.0) -> None:
     """Ask the child to end, then make sure it has (a hung engine is terminated, then killed)."""
     try:
         conn.send(None)
     except (BrokenPipeError, OSError):
         pass
-    process.join(timeout=timeout_s)
-    if process.is_alive():
-        process.terminate()
-        process.join(timeout=5)
-    if process.is_alive():  # SIGTERM handled (vLLM installs handlers) but not acted on: SIGKILL
-        process.kill()
-        process.join()
+    with reap_lock:
+        process.join(timeout=timeout_s)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
+        if process.is_alive():  # SIGTERM handled (vLLM installs handlers) but not acted on: SIGKILL
+            process.kill()
+            process.join()
     conn.close()
 
 
