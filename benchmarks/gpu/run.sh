@@ -10,12 +10,16 @@
 #               chunks), eager and compiled (inductor); tokens/s and MFU; first the compiled head's gradient
 #               test, tests/gpu/test_compiled_head.py (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
+#     rollout_cost  where a 1.5B-shape rollout batch's time goes, on both GPUs at once: one seed per call vs one per
+#               request, log-probs for every token (GPU 0) vs the one-prompt check (GPU 1), each with its GPU's
+#               utilization during generate (well under 100%: the engine's CPU work is what the rollout waits on)
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
 #     async     configs/grpo.yaml's GRPO step synchronous, then one step off (async rollouts), one process each on
 #               the same 2 GPUs, vLLM in processes of its own (weights over NCCL); ASYNC_STEPS (default 8) steps,
 #               medians of those after the first ASYNC_WARMUP_STEPS (default 3: builds, compiles, recompiles);
-#               ASYNC_EAGER=1: no CUDA graphs, faster start. On a fresh machine the first run pays the first
-#               compiles: run it twice (tests/gpu/test_vllm_separate_process.py runs with `tests`)
+#               ASYNC_EAGER=1: no CUDA graphs, faster start. Then, if time is left, one step off with one seed
+#               per call (VLLMEngine per_request_seeds false). On a fresh machine the first run pays the first
+#               compiles (tests/gpu/test_vllm_separate_process.py runs with `tests`)
 #     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
 #               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
 #               runs on the visible GPU (policy and in-process engine share it), the second started once the
@@ -34,7 +38,7 @@
 # everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
 # skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
 set -uo pipefail
-what=${1:?"WHAT: setup | tests | update | mfu | rollouts | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
+what=${1:?"WHAT: setup | tests | update | mfu | rollouts | rollout_cost | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
 work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
 source benchmarks/gpu/setup.sh
 
@@ -94,13 +98,34 @@ rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU
 
 step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_step"; }
 
+rollout_cost() {  # the two in parallel, one per GPU; each times one seed per call, then per request
+  local common=(--model qwen1.5b-shape --engine vllm --gpu-memory-utilization 0.5 --sync-repeats 2)
+  (CUDA_VISIBLE_DEVICES=0 bench rollouts_qwen1.5b_logprobs_all 120 300 rollouts "${common[@]}" --vllm-logprobs all) &
+  local all_pid=$!
+  CUDA_VISIBLE_DEVICES=1 bench rollouts_qwen1.5b_logprobs_check 120 300 rollouts "${common[@]}" --vllm-logprobs check
+  wait "$all_pid"
+  python - "$work" <<'PY'
+import json, pathlib, sys
+for name in ("all", "check"):
+    path = pathlib.Path(sys.argv[1]) / f"rollouts_qwen1.5b_logprobs_{name}.json"
+    v = (json.loads(path.read_text()) if path.exists() else {}).get("results", {}).get("vllm", {})
+    seeded = v.get("seeded", {})
+    print(f"[rollout_cost] log-probs {name:5s} seed per call {v.get('seconds', 0):.2f} s {v.get('tokens_per_s', 0):,.0f} tok/s "
+          f"GPU {v.get('gpu_utilization_percent')}% | per request {seeded.get('seconds', 0):.2f} s "
+          f"{seeded.get('tokens_per_s', 0):,.0f} tok/s GPU {seeded.get('gpu_utilization_percent')}% | {v.get('error', '')[-200:]}")
+PY
+}
+
 async() {  # synchronous, then one step off, both with vLLM in processes of its own; on a fresh machine the
   # first run also pays vLLM's and inductor's first compiles (cached for the second): run it twice there
   local common=(--steps "${ASYNC_STEPS:-8}" --warmup-steps "${ASYNC_WARMUP_STEPS:-3}" ${ASYNC_EAGER:+--enforce-eager}
                 --engine-process separate)
   bench grpo_step_separate 150 340 grpo_step "${common[@]}" --workdir "$work/separate"
   bench grpo_step_separate_async 120 220 grpo_step "${common[@]}" --async-rollouts --workdir "$work/separate_async"
-  summarize grpo_step_separate grpo_step_separate_async; }
+  # and, if the time is left (warm caches), one step off with one seed per call instead of per request
+  bench grpo_step_separate_async_seed_per_call 120 220 grpo_step "${common[@]}" --async-rollouts \
+    --workdir "$work/separate_async_seed_per_call" --model.init_args.engine.init_args.per_request_seeds false
+  summarize grpo_step_separate grpo_step_separate_async grpo_step_separate_async_seed_per_call; }
 
 async_learning() {  # each run's CSV log and evaluations are in $work/{sync,async}/logs
   smollm2_folder || return 1
@@ -221,8 +246,8 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
 
 case $what in
   setup) ;;
-  tests|update|mfu|rollouts|step|async|async_learning|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
-  *) echo "unknown WHAT '$what' (setup | tests | update | mfu | rollouts | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
+  tests|update|mfu|rollouts|rollout_cost|step|async|async_learning|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | mfu | rollouts | rollout_cost | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
 esac
 # weights, optimizer states and checkpoints stay behind (a file back from the machine is at most 16 MiB)
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \
