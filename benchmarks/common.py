@@ -354,11 +354,12 @@ class StepTimer:
 
 
 class GpuMonitor:
-    """Every GPU's memory in use and utilization (`nvidia-smi`, polled every `interval` s on a thread)
-    while the block runs, all processes together (a trainer and the vLLM engines beside it, whatever
-    allocator they use). `peak_gb`: the most memory in use per GPU; `utilization(start, end)`: each
-    GPU's mean utilization (%: the share of time a kernel ran, as the driver samples it) over the polls
-    between two `time.time()` stamps. Both stay None without nvidia-smi."""
+    """Every visible GPU's memory in use and utilization (`nvidia-smi`, polled every `interval` s on a
+    thread) while the block runs, all processes together (a trainer and the vLLM engines beside it,
+    whatever allocator they use). `peak_gb`: the most memory in use per GPU; `utilization(start, end)`:
+    each GPU's mean utilization (%: the share of time a kernel ran, as the driver samples it) over the
+    polls between two `time.time()` stamps. Both stay None without nvidia-smi. GPUs are listed as torch
+    numbers them: those in CUDA_VISIBLE_DEVICES, in its order (nvidia-smi itself ignores it)."""
 
     QUERY = ("nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits")
 
@@ -370,9 +371,11 @@ class GpuMonitor:
         self._thread = threading.Thread(target=self._poll, name="gpu-monitor", daemon=True)
 
     def _poll(self) -> None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        query = [*self.QUERY, f"--id={visible}"] if visible else list(self.QUERY)
         while not self._stop.is_set():
             try:
-                out = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10, check=True).stdout
+                out = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout
                 rows = [[float(x) for x in line.split(",")] for line in out.strip().splitlines()]
             except (OSError, subprocess.SubprocessError, ValueError):
                 return

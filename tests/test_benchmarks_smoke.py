@@ -170,11 +170,12 @@ def test_gpu_monitor_reads_memory_and_utilization_per_gpu(tmp_path, monkeypatch)
     polls = tmp_path / "polls"
     fake = tmp_path / "nvidia-smi"
     fake.write_text(f"""#!/usr/bin/env bash
-echo x >> {polls}
+echo "$@" >> {polls}
 if [ "$(wc -l < {polls})" -eq 1 ]; then printf '1024, 40\\n4096, 100\\n'; else printf '3072, 60\\n2048, 100\\n'; fi
 """)
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with common.GpuMonitor(interval=0.05) as gpus:
         deadline = time.monotonic() + 30
         while len(gpus.samples) < 3 and time.monotonic() < deadline:
@@ -186,6 +187,14 @@ if [ "$(wc -l < {polls})" -eq 1 ]; then printf '1024, 40\\n4096, 100\\n'; else p
     assert gpus.utilization(t1 + 0.01, t1 + 0.02) is None  # no poll inside (they are 0.05 s apart)
     assert gpus.utilization(t0, gpus.samples[-1][0]) == [round((40 + 60 * (len(gpus.samples) - 1)) / len(gpus.samples), 1),
                                                          100.0]
+    assert "--id" not in polls.read_text()
+    # with CUDA_VISIBLE_DEVICES, only those GPUs, in torch's numbering (nvidia-smi ignores the variable)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with common.GpuMonitor(interval=0.05) as gpus:
+        deadline = time.monotonic() + 30
+        while not gpus.samples and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert polls.read_text().splitlines()[-1].endswith("--id=1")
 
 
 def test_grpo_step_refuses_warmup_steps_that_leave_nothing_timed(capsys):
