@@ -382,6 +382,17 @@ def test_attach_without_vllm_says_how_to_install_it(monkeypatch):
         VLLMEngine().attach(make_policy(), make_tokenizer())
 
 
+def test_an_untested_vllm_version_is_warned_about_once(monkeypatch, caplog):
+    """An in-process engine imports vLLM at attach and again to build its LLM: one warning, not two."""
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(__version__="0.0.1-test", envs=SimpleNamespace()))
+    monkeypatch.setitem(sys.modules, "vllm.envs", sys.modules["vllm"].envs)
+    monkeypatch.setattr(vllm_build, "_warned_versions", set())
+    with caplog.at_level("WARNING", logger=vllm_build.__name__):
+        assert vllm_build.import_vllm() is vllm_build.import_vllm() is sys.modules["vllm"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"VLLMEngine is tested with vllm=={TESTED_VLLM_VERSION}, found 0.0.1-test"]
+
+
 @pytest.mark.parametrize("per_request_seeds, reseedable", [(True, True), (False, True), (False, False)])
 def test_per_request_seeds_or_one_seed_per_call(monkeypatch, per_request_seeds, reseedable):
     """With per_request_seeds every prompt gets its own seed. Without, no request has one, and the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -31,23 +32,33 @@ INSTALL_HINT = (
 )
 
 
+_warned_versions: set[str] = set()  # each untested vLLM version is warned about once per process
+
+
 def import_vllm():
-    """The `vllm` module (with `vllm.envs`), or an `ImportError` that says how to install it."""
+    """The `vllm` module (with `vllm.envs`), or an `ImportError` that says how to install it. An
+    engine may import it twice (`attach`, then `build_llm`): an untested version is warned about once."""
     try:
         import vllm
         import vllm.envs
     except ImportError as error:
         raise ImportError(INSTALL_HINT) from error
-    if vllm.__version__ != TESTED_VLLM_VERSION:
+    if vllm.__version__ != TESTED_VLLM_VERSION and vllm.__version__ not in _warned_versions:
+        _warned_versions.add(vllm.__version__)
         log.warning("VLLMEngine is tested with vllm==%s, found %s", TESTED_VLLM_VERSION, vllm.__version__)
     return vllm
 
 
 def engine_arg_exists(name: str) -> bool:
     """Whether this vLLM's `EngineArgs` has the field `name` (older releases lack some we use)."""
+    return name in _engine_arg_names()
+
+
+@functools.cache
+def _engine_arg_names() -> frozenset[str]:
     from vllm.engine.arg_utils import EngineArgs  # a dataclass: LLM(**kwargs) feeds it
 
-    return name in {field.name for field in dataclasses.fields(EngineArgs)}
+    return frozenset(field.name for field in dataclasses.fields(EngineArgs))
 
 
 def llm_engine_args(
