@@ -7,9 +7,10 @@ prompt's samples only, GRPOModule's engine/trainer gap check; `--vllm-logprobs a
 process, one GPU: the bf16 policy (which `HFEngine` generates with, and which `VLLMEngine.load_weights`
 copies from) and the vLLM engine (`--gpu-memory-utilization` of the GPU) share it. Order, so that a
 run cut by a time limit keeps the figures that matter most (the JSON is rewritten after each): vLLM
-with one seed per call (`VLLMEngine(per_request_seeds=False)`: the workers' generator reseeded, the
-noise drawn in one batched call a step), vLLM with one seed per request (vLLM 0.26 draws such requests'
-noise one at a time), HF, then the weight sync (it perturbs the policy first).
+with one seed per call (`VLLMEngine(per_request_seeds=False)`: the workers' generators reseeded), vLLM
+with one seed per request (vLLM 0.26's V1 model runner draws such requests' noise one at a time; its V2
+runner, the default for dense models, draws every request's noise in one kernel either way), HF, then the
+weight sync (it perturbs the policy first).
 
     python benchmarks/rollouts.py --model smollm2-gsm8k --engine both --out benchmarks/results/rollouts_smollm2.json
     python benchmarks/rollouts.py --model qwen1.5b-shape --engine both --out benchmarks/results/rollouts_qwen1.5b.json

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_qwen2, word_level_tokenizer
@@ -418,8 +419,18 @@ def test_the_worker_extension_seeds_its_workers_gpu_and_loads_weights_in_place(m
     seeded = []
     monkeypatch.setattr(torch.cuda, "manual_seed", seeded.append)
     worker = type("Worker", (WorkerExtension,), {"device": -1})()  # device -1: torch.cuda.device is a no-op
-    worker.reseed_sampler(123)
-    assert seeded == [123]
+    # and NumPy's global generator, whence vLLM's V2 model runner draws an unseeded request's seed
+    np_state = np.random.get_state()
+    try:
+        worker.reseed_sampler(123)
+        after_reseed = np.random.randint(2**62, size=4)
+        np.random.seed(7)
+        np.random.randint(2**62, size=3)  # requests sampled in between
+        worker.reseed_sampler(123)
+        assert (np.random.randint(2**62, size=4) == after_reseed).all()
+    finally:
+        np.random.set_state(np_state)
+    assert seeded == [123, 123]
     # load_weights_in_place: the worker's weight transfer engine receives and loads the update itself
     received = []
     worker.weight_transfer_engine = SimpleNamespace(update_weights=received.append)

@@ -74,15 +74,16 @@ class VLLMEngine:
     max_model_len: prompt + response token budget; None = the model's maximum.
     seed: the engine's base seed.
     per_request_seeds: honour `SamplingConfig.seed` with one seed per request, so a rollout is the
-        same whatever else is in the batch (a resumed run samples what the straight run did). vLLM
-        0.26 draws seeded requests' noise one request at a time, a kernel each per decoding step.
-        False: one seed per `generate` call instead. The engine's workers reseed their sampler's
-        generator with `SamplingConfig.seed` first (`vllm_worker.WorkerExtension`), and vLLM draws all
-        the noise in one call a step. The same call on the same engine state then samples the same (a
-        resumed run too, since each step's sync leaves that state alike), but a request's samples
-        depend on the batch. Without a seed, both sample from the engine's own generator. Unseeded
-        sampling measured 1.12x the tokens/s of per-request seeds on a SmolLM2 GSM8K rollout batch on
-        an H200. Colocated in process, the reseed also reseeds the trainer's generator on that GPU.
+        same whatever else is in the batch (a resumed run samples what the straight run did).
+        False: one seed per `generate` call instead. The engine's workers reseed what unseeded
+        requests draw from with `SamplingConfig.seed` first (`vllm_worker.WorkerExtension`). The same
+        call on the same engine state then samples the same (a resumed run too, since each step's sync
+        leaves that state alike), but a request's samples depend on the batch. Without a seed, both
+        sample from the engine's own generators. Speed: vLLM 0.26's V2 model runner (the default for
+        dense models) draws every request's noise in one kernel from per-request seeds either way, so
+        the two cost the same there; its V1 runner (MoE models) draws seeded requests' noise one
+        request at a time, which per-call seeds avoid. Colocated in process, the reseed also reseeds
+        the trainer's NumPy and GPU generators.
     max_num_seqs: how many sequences vLLM decodes at once; None = vLLM's default, which 0.26 sets to
         1024 on GPUs of 70 GB or more (`EngineArgs.get_batch_defaults`): a 256 x 8 rollout batch then
         runs in two waves.

@@ -6,6 +6,7 @@ or an engine core's of its own). Imported by vLLM in the worker's process.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 WORKER_EXTENSION = f"{__name__}.WorkerExtension"
@@ -31,8 +32,12 @@ class WorkerExtension:
         engine.update_weights(update_info)  # parse, receive into the model's load_weights, synchronize
 
     def reseed_sampler(self, seed: int) -> None:
-        """Seed the worker GPU's default generator. vLLM 0.26's sampler draws the noise of every request
-        without a seed of its own from it, in one batched call a step (seeded requests are drawn one by
-        one), so a generate call after this samples the same on the same engine state."""
+        """Seed what a vLLM 0.26 worker draws an unseeded request's sampling noise from, so a generate
+        call after this samples the same on the same engine state. Its V2 model runner (the default for
+        dense models such as Qwen2 and Llama) gives each request without a seed one drawn from NumPy's
+        global generator when the request is added, then draws every request's noise in one kernel from
+        those seeds; its V1 runner draws unseeded noise from the GPU's default generator. Both are
+        seeded here."""
+        np.random.seed(seed % 2**32)
         with torch.cuda.device(self.device):
             torch.cuda.manual_seed(seed)
