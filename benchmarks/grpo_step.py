@@ -43,9 +43,11 @@ Other options are passed on to `r1-lightning fit`, e.g. `--model.init_args.engin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -204,6 +206,32 @@ def breakdown(steps: dict[int, dict[str, float]], async_rollouts: bool = False) 
     return rows
 
 
+def run_fit(command: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int, bool]:
+    """Run `r1-lightning fit` with its output streamed into `log_path`, so that a run stopped early
+    still leaves its log. Stopped at `timeout` seconds or on SIGTERM (`timeout` in run.sh, at its
+    deadline): each of its processes first prints every thread's stack into the log (the CLI's
+    faulthandler on SIGUSR2: what a hung run waits for), then the whole process group is killed, its
+    ranks and vLLM's processes with it. Returns (exit code, whether it was stopped)."""
+    def stop(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=C.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout), False
+        except (TimeoutError, subprocess.TimeoutExpired):
+            for sig, grace in ((signal.SIGUSR2, 3.0), (signal.SIGKILL, None)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=grace)
+            return proc.returncode, True
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     gsm8k = C.find_gsm8k(args.gsm8k)
@@ -222,23 +250,24 @@ def main(argv: list[str] | None = None) -> dict:
     env = {"TORCH_LOGS": "recompiles", **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
     start = time.perf_counter()
     with C.GpuMonitor() as gpus:
-        proc = subprocess.run(command, cwd=C.REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=args.timeout, check=False)
+        returncode, cut = run_fit(command, env, workdir / "fit.log", args.timeout)
     wall = time.perf_counter() - start
-    (workdir / "fit.log").write_text(proc.stdout)
+    log = (workdir / "fit.log").read_text(errors="replace")
     import torch
 
     environment = C.environment(torch.device("cuda", 0) if torch.cuda.is_available() else None)
     result = {"benchmark": "grpo_step", "environment": environment, "model_note": model_note,
               "model_folder": str(folder), "config": str(config_path), "fit_command": " ".join(command),
-              "fit_exit_code": proc.returncode, "fit_wall_seconds": wall, "workdir": str(workdir),
+              "fit_exit_code": returncode, "fit_cut": cut, "fit_wall_seconds": wall, "workdir": str(workdir),
               "layout": args.layout, "ranks": args.devices, "strategy": args.strategy if args.devices > 1 else None,
               "gpu_peak_memory_used_gb": gpus.peak_gb}
     metrics_files = sorted(workdir.glob("logs/version_*/metrics.csv"))
-    if proc.returncode != 0 or not metrics_files:
-        result["error"] = proc.stdout[-4000:]
+    if cut:  # the steps it made are reported; the log's end says where it was (each thread's stack)
+        result["log_tail"] = log[-4000:]
+    if not metrics_files or (returncode != 0 and not cut):
+        result["error"] = log[-4000:]
         C.emit(result, args.out)
-        raise SystemExit(f"r1-lightning fit failed (exit {proc.returncode}); log: {workdir / 'fit.log'}")
+        raise SystemExit(f"r1-lightning fit failed (exit {returncode}); log: {workdir / 'fit.log'}")
     init = config["model"]["init_args"]
     rows = breakdown(read_metrics(metrics_files[-1].parent), init.get("async_rollouts", False))
     timed = rows[args.warmup_steps:] or rows  # a fit cut short: every step it made

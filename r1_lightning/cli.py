@@ -14,9 +14,11 @@ Models and data modules are chosen by `class_path` (subclass mode), so a config 
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import inspect
 import os
+import signal
 import sys
 from argparse import ArgumentError
 from typing import NoReturn
@@ -176,6 +178,10 @@ def main(args: list[str] | None = None) -> None:
     """The `r1-lightning` command. Bad input (an option or config value the parser rejects, a missing
     model or data file, a corrupt checkpoint) exits with status 2 and one line that names it first."""
     argv = sys.argv[1:] if args is None else [str(arg) for arg in args]
+    if hasattr(signal, "SIGUSR2"):  # a run that hangs (a collective never joined): `kill -USR2 PID`
+        # prints every thread's stack to stderr and the run goes on. Not SIGUSR1: Lightning's SLURM
+        # requeue takes it.
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         if argv and argv[0] == "quickstart":
             from r1_lightning.quickstart.run import run_quickstart

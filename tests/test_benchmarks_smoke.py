@@ -362,3 +362,32 @@ def test_policy_update_ddp_tiny_reports_rank_zero_once(scripts, tmp_path):
     assert all(8 * 8 <= t <= 8 * 36 for t in result["tokens_per_step"])  # one rank's 8 sequences per step
     assert "GLOBAL_RANK: 1" in proc.stderr + proc.stdout
     assert json.loads(proc.stdout)["devices"] == 2  # stdout: one JSON object
+
+
+def test_a_fit_stopped_early_leaves_its_log_and_each_threads_stack(scripts, tmp_path):
+    """grpo_step.run_fit: the fit's output goes to the log as it comes; stopped at its timeout, the
+    fit first prints where it waits (SIGUSR2, which the CLI hands to faulthandler), then its process
+    group is killed, children included."""
+    grpo_step = load_script("grpo_step")
+    child_pid = tmp_path / "child.pid"
+    hang = f"""
+import faulthandler, pathlib, signal, subprocess, sys, time
+faulthandler.register(signal.SIGUSR2, all_threads=True)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+pathlib.Path({str(child_pid)!r}).write_text(str(child.pid))
+print("step 0 done", flush=True)
+def waiting_for_a_collective():
+    time.sleep(600)
+waiting_for_a_collective()
+"""
+    log = tmp_path / "fit.log"
+    start = time.monotonic()
+    code, cut = grpo_step.run_fit([sys.executable, "-c", hang], dict(os.environ), log, timeout=8)
+    assert cut and code != 0 and time.monotonic() - start < 60
+    text = log.read_text()
+    assert "step 0 done" in text and "in waiting_for_a_collective" in text
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child_pid.read_text()}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # killed with the group; reaped by init
+    assert not Path(f"/proc/{child_pid.read_text()}").exists() or \
+        "Z" in Path(f"/proc/{child_pid.read_text()}/stat").read_text().split()[2]

@@ -384,3 +384,21 @@ def test_the_quickstart_draws_no_model_shard_bars(capfd, monkeypatch, tmp_path):
     out, err = capfd.readouterr()
     assert "r1-lightning quickstart finished" in out
     assert "Writing model shards" not in err + out
+
+
+def test_usr2_prints_every_threads_stack_and_the_run_goes_on():
+    """A hung run (a collective some rank never joins) says where it waits: SIGUSR2 makes the CLI's
+    process print each thread's stack, and the run is not stopped by it."""
+    script = """
+import os, signal, sys
+from r1_lightning import cli
+def hung_fit(argv):
+    os.kill(os.getpid(), signal.SIGUSR2)
+    print("still running", flush=True)
+cli.build_cli = hung_fit
+cli.main(["fit"])
+"""
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "still running"
+    assert "Current thread" in done.stderr and "in hung_fit" in done.stderr

@@ -602,3 +602,22 @@ def test_tied_models_do_not_send_lm_head():
         "model.embed_tokens.weight",
         "lm_head.weight",
     ]
+
+
+def test_a_colocated_engine_wakes_after_torch_gives_its_cached_memory_back(monkeypatch):
+    """Colocated, vLLM maps its memory back through the CUDA driver: torch's cached blocks go back
+    first (empty_cache) at every wake-up, the sync's two-stage one (weights, then KV cache) included."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    engine = VLLMEngine(colocate=True)
+    engine.llm = SimpleNamespace(wake_up=lambda tags=None: calls.append(("wake_up", tags)),
+                                 apply_model=lambda fn: [{"w"}], reset_prefix_cache=lambda: calls.append("reset"))
+    engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
+    engine._sleeping = True
+    engine.wake_up()
+    assert calls == ["empty_cache", ("wake_up", None)] and not engine._sleeping
+    calls.clear()
+    engine._sleeping = True
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    engine._load_in_process([("w", torch.zeros(1))])
+    assert calls == ["empty_cache", ("wake_up", ["weights"]), "empty_cache", ("wake_up", ["kv_cache"]), "reset"]

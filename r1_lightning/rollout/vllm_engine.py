@@ -272,7 +272,7 @@ class VLLMEngine:
     def _load_in_process(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         waking = self.colocate and self._sleeping
         if waking:
-            self.llm.wake_up(tags=["weights"])  # LLM.wake_up(tags): weights first, KV cache after
+            self._wake(tags=["weights"])  # LLM.wake_up(tags): weights first, KV cache after
         with torch.no_grad(), self._on_engine_device():
             # LLM.apply_model(func) -> [func(model) per worker]; in-process there is one worker and
             # `func` runs right here. Qwen2ForCausalLM.load_weights returns the names it loaded.
@@ -283,7 +283,7 @@ class VLLMEngine:
                 "vLLM's load_weights loaded no parameter: do the tensor names match the model?"
             )
         if waking:
-            self.llm.wake_up(tags=["kv_cache"])
+            self._wake(tags=["kv_cache"])
             self._sleeping = False
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
@@ -296,8 +296,15 @@ class VLLMEngine:
     def wake_up(self) -> None:
         """Colocated mode: take the weights and the KV cache back (LLM.wake_up())."""
         if self._sleeping:
-            self.llm.wake_up()
+            self._wake(tags=None)
             self._sleeping = False
+
+    def _wake(self, tags: list[str] | None) -> None:
+        # vLLM maps its memory back with the CUDA driver, outside torch's allocator: the blocks torch
+        # still caches from the update (free, but held) must go back to the driver first, or a policy
+        # whose optimizer states and cache fill the GPU leaves the engine too little to wake into.
+        torch.cuda.empty_cache()
+        self.llm.wake_up(tags=tags)
 
     # -- helpers ---------------------------------------------------------------------------------
 
