@@ -17,6 +17,7 @@ from __future__ import annotations
 import faulthandler
 import importlib
 import inspect
+import io
 import os
 import signal
 import sys
@@ -174,14 +175,23 @@ def _exit_with(message: str, argv: list[str]) -> NoReturn:
     sys.exit(2)
 
 
+def _print_stacks_on_usr2() -> None:
+    """A run that hangs (a collective some rank never joins) says where it waits: `kill -USR2 PID`
+    prints every thread's stack to stderr, and the run goes on. Not SIGUSR1: Lightning's SLURM
+    requeue takes it. Skipped where stderr is no file (a notebook, pytest's capture)."""
+    if not hasattr(signal, "SIGUSR2"):
+        return
+    try:
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    except (io.UnsupportedOperation, AttributeError, ValueError):
+        pass
+
+
 def main(args: list[str] | None = None) -> None:
     """The `r1-lightning` command. Bad input (an option or config value the parser rejects, a missing
     model or data file, a corrupt checkpoint) exits with status 2 and one line that names it first."""
     argv = sys.argv[1:] if args is None else [str(arg) for arg in args]
-    if hasattr(signal, "SIGUSR2"):  # a run that hangs (a collective never joined): `kill -USR2 PID`
-        # prints every thread's stack to stderr and the run goes on. Not SIGUSR1: Lightning's SLURM
-        # requeue takes it.
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    _print_stacks_on_usr2()
     try:
         if argv and argv[0] == "quickstart":
             from r1_lightning.quickstart.run import run_quickstart

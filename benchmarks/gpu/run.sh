@@ -10,16 +10,17 @@
 #               chunks), eager and compiled (inductor); tokens/s and MFU; first the compiled head's gradient
 #               test, tests/gpu/test_compiled_head.py (1 GPU)
 #     rollouts  vLLM vs HF engine rollouts and the weight sync, SmolLM2 and the 1.5B shape
-#     rollout_cost  where a 1.5B-shape rollout batch's time goes, on both GPUs at once: one seed per call vs one per
-#               request, log-probs for every token (GPU 0) vs the one-prompt check (GPU 1), each with its GPU's
-#               utilization during generate (well under 100%: the engine's CPU work is what the rollout waits on)
+#     rollout_cost  where a 1.5B-shape rollout batch's time goes, on both GPUs at once: log-probs for every token
+#               (GPU 0) vs the one-prompt check (GPU 1), each with its GPU's utilization during generate (well
+#               under 100%: the engine's CPU work is what the rollout waits on). On a fresh machine vLLM's first
+#               engine build takes ~2 minutes
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
 #     async     configs/grpo.yaml's GRPO step synchronous, then one step off (async rollouts), one process each on
 #               the same 2 GPUs, vLLM in processes of its own (weights over NCCL); ASYNC_STEPS (default 8) steps,
 #               medians of those after the first ASYNC_WARMUP_STEPS (default 3: builds, compiles, recompiles);
-#               ASYNC_EAGER=1: no CUDA graphs, faster start. Then, if time is left, one step off with one seed
-#               per call (VLLMEngine per_request_seeds false). On a fresh machine the first run pays the first
-#               compiles (tests/gpu/test_vllm_separate_process.py runs with `tests`)
+#               ASYNC_EAGER=1: no CUDA graphs, faster start. Then, if time is left, one step off without the
+#               engine's log-probs (engine_logprobs false: no TIS), what they cost the step. On a fresh machine
+#               the first run pays the first compiles (tests/gpu/test_vllm_separate_process.py runs with `tests`)
 #     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
 #               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
 #               runs on the visible GPU (policy and in-process engine share it), the second started once the
@@ -98,8 +99,9 @@ rollouts() {  # with two GPUs the 1.5B shape runs on GPU 1 beside SmolLM2 on GPU
 
 step() { bench grpo_step_2gpu 120 450 grpo_step --steps 3 --workdir "$work/grpo_step"; }
 
-rollout_cost() {  # the two in parallel, one per GPU; each times one seed per call, then per request
-  local common=(--model qwen1.5b-shape --engine vllm --gpu-memory-utilization 0.5 --sync-repeats 2)
+rollout_cost() {  # the two in parallel, one per GPU (vLLM's V2 model runner samples with per-request seeds at no
+  # extra cost, so only one seed per call is timed)
+  local common=(--model qwen1.5b-shape --engine vllm --gpu-memory-utilization 0.5 --sync-repeats 2 --no-vllm-seeded)
   (CUDA_VISIBLE_DEVICES=0 bench rollouts_qwen1.5b_logprobs_all 120 300 rollouts "${common[@]}" --vllm-logprobs all) &
   local all_pid=$!
   CUDA_VISIBLE_DEVICES=1 bench rollouts_qwen1.5b_logprobs_check 120 300 rollouts "${common[@]}" --vllm-logprobs check
@@ -109,10 +111,8 @@ import json, pathlib, sys
 for name in ("all", "check"):
     path = pathlib.Path(sys.argv[1]) / f"rollouts_qwen1.5b_logprobs_{name}.json"
     v = (json.loads(path.read_text()) if path.exists() else {}).get("results", {}).get("vllm", {})
-    seeded = v.get("seeded", {})
-    print(f"[rollout_cost] log-probs {name:5s} seed per call {v.get('seconds', 0):.2f} s {v.get('tokens_per_s', 0):,.0f} tok/s "
-          f"GPU {v.get('gpu_utilization_percent')}% | per request {seeded.get('seconds', 0):.2f} s "
-          f"{seeded.get('tokens_per_s', 0):,.0f} tok/s GPU {seeded.get('gpu_utilization_percent')}% | {v.get('error', '')[-200:]}")
+    print(f"[rollout_cost] log-probs {name:5s} {v.get('seconds', 0):.2f} s {v.get('tokens_per_s', 0):,.0f} tok/s "
+          f"GPU {v.get('gpu_utilization_percent')}% | {v.get('error', '')[-200:]}")
 PY
 }
 
@@ -122,10 +122,11 @@ async() {  # synchronous, then one step off, both with vLLM in processes of its 
                 --engine-process separate)
   bench grpo_step_separate 150 340 grpo_step "${common[@]}" --workdir "$work/separate"
   bench grpo_step_separate_async 120 220 grpo_step "${common[@]}" --async-rollouts --workdir "$work/separate_async"
-  # and, if the time is left (warm caches), one step off with one seed per call instead of per request
-  bench grpo_step_separate_async_seed_per_call 120 220 grpo_step "${common[@]}" --async-rollouts \
-    --workdir "$work/separate_async_seed_per_call" --model.init_args.engine.init_args.per_request_seeds false
-  summarize grpo_step_separate grpo_step_separate_async grpo_step_separate_async_seed_per_call; }
+  # and, if the time is left (warm caches), one step off without the engine's log-probs (no TIS): what asking
+  # vLLM for every sampled token's log-prob costs the step
+  bench grpo_step_separate_async_no_logprobs 120 220 grpo_step "${common[@]}" --async-rollouts \
+    --workdir "$work/separate_async_no_logprobs" --model.init_args.engine_logprobs false
+  summarize grpo_step_separate grpo_step_separate_async grpo_step_separate_async_no_logprobs; }
 
 async_learning() {  # each run's CSV log and evaluations are in $work/{sync,async}/logs
   smollm2_folder || return 1
