@@ -37,7 +37,7 @@ other, what overlap buys shows as both rising.
     python benchmarks/grpo_step.py --layout split --devices 1 --steps 4                 # split 1+1
     python benchmarks/grpo_step.py --model qwen7b-shape --layout colocated --devices 2 --strategy fsdp2 \
         --rollout-batch-size 128 --enforce-eager --steps 3                              # the 7B shape, FSDP2
-Other options are passed on to `r1-lightning fit`, e.g. `--model.init_args.engine.init_args.per_request_seeds false`.
+Other options are passed on to `r1-lightning fit`, e.g. `--model.init_args.engine.init_args.replicas 2`.
 """
 
 from __future__ import annotations

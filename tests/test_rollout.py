@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import subprocess
 import sys
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,12 +23,21 @@ from tiny_models import tiny_qwen2, word_level_tokenizer
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from r1_lightning.models import compile_decoder_layers
-from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, VLLMEngine, vllm_build
+from r1_lightning.rollout import (
+    Completion,
+    HFEngine,
+    RolloutEngine,
+    SamplingConfig,
+    VLLMEngine,
+    vllm_build,
+    vllm_engine,
+)
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
 from r1_lightning.rollout.vllm_build import TESTED_VLLM_VERSION
 from r1_lightning.rollout.vllm_engine import (
     engine_weights,
     generate_completions,
+    prompt_shares,
     sampled_token_logprobs,
     sampling_params_kwargs,
     to_completions,
@@ -450,7 +460,7 @@ def test_a_separate_engine_generates_in_its_own_process(monkeypatch):
     llm = LLMProcess.__new__(LLMProcess)  # no process: what generate sends it is the point
     llm.call = lambda function, *args: calls.append((function, *args)) or ["completions"]
     engine = VLLMEngine(process="separate")
-    engine.tokenizer, engine.llm = make_tokenizer(), llm
+    engine.tokenizer, engine.llm, engine.llms = make_tokenizer(), llm, [llm]
     assert engine.generate(["ab", "c"], SamplingConfig(n=2, seed=10, stop=["</answer>"])) == ["completions"]
     [(function, prompt_ids, params, call_seed)] = calls
     assert load(function) is generate_completions and call_seed is None  # per-request seeds (the default)
@@ -487,7 +497,7 @@ def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
     monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
     for engine in (VLLMEngine(max_num_seqs=2048, max_model_len=1536, gpu_memory_utilization=0.5), VLLMEngine()):
         engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
-        engine._build_llm(fake_vllm, "model-folder", "tokenizer-folder")
+        engine._build_llms(fake_vllm, "model-folder", "tokenizer-folder")
     tuned, default = built
     assert (tuned["max_num_seqs"], tuned["max_model_len"], tuned["gpu_memory_utilization"]) == (2048, 1536, 0.5)
     assert tuned["device_ids"] == [-1] and tuned["model"] == "model-folder" and tuned["tokenizer"] == "tokenizer-folder"
@@ -621,3 +631,82 @@ def test_a_colocated_engine_wakes_after_torch_gives_its_cached_memory_back(monke
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     engine._load_in_process([("w", torch.zeros(1))])
     assert calls == ["empty_cache", ("wake_up", ["weights"]), "empty_cache", ("wake_up", ["kv_cache"]), "reset"]
+
+
+def test_prompt_shares_cover_every_prompt_once_in_order_and_balanced():
+    for num_prompts in range(12):
+        for parts in range(1, 5):
+            shares = prompt_shares(num_prompts, parts)
+            assert len(shares) == parts and [i for share in shares for i in share] == list(range(num_prompts))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert prompt_shares(5, 2) == [range(3), range(3, 5)]
+
+
+def test_replicas_sample_their_shares_at_once_and_return_them_in_prompt_order():
+    """replicas=2: each LLMProcess gets a contiguous share of the prompts with the sampling options
+    (seeds included) the whole call gives those prompts; both run at once; the completions come back
+    in prompt order with their index into the whole call. One seed per call: call_seed + replica."""
+    both_running = threading.Barrier(2, timeout=10)  # a replica that waited for the other would time out
+    received = {}
+
+    def replica(name):
+        llm = LLMProcess.__new__(LLMProcess)  # no process: what generate sends it is the point
+
+        def call(function, prompt_ids, params, call_seed):
+            both_running.wait()
+            received[name] = (prompt_ids, [p.get("seed") for p in params], call_seed)
+            return [Completion(prompt_index=i, prompt_token_ids=ids, token_ids=[sample], text=name,
+                               finish_reason="stop")
+                    for i, ids in enumerate(prompt_ids) for sample in range(params[i]["n"])]
+
+        llm.call = call
+        return llm
+
+    engine = VLLMEngine(process="separate", replicas=2)
+    engine.llms = [replica("first"), replica("second")]
+    engine.tokenizer, engine.llm = make_tokenizer(), engine.llms[0]
+    prompts = ["ab", "cd", "ef", "a", "b"]
+    completions = engine.generate(prompts, SamplingConfig(n=2, seed=10))
+    ids = engine.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert received["first"] == (ids[:3], [10, 12, 14], None) and received["second"] == (ids[3:], [16, 18], None)
+    assert [(c.prompt_index, c.prompt_token_ids, c.text) for c in completions[::2]] == [
+        (i, ids[i], "first" if i < 3 else "second") for i in range(5)]
+    engine.per_request_seeds, engine._reseedable = False, True
+    engine.generate(prompts, SamplingConfig(n=2, seed=10))
+    assert received["first"][1:] == ([None] * 3, 10) and received["second"][1:] == ([None] * 2, 11)
+
+
+def test_replicas_are_built_one_by_one_sharing_the_memory_and_each_gets_the_weights(monkeypatch):
+    built, sent = [], []
+
+    class RecordingLLMProcess:
+        def __init__(self, engine_args, env, build):
+            built.append((engine_args["gpu_memory_utilization"], env["VLLM_ENABLE_V1_MULTIPROCESSING"]))
+
+    class RecordingSender:
+        def __init__(self, llm, name, *args, **kwargs):
+            self.llm, self.name = llm, name
+
+        def send(self, weights):
+            sent.append((self.name, [name for name, _ in weights]))
+
+    fake_vllm = SimpleNamespace(__version__=TESTED_VLLM_VERSION)
+    monkeypatch.setattr(vllm_build, "import_vllm", lambda: fake_vllm)
+    monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+    monkeypatch.setattr(vllm_engine, "engine_gpus", lambda *args, **kwargs: [1])
+    monkeypatch.setattr(vllm_engine, "LLMProcess", RecordingLLMProcess)
+    monkeypatch.setattr(vllm_engine, "NCCLWeightSender", RecordingSender)
+    engine = VLLMEngine(process="separate", replicas=2, gpu_memory_utilization=0.8, model="model-folder")
+    engine.attach(make_policy(), make_tokenizer())
+    assert built == [(0.4, "1"), (0.4, "1")] and engine.llm is engine.llms[0] and len(engine.llms) == 2
+    assert "2 replicas" in str(engine)
+    engine.load_weights([("model.norm.weight", torch.ones(2))])
+    assert [name.rsplit(" ", 2)[-2:] for name, _ in sent] == [["replica", "0"], ["replica", "1"]]
+    assert all(names == ["model.norm.weight"] for _, names in sent)
+
+
+@pytest.mark.parametrize("options", [{"replicas": 0}, {"replicas": 2}, {"replicas": 2, "process": "separate",
+                                                                      "tensor_parallel_size": 2}])
+def test_replicas_need_separate_single_gpu_engines(options):
+    with pytest.raises(ValueError, match="replicas"):
+        VLLMEngine(**options)

@@ -137,3 +137,26 @@ def test_a_separate_engine_samples_and_syncs_through_its_own_process(fake_vllm, 
     finally:
         engine.close()
     assert engine.llm is None
+
+
+def test_two_replicas_each_in_their_own_processes_sample_what_one_engine_would(fake_vllm, monkeypatch):
+    """replicas=2 end to end but for vLLM itself: two spawned processes with half the memory each,
+    the prompts split between them, the completions as the one-replica engine returns them."""
+    monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+    monkeypatch.setattr(vllm_engine, "engine_gpus", lambda *args, **kwargs: [1])  # no GPU here
+    vocab = char_vocab("abcdef")
+    tokenizer, policy = char_tokenizer(vocab), tiny_qwen2(len(vocab))
+    engine = VLLMEngine(process="separate", model="model-folder", replicas=2, gpu_memory_utilization=0.8)
+    engine.attach(policy, tokenizer)
+    try:
+        (pid_0, _, args_0), (pid_1, _, args_1) = [llm.where() for llm in engine.llms]
+        assert len({pid_0, pid_1, os.getpid()}) == 3
+        assert args_0["gpu_memory_utilization"] == args_1["gpu_memory_utilization"] == 0.4
+        completions = engine.generate(["ab", "c", "de"], SamplingConfig(n=2, max_tokens=4, stop=[]))
+        a, c, d = vocab["a"], vocab["c"], vocab["d"]  # each prompt's first token id; the stand-in samples from it
+        assert [(x.prompt_index, x.token_ids) for x in completions] == [
+            (0, [a, a + 1]), (0, [a + 1, a + 2]), (1, [c, c + 1]), (1, [c + 1, c + 2]),
+            (2, [d, d + 1]), (2, [d + 1, d + 2])]
+    finally:
+        engine.close()
+    assert engine.llms == []

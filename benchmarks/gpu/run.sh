@@ -18,9 +18,10 @@
 #     async     configs/grpo.yaml's GRPO step synchronous, then one step off (async rollouts), one process each on
 #               the same 2 GPUs, vLLM in processes of its own (weights over NCCL); ASYNC_STEPS (default 8) steps,
 #               medians of those after the first ASYNC_WARMUP_STEPS (default 3: builds, compiles, recompiles);
-#               ASYNC_EAGER=1: no CUDA graphs, faster start. Then, if time is left, one step off without the
-#               engine's log-probs (engine_logprobs false: no TIS), what they cost the step. On a fresh machine
-#               the first run pays the first compiles (tests/gpu/test_vllm_separate_process.py runs with `tests`)
+#               ASYNC_EAGER=1: no CUDA graphs, faster start. On a fresh machine the first run pays the first
+#               compiles (tests/gpu/test_vllm_separate_process.py runs with `tests`)
+#     async_variants  after `async`: one step off with 2 vLLM replicas sharing GPU 1 (VLLMEngine replicas 2), then
+#               one step off without the engine's log-probs (engine_logprobs false: no TIS), what they cost
 #     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
 #               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
 #               runs on the visible GPU (policy and in-process engine share it), the second started once the
@@ -39,7 +40,7 @@
 # everything but checkpoints also lands in ARCHIVE_DIR/WHAT.tgz. Each WHAT fits in 10 minutes: runs are
 # skipped once fewer than their minimum seconds are left of DEADLINE (default 570).
 set -uo pipefail
-what=${1:?"WHAT: setup | tests | update | mfu | rollouts | rollout_cost | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
+what=${1:?"WHAT: setup | tests | update | mfu | rollouts | rollout_cost | step | async | async_variants | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline"}; archive=${2:-}
 work=${R1L_GPU_WORK:-/tmp/r1l-gpu}/$what; mkdir -p "$work"
 source benchmarks/gpu/setup.sh
 
@@ -122,11 +123,17 @@ async() {  # synchronous, then one step off, both with vLLM in processes of its 
                 --engine-process separate)
   bench grpo_step_separate 150 340 grpo_step "${common[@]}" --workdir "$work/separate"
   bench grpo_step_separate_async 120 220 grpo_step "${common[@]}" --async-rollouts --workdir "$work/separate_async"
-  # and, if the time is left (warm caches), one step off without the engine's log-probs (no TIS): what asking
-  # vLLM for every sampled token's log-prob costs the step
-  bench grpo_step_separate_async_no_logprobs 120 220 grpo_step "${common[@]}" --async-rollouts \
-    --workdir "$work/separate_async_no_logprobs" --model.init_args.engine_logprobs false
-  summarize grpo_step_separate grpo_step_separate_async grpo_step_separate_async_no_logprobs; }
+  summarize grpo_step_separate grpo_step_separate_async; }
+
+async_variants() {  # after `async` on the same machine (warm caches): one step off with two vLLM replicas on the
+  # engine's GPU, then without the engine's log-probs (no TIS): what asking for every token's log-prob costs
+  local common=(--steps "${ASYNC_STEPS:-8}" --warmup-steps "${ASYNC_WARMUP_STEPS:-3}" --engine-process separate
+                --async-rollouts)
+  bench grpo_step_separate_async_2_replicas 120 260 grpo_step "${common[@]}" --workdir "$work/separate_async_2_replicas" \
+    --model.init_args.engine.init_args.replicas 2
+  bench grpo_step_separate_async_no_logprobs 120 220 grpo_step "${common[@]}" --workdir "$work/separate_async_no_logprobs" \
+    --model.init_args.engine_logprobs false
+  summarize grpo_step_separate_async_2_replicas grpo_step_separate_async_no_logprobs; }
 
 async_learning() {  # each run's CSV log and evaluations are in $work/{sync,async}/logs
   smollm2_folder || return 1
@@ -247,8 +254,8 @@ pipeline() {  # first call: base eval, SFT, GRPO part 1; second call (its checkp
 
 case $what in
   setup) ;;
-  tests|update|mfu|rollouts|rollout_cost|step|async|async_learning|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
-  *) echo "unknown WHAT '$what' (setup | tests | update | mfu | rollouts | rollout_cost | step | async | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
+  tests|update|mfu|rollouts|rollout_cost|step|async|async_variants|async_learning|layouts|layout_tests|fsdp7b|scaling|smollm2|pipeline) $what ;;
+  *) echo "unknown WHAT '$what' (setup | tests | update | mfu | rollouts | rollout_cost | step | async | async_variants | async_learning | layouts | layout_tests | fsdp7b | scaling | smollm2 | pipeline)"; exit 2 ;;
 esac
 # weights, optimizer states and checkpoints stay behind (a file back from the machine is at most 16 MiB)
 [ -n "$archive" ] && mkdir -p "$archive" && tar -czf "$archive/$what.tgz" --exclude="*.ckpt" \

@@ -19,6 +19,9 @@ Design:
   interpreter: sampled on a thread beside training (async rollouts), it would share the trainer's
   GIL with the training loop. Weights cross over NCCL from the policy's GPU to the engine's
   (`vllm_transfer.NCCLWeightSender`), still without disk.
+- Replicas (`replicas=k`, with "separate"): k such `LLM`s on the engine's GPU, each sampling a share
+  of the prompts at once. One vLLM engine's scheduling and output processing are Python on one core
+  each; while they run, its GPU idles. k engines do that work on k cores and take turns on the GPU.
 - A weight sync that fails or hangs (`sync_timeout_s`) raises `WeightSyncError`, and the engine then
   refuses to generate: it holds a mix of old and new weights.
 - Placement: `LLM(..., device_ids=[N])` (vLLM 0.26) puts the engine on `cuda:N` without touching
@@ -40,6 +43,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, get_args
 
 import torch
@@ -102,6 +106,12 @@ class VLLMEngine:
         trainer's interpreter with the training loop.
     sync_timeout_s: with "separate", the seconds one weight sync may take (the first also connects)
         before it fails with `WeightSyncError` instead of waiting on a hung engine.
+    replicas: with "separate", how many `LLM`s share the engine's GPU (`gpu_memory_utilization` is
+        split evenly between them). A `generate` call gives each a contiguous share of the prompts (a
+        prompt's n samples stay together) and returns the completions in prompt order; with
+        per-request seeds they are the samples one engine would draw. Weights reach each over NCCL
+        of its own, one after another (NCCL joins one rank per GPU, so the replicas cannot share a
+        group). Worth it when the engine's GPU idles between decoding steps.
     """
 
     def __init__(
@@ -120,6 +130,7 @@ class VLLMEngine:
         process: Process = "in_process",
         sync_timeout_s: float = 60.0,
         tensor_parallel_size: int = 1,
+        replicas: int = 1,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -148,25 +159,33 @@ class VLLMEngine:
         if tensor_parallel_size > 1 and process != "separate":
             raise ValueError(f"VLLMEngine tensor_parallel_size {tensor_parallel_size} needs process 'separate' (vLLM's "
                              "tensor-parallel workers run in processes of their own, and so not with colocate)")
+        if replicas < 1:
+            raise ValueError(f"VLLMEngine replicas must be >= 1, got {replicas}")
+        if replicas > 1 and (process != "separate" or tensor_parallel_size > 1):
+            raise ValueError(f"VLLMEngine replicas {replicas} needs process 'separate' and tensor_parallel_size 1 "
+                             "(each replica is an LLM in processes of its own on the engine's GPU)")
+        self.replicas = replicas
         self.tensor_parallel_size = tensor_parallel_size
         self.process = process
         self.sync_timeout_s = sync_timeout_s
         self.wire_dtype = wire_dtype(dtype) if process == "separate" else None
 
-        self.llm = None  # vllm.LLM, built by attach()
+        self.llm = None  # vllm.LLM (or its LLMProcess), built by attach(); the first replica's
+        self.llms: list = []  # every replica's, `llm` first
         self.tokenizer = None
         self.device_indices: list[int] = []  # the engine's GPUs (tensor_parallel_size of them), set by attach
         self.ranks = TrainerRanks()
         self._tie_word_embeddings = False
         self._sleeping = False
-        self._sender: NCCLWeightSender | None = None  # process "separate": the trainer's side of the sync
+        self._senders: list[NCCLWeightSender] = []  # process "separate": the trainer's side of each replica's sync
         self._reseedable = False  # the workers have WorkerExtension.reseed_sampler (per_request_seeds false)
         self._broken: str | None = None  # why the engine's weights are unknown (a failed sync)
 
     def __str__(self) -> str:
         gpus = ",".join(map(str, self.device_indices))
         rank = f"rank {self.ranks.rank}'s " if self.ranks.world_size > 1 else ""
-        return f"{rank}VLLMEngine on cuda:{gpus} ({self.process.replace('_', '-')} engine core)"
+        replicas = f", {self.replicas} replicas" if self.replicas > 1 else ""
+        return f"{rank}VLLMEngine on cuda:{gpus} ({self.process.replace('_', '-')} engine core{replicas})"
 
     @property
     def device_index(self) -> int | None:
@@ -211,7 +230,8 @@ class VLLMEngine:
         self._tie_word_embeddings = bool(getattr(policy.config, "tie_word_embeddings", False))
         tokenizer_path = getattr(tokenizer, "name_or_path", None) or model_path
         start = time.perf_counter()
-        self.llm = self._build_llm(vllm, model_path, tokenizer_path)
+        self.llms = self._build_llms(vllm, model_path, tokenizer_path)
+        self.llm = self.llms[0]
         rank_zero_info(
             f"{self}: {model_path} (policy on {policy_device}"
             f"{', colocated: sleep mode' if self.colocate else ''}), built in {time.perf_counter() - start:.0f} s"
@@ -219,8 +239,11 @@ class VLLMEngine:
         self._sleeping = False
         self._broken = None
         if self.process == "separate":
-            self._sender = NCCLWeightSender(self.llm, str(self), self.sync_timeout_s, self.wire_dtype,
-                                            engine_workers=self.tensor_parallel_size)
+            self._senders = [
+                NCCLWeightSender(llm, f"{self}{f' replica {i}' if self.replicas > 1 else ''}", self.sync_timeout_s,
+                                 self.wire_dtype, engine_workers=self.tensor_parallel_size)
+                for i, llm in enumerate(self.llms)
+            ]
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]:
         self._require_usable("generate")
@@ -233,7 +256,7 @@ class VLLMEngine:
             sampling = dataclasses.replace(sampling, seed=None)
         params = [sampling_params_kwargs(sampling, i) for i in range(len(prompts))]
         if isinstance(self.llm, LLMProcess):  # the front end's per-token work stays in its process
-            return self.llm.call(f"{__name__}:generate_completions", prompt_ids, params, call_seed)
+            return generate_on_replicas(self.llms, prompt_ids, params, call_seed)
         self.wake_up()
         with self._on_engine_device():
             completions = generate_completions(self.llm, prompt_ids, params, call_seed)
@@ -243,9 +266,10 @@ class VLLMEngine:
 
     def close(self) -> None:
         """End the engine's own processes (`process="separate"`; otherwise they end with this one)."""
-        if isinstance(self.llm, LLMProcess):
-            self.llm.close()
-        self.llm = None
+        for llm in self.llms:
+            if isinstance(llm, LLMProcess):
+                llm.close()
+        self.llm, self.llms = None, []
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy (Hugging Face name, tensor) pairs into the engine's model, in place: by reference
@@ -259,8 +283,9 @@ class VLLMEngine:
         self._require_usable("sync weights")
         weights = list(engine_weights(named_tensors, self._tie_word_embeddings))
         try:
-            if self._sender is not None:
-                self._sender.send(weights)
+            if self._senders:
+                for sender in self._senders:
+                    sender.send(weights)
             else:
                 self._load_in_process(weights)
         except BaseException as error:
@@ -308,15 +333,19 @@ class VLLMEngine:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _build_llm(self, vllm, model_path: str, tokenizer_path: str):
+    def _build_llms(self, vllm, model_path: str, tokenizer_path: str) -> list:
+        """The in-process `LLM`, or each replica's `LLMProcess`, built one after another: vLLM sizes its
+        KV cache from the memory it sees, which must not be changing under another build."""
         launch_env = engine_launch_env(self.process, self.ranks, self.device_index)
         engine_args = vllm_build.llm_engine_args(self, vllm, model_path, tokenizer_path, launch_env)
         self._reseedable = "worker_extension_cls" in engine_args
-        if self.process == "separate":  # the whole LLM in a process of its own, its engine core in another
-            return LLMProcess(engine_args, env={**launch_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
-                              build=f"{vllm_build.__name__}:build_llm")
+        if self.process == "separate":  # each LLM in a process of its own, its engine core in another
+            engine_args["gpu_memory_utilization"] = self.gpu_memory_utilization / self.replicas
+            env = {**launch_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+            return [LLMProcess(engine_args, env=env, build=f"{vllm_build.__name__}:build_llm")
+                    for _ in range(self.replicas)]
         with self._on_engine_device(), vllm_build.in_process_env(vllm), scoped_env(launch_env):
-            return vllm_build.build_llm(**engine_args)
+            return [vllm_build.build_llm(**engine_args)]
 
     @contextlib.contextmanager
     def _on_engine_device(self):
@@ -368,6 +397,35 @@ def sampling_params_kwargs(sampling: SamplingConfig, prompt_index: int) -> dict[
         # from it; identical prompts in one batch must not get identical samples.
         kwargs["seed"] = sampling.seed + prompt_index * sampling.n
     return kwargs
+
+
+def prompt_shares(num_prompts: int, parts: int) -> list[range]:
+    """`num_prompts` prompt indices cut into `parts` contiguous ranges whose sizes differ by at most
+    one (the first ones larger); empty ranges when there are fewer prompts than parts."""
+    size, extra = divmod(num_prompts, parts)
+    starts = [part * size + min(part, extra) for part in range(parts + 1)]
+    return [range(starts[part], starts[part + 1]) for part in range(parts)]
+
+
+def generate_on_replicas(llms: Sequence[LLMProcess], prompt_ids: list[list[int]], params: list[dict[str, Any]],
+                         call_seed: int | None = None) -> list[Completion]:
+    """`generate_completions` run in each `LLMProcess` on its share of the prompts (`prompt_shares`),
+    all at once (a thread per replica, which only waits on its pipe); the completions in prompt
+    order, each `prompt_index` into the whole call. With one seed per call, replica i gets
+    `call_seed + i`: the replicas must not draw the same noise."""
+    function = f"{__name__}:generate_completions"
+    if len(llms) == 1:
+        return llms[0].call(function, prompt_ids, params, call_seed)
+    shares = [share for share in prompt_shares(len(prompt_ids), len(llms)) if share]
+
+    def run(replica: int, share: range) -> list[Completion]:
+        seed = None if call_seed is None else call_seed + replica
+        part = llms[replica].call(function, [prompt_ids[i] for i in share], [params[i] for i in share], seed)
+        return [dataclasses.replace(c, prompt_index=c.prompt_index + share.start) for c in part]
+
+    with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="r1-lightning-replica") as pool:
+        parts = [pool.submit(run, replica, share) for replica, share in enumerate(shares)]
+        return [completion for part in parts for completion in part.result()]
 
 
 def generate_completions(llm, prompt_ids: list[list[int]], params: list[dict[str, Any]],

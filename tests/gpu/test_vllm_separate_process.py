@@ -91,7 +91,7 @@ def test_a_sync_after_optimizer_steps_moves_the_engine(setup):
 def test_a_sync_the_trainer_never_sends_times_out_and_the_engine_refuses(setup, monkeypatch):
     # Runs last: it leaves the engine waiting on a broadcast that never comes.
     engine = setup.engine
-    engine._sender.timeout_s = 5.0
+    engine._senders[0].timeout_s = 5.0
     monkeypatch.setattr(vllm_transfer, "trainer_send", lambda named_tensors, communicator, dtype: None)
     start = time.monotonic()
     with pytest.raises(WeightSyncError, match="did not finish within sync_timeout_s=5 s"):
