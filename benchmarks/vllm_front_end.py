@@ -42,7 +42,7 @@ import common as C
 
 from r1_lightning.rollout.base import SamplingConfig
 from r1_lightning.rollout.vllm_build import without_logprob_token_strings
-from r1_lightning.rollout.vllm_engine import sampling_params_kwargs, to_completions
+from r1_lightning.rollout.vllm_requests import sampling_params_kwargs, to_completions
 
 # name -> (which prompts' samples get log-probs: "none" / "one" (the first prompt's, the sync check
 # of configs/grpo.yaml) / "all" (TIS, async rollouts), flat_logprobs, detokenize)

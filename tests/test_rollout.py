@@ -34,16 +34,16 @@ from r1_lightning.rollout import (
 )
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
 from r1_lightning.rollout.vllm_build import TESTED_VLLM_VERSION
-from r1_lightning.rollout.vllm_engine import (
-    engine_weights,
+from r1_lightning.rollout.vllm_engine import engine_weights
+from r1_lightning.rollout.vllm_layout import engine_gpus
+from r1_lightning.rollout.vllm_process import LLMProcess, load
+from r1_lightning.rollout.vllm_requests import (
     generate_completions,
     prompt_shares,
     sampled_token_logprobs,
     sampling_params_kwargs,
     to_completions,
 )
-from r1_lightning.rollout.vllm_layout import engine_gpus
-from r1_lightning.rollout.vllm_process import LLMProcess, load
 from r1_lightning.rollout.vllm_worker import WORKER_EXTENSION, WorkerExtension
 
 CHARS = list("abcdefghij <>/=+0123456789")
