@@ -413,9 +413,9 @@ def test_per_request_seeds_or_one_seed_per_call(monkeypatch, per_request_seeds, 
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kwargs: made.append(kwargs)))
     engine = VLLMEngine(per_request_seeds=per_request_seeds)
     engine.tokenizer, engine._reseedable = make_tokenizer(), reseedable
-    engine.llm = SimpleNamespace(
+    engine.llms = [SimpleNamespace(
         generate=lambda prompts, params, use_tqdm: order.append("generate") or [SimpleNamespace(outputs=[]) for _ in prompts],
-        collective_rpc=lambda method, args: order.append((method, args)))
+        collective_rpc=lambda method, args: order.append((method, args)))]
     engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
     engine.generate(["ab", "cd", "ef"], SamplingConfig(n=4, seed=10))
     seeds = [kwargs.get("seed") for kwargs in made]
@@ -460,7 +460,7 @@ def test_a_separate_engine_generates_in_its_own_process(monkeypatch):
     llm = LLMProcess.__new__(LLMProcess)  # no process: what generate sends it is the point
     llm.call = lambda function, *args: calls.append((function, *args)) or ["completions"]
     engine = VLLMEngine(process="separate")
-    engine.tokenizer, engine.llm, engine.llms = make_tokenizer(), llm, [llm]
+    engine.tokenizer, engine.llms = make_tokenizer(), [llm]
     assert engine.generate(["ab", "c"], SamplingConfig(n=2, seed=10, stop=["</answer>"])) == ["completions"]
     [(function, prompt_ids, params, call_seed)] = calls
     assert load(function) is generate_completions and call_seed is None  # per-request seeds (the default)
@@ -620,8 +620,8 @@ def test_a_colocated_engine_wakes_after_torch_gives_its_cached_memory_back(monke
     calls = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     engine = VLLMEngine(colocate=True)
-    engine.llm = SimpleNamespace(wake_up=lambda tags=None: calls.append(("wake_up", tags)),
-                                 apply_model=lambda fn: [{"w"}], reset_prefix_cache=lambda: calls.append("reset"))
+    engine.llms = [SimpleNamespace(wake_up=lambda tags=None: calls.append(("wake_up", tags)),
+                                   apply_model=lambda fn: [{"w"}], reset_prefix_cache=lambda: calls.append("reset"))]
     engine.device_indices = [-1]  # torch.cuda.device(-1) is a no-op: no GPU here
     engine._sleeping = True
     engine.wake_up()
@@ -664,7 +664,7 @@ def test_replicas_sample_their_shares_at_once_and_return_them_in_prompt_order():
 
     engine = VLLMEngine(process="separate", replicas=2)
     engine.llms = [replica("first"), replica("second")]
-    engine.tokenizer, engine.llm = make_tokenizer(), engine.llms[0]
+    engine.tokenizer = make_tokenizer()
     prompts = ["ab", "cd", "ef", "a", "b"]
     completions = engine.generate(prompts, SamplingConfig(n=2, seed=10))
     ids = engine.tokenizer(prompts, add_special_tokens=False)["input_ids"]

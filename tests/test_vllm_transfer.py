@@ -221,7 +221,7 @@ def test_a_failed_in_process_sync_also_leaves_the_engine_refusing(setup):
     def load_halfway(func):
         raise RuntimeError("CUDA out of memory")
 
-    engine.llm = SimpleNamespace(apply_model=load_halfway)
+    engine.llms = [SimpleNamespace(apply_model=load_halfway)]
     with pytest.raises(WeightSyncError, match="in-process engine core.*CUDA out of memory"):
         sync(setup, engine)
     assert_refuses_to_generate(engine)

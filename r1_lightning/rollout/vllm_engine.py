@@ -67,7 +67,6 @@ Process = Literal["in_process", "separate"]
 PROCESSES = get_args(Process)
 
 
-
 class VLLMEngine:
     """A vLLM engine on its own GPU (default: the second one), fed the policy's weights in place.
 
@@ -173,8 +172,7 @@ class VLLMEngine:
         self.sync_timeout_s = sync_timeout_s
         self.wire_dtype = wire_dtype(dtype) if process == "separate" else None
 
-        self.llm = None  # vllm.LLM (or its LLMProcess), built by attach(); the first replica's
-        self.llms: list = []  # every replica's, `llm` first
+        self.llms: list = []  # each replica's vllm.LLM (its LLMProcess with "separate"), built by attach()
         self.tokenizer = None
         self.device_indices: list[int] = []  # the engine's GPUs (tensor_parallel_size of them), set by attach
         self.ranks = TrainerRanks()
@@ -189,6 +187,11 @@ class VLLMEngine:
         rank = f"rank {self.ranks.rank}'s " if self.ranks.world_size > 1 else ""
         replicas = f", {self.replicas} replicas" if self.replicas > 1 else ""
         return f"{rank}VLLMEngine on cuda:{gpus} ({self.process.replace('_', '-')} engine core{replicas})"
+
+    @property
+    def llm(self):
+        """The vLLM `LLM` (its `LLMProcess` with "separate"; the first replica's); None before `attach`."""
+        return self.llms[0] if self.llms else None
 
     @property
     def device_index(self) -> int | None:
@@ -234,7 +237,6 @@ class VLLMEngine:
         tokenizer_path = getattr(tokenizer, "name_or_path", None) or model_path
         start = time.perf_counter()
         self.llms = self._build_llms(vllm, model_path, tokenizer_path)
-        self.llm = self.llms[0]
         rank_zero_info(
             f"{self}: {model_path} (policy on {policy_device}"
             f"{', colocated: sleep mode' if self.colocate else ''}), built in {time.perf_counter() - start:.0f} s"
@@ -272,7 +274,7 @@ class VLLMEngine:
         for llm in self.llms:
             if isinstance(llm, LLMProcess):
                 llm.close()
-        self.llm, self.llms = None, []
+        self.llms = []
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy (Hugging Face name, tensor) pairs into the engine's model, in place: by reference

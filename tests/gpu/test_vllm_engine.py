@@ -67,7 +67,7 @@ def setup(tmp_path_factory):
     yield SimpleNamespace(
         policy=policy, tokenizer=tokenizer, engine=engine, hf_engine=hf_engine, colocate=colocate
     )
-    engine.llm = None
+    engine.close()  # drops the in-process LLM
     gc.collect()
     torch.cuda.empty_cache()
 
