@@ -164,11 +164,15 @@ def policy_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_grpo_fit_runs_logs_and_exports(tiny_model_dir, toy_task_dir, tmp_path):
-    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=2))
+    # a data seed other than the module's (sampling) seed: both are called `seed`, and Lightning refuses
+    # to log two hparams of one name with different values
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=2, extra=["--data.init_args.seed", 1]))
     for metric in ("train/reward_mean", "train/loss", "train/entropy", "train/grad_norm", "train/response_length",
                    "perf/rollout_tokens_per_s", "val/answer_accuracy"):
         assert logged(tmp_path, metric), metric
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["datamodule_hyper_parameters"]["seed"] == 1 and checkpoint["hyper_parameters"]["seed"] == 0
     exported = tmp_path / "ckpt" / "last_hf"
     assert (exported / "model.safetensors").is_file() and (exported / "tokenizer.json").is_file()
     assert list((tmp_path / "logs").glob("version_*/eval/eval_step_2_summary.json"))

@@ -179,7 +179,7 @@ class SFTDataModule(_ExampleDataModule[SFTExample]):
     ) -> None:
         super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=None,
                          max_examples=max_examples, max_val_examples=None, seed=seed, shuffle=shuffle)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # see PromptDataModule
         self.filter_correct = filter_correct
         self.reward_fn = reward_fn
         self.filter_stats: dict[str, int] | None = None  # {"total", "kept"} once filtering ran
@@ -247,7 +247,10 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
     ) -> None:
         super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=val_batch_size,
                          max_examples=max_examples, max_val_examples=max_val_examples, seed=seed, shuffle=shuffle)
-        self.save_hyperparameters()
+        # In checkpoints, not in the logger's hparams: Lightning merges those with the module's and refuses a
+        # key both have with different values (`seed`: the shuffle's here, the sampling's there). The run's
+        # config.yaml records every data option.
+        self.save_hyperparameters(logger=False)
         if dataset not in ("auto", "math", "gsm8k"):
             raise ValueError(f"PromptDataModule.dataset must be 'auto', 'math' or 'gsm8k', got {dataset!r}")
         self.dataset = dataset
