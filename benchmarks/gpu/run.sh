@@ -16,12 +16,12 @@
 #               engine build takes ~2 minutes
 #     step      one GRPO step of configs/grpo.yaml end to end, policy on GPU 0, vLLM on GPU 1
 #     async     configs/grpo.yaml's GRPO step synchronous, then one step off (async rollouts) with ASYNC_REPLICAS
-#               (default 2) vLLM replicas sharing GPU 1, one process each on the same 2 GPUs, vLLM in processes of
+#               (default 1) vLLM replicas sharing GPU 1, one process each on the same 2 GPUs, vLLM in processes of
 #               its own (weights over NCCL); ASYNC_STEPS (default 8) steps,
 #               medians of those after the first ASYNC_WARMUP_STEPS (default 3: builds, compiles, recompiles);
 #               ASYNC_EAGER=1: no CUDA graphs, faster start. On a fresh machine the first run pays the first
 #               compiles (tests/gpu/test_vllm_separate_process.py runs with `tests`)
-#     async_variants  after `async`: one step off with one vLLM engine, then one step off without the engine's
+#     async_variants  after `async`: one step off with 2 vLLM replicas, then one step off without the engine's
 #               log-probs (engine_logprobs false: no TIS), what they cost
 #     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
 #               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
@@ -118,23 +118,24 @@ for name in ("all", "check"):
 PY
 }
 
-async() {  # synchronous, then one step off with ASYNC_REPLICAS (default 2) vLLM replicas sharing GPU 1, all in
+async() {  # synchronous, then one step off with ASYNC_REPLICAS (default 1) vLLM replicas sharing GPU 1, all in
   # processes of their own; on a fresh machine the first run also pays vLLM's and inductor's first compiles
   local common=(--steps "${ASYNC_STEPS:-8}" --warmup-steps "${ASYNC_WARMUP_STEPS:-3}" ${ASYNC_EAGER:+--enforce-eager}
                 --engine-process separate)
   bench grpo_step_separate 150 340 grpo_step "${common[@]}" --workdir "$work/separate"
   bench grpo_step_separate_async 120 260 grpo_step "${common[@]}" --async-rollouts --workdir "$work/separate_async" \
-    --model.init_args.engine.init_args.replicas "${ASYNC_REPLICAS:-2}"
+    --model.init_args.engine.init_args.replicas "${ASYNC_REPLICAS:-1}"
   summarize grpo_step_separate grpo_step_separate_async; }
 
-async_variants() {  # after `async` on the same machine (warm caches): one step off with one vLLM engine, then one
+async_variants() {  # after `async` on the same machine (warm caches): one step off with 2 vLLM replicas, then one
   # step off without the engine's log-probs (no TIS): what asking for every token's log-prob costs
   local common=(--steps "${ASYNC_STEPS:-8}" --warmup-steps "${ASYNC_WARMUP_STEPS:-3}" --engine-process separate
                 --async-rollouts)
-  bench grpo_step_separate_async_1_replica 120 220 grpo_step "${common[@]}" --workdir "$work/separate_async_1_replica"
+  bench grpo_step_separate_async_2_replicas 120 220 grpo_step "${common[@]}" --workdir "$work/separate_async_2_replicas" \
+    --model.init_args.engine.init_args.replicas 2
   bench grpo_step_separate_async_no_logprobs 120 220 grpo_step "${common[@]}" --workdir "$work/separate_async_no_logprobs" \
     --model.init_args.engine_logprobs false
-  summarize grpo_step_separate_async_1_replica grpo_step_separate_async_no_logprobs; }
+  summarize grpo_step_separate_async_2_replicas grpo_step_separate_async_no_logprobs; }
 
 async_learning() {  # each run's CSV log and evaluations are in $work/{sync,async}/logs
   smollm2_folder || return 1

@@ -22,7 +22,9 @@ Design:
   (`vllm_transfer.NCCLWeightSender`), still without disk.
 - Replicas (`replicas=k`, with "separate"): k such `LLM`s on the engine's GPU, each sampling a share
   of the prompts at once. One vLLM engine's scheduling and output processing are Python on one core
-  each; while they run, its GPU idles. k engines do that work on k cores and take turns on the GPU.
+  each; while they run, its GPU idles. k engines do that work on k cores, but take turns on the GPU
+  (without MPS), each reading all the weights per decoding step: on the 1.5B shape on an H200 two
+  did not shorten a rollout (benchmarks/results/async_2gpu.md).
 - A weight sync that fails or hangs (`sync_timeout_s`) raises `WeightSyncError`, and the engine then
   refuses to generate: it holds a mix of old and new weights.
 - Placement: `LLM(..., device_ids=[N])` (vLLM 0.26) puts the engine on `cuda:N` without touching
@@ -113,7 +115,7 @@ class VLLMEngine:
         prompt's n samples stay together) and returns the completions in prompt order; with
         per-request seeds they are the samples one engine would draw. Weights reach each over NCCL
         of its own, one after another (NCCL joins one rank per GPU, so the replicas cannot share a
-        group). Worth it when the engine's GPU idles between decoding steps.
+        group). Worth trying only when the engine's GPU mostly idles during a rollout.
     """
 
     def __init__(
