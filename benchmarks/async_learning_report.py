@@ -10,7 +10,8 @@ the files `bash benchmarks/gpu/run.sh async_learning` leaves, one folder per run
 prints a markdown table (held-out accuracy and format rate at each evaluation, the first step whose
 train format reward reached one half, the mean train answer reward over the last ten steps) and draws,
 against the GRPO step, both runs' train reward, answer reward, format reward, response length and
-held-out accuracy and format rate.
+held-out accuracy and format rate. Given several folders (one per seed), it prints each one's table,
+then the table and the curves of their means (step by step over the seeds).
 """
 
 from __future__ import annotations
@@ -44,6 +45,27 @@ def read_runs(folder: Path) -> dict[str, dict]:
     return runs
 
 
+def mean_of_runs(seeds: list[dict[str, dict]]) -> dict[str, dict]:
+    """The runs of several seeds (each as `read_runs` gives them) averaged step by step, in the same form;
+    a step counts only where every seed has it."""
+    def mean_points(series: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+        by_step = [dict(points) for points in series]
+        steps = sorted(set.intersection(*(set(points) for points in by_step)))
+        return [(step, sum(points[step] for points in by_step) / len(by_step)) for step in steps]
+
+    averaged = {}
+    for label in seeds[0]:
+        runs = [seed[label] for seed in seeds]
+        evals = [dict(run["evals"]) for run in runs]
+        steps = sorted(set.intersection(*(set(e) for e in evals)))
+        averaged[label] = {
+            "train": {key: mean_points([run["train"][key] for run in runs]) for key in runs[0]["train"]},
+            "evals": [(step, {key: sum(e[step][key] for e in evals) / len(evals) for key in ("answer_accuracy", "format_rate")}
+                              | {"n": evals[0][step]["n"]}) for step in steps],
+        }
+    return averaged
+
+
 def first_step_at_least(points: list[tuple[int, float]], threshold: float) -> int | None:
     return next((step for step, value in points if value >= threshold), None)
 
@@ -74,12 +96,18 @@ def panels(runs: dict[str, dict]) -> list[Panel]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="the folder holding sync/ and async/ (see above)")
+    parser.add_argument("folders", type=Path, nargs="+", help="the folder holding sync/ and async/ (see above); "
+                        "several: one per seed")
     parser.add_argument("--png", type=Path, help="draw the curves here")
     parser.add_argument("--title", default="SmolLM2-135M-Instruct on GSM8K, GRPO from the base model: "
                         "synchronous vs one step off")
     args = parser.parse_args(argv)
-    runs = read_runs(args.folder)
+    seeds = [read_runs(folder) for folder in args.folders]
+    if len(seeds) > 1:
+        for folder, runs in zip(args.folders, seeds):
+            print(f"{folder}:\n{markdown_table(runs)}\n")
+        print(f"mean of {len(seeds)}:")
+    runs = seeds[0] if len(seeds) == 1 else mean_of_runs(seeds)
     print(markdown_table(runs))
     if args.png:
         print(f"curves: {plot_panels(panels(runs), args.png, args.title)}")

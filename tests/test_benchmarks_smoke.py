@@ -319,6 +319,25 @@ def test_async_learning_report_keeps_runs_and_steps_apart(tmp_path, capsys):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
+def test_async_learning_report_averages_seeds_step_by_step(tmp_path, capsys):
+    """Several folders (one per seed): each gets its own table, then the mean over the seeds at the
+    steps they all have (an evaluation only one seed made is left out)."""
+    report = load_script("async_learning_report")
+    seeds = {"seed0": ([(0.0, 0.1), (0.2, 0.6), (0.4, 0.9)], {0: (0.1, 0.2), 10: (0.3, 1.0)}),
+             "seed1": ([(0.2, 0.3), (0.4, 0.4), (0.0, 0.5)], {0: (0.3, 0.4), 10: (0.5, 0.0), 20: (0.9, 0.9)})}
+    for seed, (train, evals) in seeds.items():
+        for run in ("sync", "async"):
+            write_run(tmp_path / seed / run, train, evals)
+    report.main([str(tmp_path / "seed0"), str(tmp_path / "seed1")])
+    out = capsys.readouterr().out
+    assert "| synchronous | 10.0% / 30.0% | 20.0% / 100.0% | 1 | 0.2000 |" in out  # seed 0's own table
+    mean = out.split("mean of 2:")[1]
+    # accuracy (0.1+0.3)/2, (0.3+0.5)/2; format (0.2+0.4)/2, (1+0)/2; train format 0.2, 0.5, 0.7 -> step 1;
+    # answer reward 0.1, 0.3, 0.2 -> 0.2
+    assert "| synchronous | 20.0% / 40.0% | 30.0% / 50.0% | 1 | 0.2000 |" in mean
+    assert "at step 0 / 10 |" in mean
+
+
 def test_grpo_step_layout_options_derive_the_config(tmp_path):
     """--layout / --devices / --strategy / --rollout-batch-size become the fit's config: colocated
     FSDP2 on 2 ranks, and split 1+1."""
