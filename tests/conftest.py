@@ -15,6 +15,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+
+@pytest.fixture(autouse=True)
+def no_global_seed_between_tests(monkeypatch):
+    """Each test starts without a `seed_everything` seed in the environment (an in-process CLI run
+    leaves `PL_GLOBAL_SEED` behind), so a module or data module built without a seed gets 0."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A 2-layer Qwen2 with random weights and the package's offline word-level tokenizer."""

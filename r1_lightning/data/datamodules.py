@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from r1_lightning.data.loader import ResumableDataLoader
 from r1_lightning.data.readers import PromptExample, SFTExample, load_prompt_dataset, load_sft
 from r1_lightning.data.templates import load_template, render_prompt
+from r1_lightning.seeding import seed_or_global
 
 Example = TypeVar("Example", PromptExample, SFTExample)
 
@@ -70,7 +71,7 @@ class _ExampleDataModule(L.LightningDataModule, Generic[Example]):
         val_batch_size: int | None,
         max_examples: int | None,
         max_val_examples: int | None,
-        seed: int,
+        seed: int | None,
         shuffle: bool,
     ) -> None:
         super().__init__()
@@ -90,7 +91,7 @@ class _ExampleDataModule(L.LightningDataModule, Generic[Example]):
         self.val_batch_size = val_batch_size or batch_size
         self.max_examples = max_examples
         self.max_val_examples = max_val_examples
-        self.seed = seed
+        self.seed = seed_or_global(seed)
         self.shuffle = shuffle
         self._train_examples: list[Example] | None = None
         self._val_examples: list[Example] | None = None
@@ -169,13 +170,14 @@ class SFTDataModule(_ExampleDataModule[SFTExample]):
         filter_correct: keep only examples whose response gets reward 1 from `reward_fn` against its
             `ground_truth` (every example then needs one). Filtering happens once, at setup.
         reward_fn: name of a reward function in `r1_lightning.rewards` (used only to filter).
-        seed: seed of the per-epoch shuffle. shuffle: shuffle the training set each epoch.
+        seed: seed of the per-epoch shuffle (None: `seed_everything`'s). shuffle: shuffle the training
+            set each epoch.
     """
 
     def __init__(
         self, train_path: str | os.PathLike[str], val_path: str | os.PathLike[str] | None = None,
         batch_size: int = 8, max_examples: int | None = None, filter_correct: bool = False,
-        reward_fn: str = "r1_zero", seed: int = 0, shuffle: bool = True,
+        reward_fn: str = "r1_zero", seed: int | None = None, shuffle: bool = True,
     ) -> None:
         super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=None,
                          max_examples=max_examples, max_val_examples=None, seed=seed, shuffle=shuffle)
@@ -234,7 +236,8 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
         template: a built-in template name (`r1_zero`, `question_only`) or a `.prompt` file path.
         batch_size: prompts per train batch. val_batch_size: prompts per val batch (default batch_size).
         max_examples, max_val_examples: keep only the first N examples of each file.
-        seed: seed of the per-epoch shuffle. shuffle: shuffle the training set each epoch.
+        seed: seed of the per-epoch shuffle (None: `seed_everything`'s). shuffle: shuffle the training
+            set each epoch.
     """
 
     drop_last_train = True
@@ -243,7 +246,7 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
         self, train_path: str | os.PathLike[str], val_path: str | os.PathLike[str] | None = None,
         dataset: Literal["auto", "math", "gsm8k"] = "auto", template: str = "r1_zero",
         batch_size: int = 32, max_examples: int | None = None, max_val_examples: int | None = None,
-        val_batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
+        val_batch_size: int | None = None, seed: int | None = None, shuffle: bool = True,
     ) -> None:
         super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=val_batch_size,
                          max_examples=max_examples, max_val_examples=max_val_examples, seed=seed, shuffle=shuffle)

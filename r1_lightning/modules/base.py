@@ -22,6 +22,7 @@ from r1_lightning.distributed import (
     total_norm,
 )
 from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer, resolve_dtype
+from r1_lightning.seeding import seed_or_global
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 SDPA_BACKENDS = {  # the `sdpa_backends` names
@@ -71,7 +72,7 @@ class PolicyModule(L.LightningModule):
             instead of equal slices of `gradient_accumulation_steps`. Same gradient (each
             microbatch's loss is weighted by its share of the update), fewer and fuller passes.
         seed: base seed for rollouts (sampling seed = seed + global step, so a resumed run samples
-            exactly what the straight run did).
+            exactly what the straight run did); None: `seed_everything`'s (`seeding.seed_or_global`).
         max_consecutive_skipped_updates: stop with an error when this many optimizer updates in a
             row had a non-finite loss or gradient norm (each is skipped, see `optimizer_update`).
             10: more than the 8 updates the off-policy ablation takes from one rollout batch, so a
@@ -95,7 +96,7 @@ class PolicyModule(L.LightningModule):
         attn_implementation: str | None = None,
         logprob_chunk_size: int | None = None,
         fused_adamw: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         tokenizer_name_or_path: str | None = None,
         compile: bool | str = False,
         microbatch_max_tokens: int | None = None,
@@ -129,7 +130,7 @@ class PolicyModule(L.LightningModule):
         self.attn_implementation = attn_implementation
         self.logprob_chunk_size = logprob_chunk_size
         self.fused_adamw = fused_adamw
-        self.seed = seed
+        self.seed = seed_or_global(seed)
         self.policy: torch.nn.Module | None = None
         # The tokenizer is cheap and needed before the model (e.g. to validate data), so load it now.
         self.tokenizer_name_or_path = tokenizer_name_or_path
