@@ -24,9 +24,10 @@
 #     async_variants  after `async`: one step off with 2 vLLM replicas, then one step off without the engine's
 #               log-probs (engine_logprobs false: no TIS), what they cost
 #     async_learning  GRPO on GSM8K with SmolLM2-135M-Instruct from the base model, synchronous vs one-step-off
-#               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, both
-#               runs on the visible GPU (policy and in-process engine share it), the second started once the
-#               first one's engine is built (vLLM sizes its cache from the free memory it sees)
+#               async rollouts, LEARN_STEPS (default 30) steps each with the held-out evaluation every 10, for each
+#               of LEARN_SEEDS (default "0"; e.g. "0 1" puts one seed's two runs on each of 2 GPUs): a seed's two
+#               runs share a GPU (policies and in-process engines), the second started once the first one's
+#               engine is built (vLLM sizes its cache from the free memory it sees)
 #     layouts   configs/grpo.yaml's step (1.5B shape) in the two engine layouts on 2 GPUs: colocated DDP (2 ranks,
 #               each with its engine on its own GPU, sleep mode) and split 1+1 (policy on GPU 0, engine on GPU 1)
 #     layout_tests  tests/gpu/test_engine_layouts.py: colocated DDP, colocated FSDP2 and split 1+1 fits, log-prob gap
@@ -137,19 +138,25 @@ async_variants() {  # after `async` on the same machine (warm caches): one step 
     --model.init_args.engine_logprobs false
   summarize grpo_step_separate_async_2_replicas grpo_step_separate_async_no_logprobs; }
 
-async_learning() {  # each run's CSV log and evaluations are in $work/{sync,async}/logs
+async_learning() {  # LEARN_SEEDS (default "0"): per seed a synchronous and a one-step-off run sharing one GPU (seed i
+  # on GPU i mod the GPU count), all seeds at once; each run's CSV log and evaluations in $work/seed<S>/{sync,async}/logs
   smollm2_folder || return 1
+  local gpus=$(python -c 'import torch; print(max(1, torch.cuda.device_count()))') i=0 pids=()
   # max_time ends a run that is too slow with its logs written, 90 s before the deadline
-  learn() { local run=$1; shift; within "$1" $((${DEADLINE:-570} - SECONDS - 10)) python -m r1_lightning.cli fit \
+  learn() { local dir=$1 least=$2; shift 2; within "$least" $((${DEADLINE:-570} - SECONDS - 10)) python -m r1_lightning.cli fit \
     --config configs/gsm8k/smollm2_grpo.yaml --model.init_args.model_name_or_path /tmp/smollm2 \
     --trainer.max_steps "${LEARN_STEPS:-30}" --trainer.max_time "$(hms $((${DEADLINE:-570} - SECONDS - 90)))" \
-    --trainer.default_root_dir "$work/$run" "${@:2}" >"$work/$run.log" 2>&1; }
-  learn sync 200 & local sync_pid=$!
-  for _ in $(seq 180); do grep -q "built in" "$work/sync.log" 2>/dev/null && break; sleep 1; done
-  echo "[async_learning] sync engine built at ${SECONDS} s"
-  learn async 150 --model.init_args.async_rollouts true; echo "[async_learning] async rc=$? at ${SECONDS} s"
-  wait "$sync_pid"; echo "[async_learning] sync rc=$? at ${SECONDS} s"
-  for run in sync async; do echo "[$run]"; cat "$work/$run"/logs/version_*/eval/*_summary.json 2>/dev/null | tr -d '\n'; echo; done; }
+    --trainer.default_root_dir "$dir" "$@" >"$dir.log" 2>&1; }
+  # the one-step-off run starts once the synchronous run's engine is built (vLLM sizes its cache from the free memory)
+  pair() { local seed=$1 dir="$work/seed$1"; mkdir -p "$dir"
+    learn "$dir/sync" 200 --seed_everything "$seed" & local sync_pid=$!
+    for _ in $(seq 180); do grep -q "built in" "$dir/sync.log" 2>/dev/null && break; sleep 1; done
+    learn "$dir/async" 150 --seed_everything "$seed" --model.init_args.async_rollouts true
+    echo "[async_learning] seed $seed async rc=$? at ${SECONDS} s"
+    wait "$sync_pid"; echo "[async_learning] seed $seed sync rc=$? at ${SECONDS} s"; }
+  for seed in ${LEARN_SEEDS:-0}; do CUDA_VISIBLE_DEVICES=$((i % gpus)) pair "$seed" & pids+=($!); i=$((i + 1)); done
+  wait "${pids[@]}"
+  for run in "$work"/seed*/sync "$work"/seed*/async; do echo "[$run]"; cat "$run"/logs/version_*/eval/*_summary.json 2>/dev/null | tr -d '\n'; echo; done; }
 
 # summarize NAME...: one line per grpo_step JSON of this WHAT
 summarize() { python - "$work" "$@" <<'PY'
