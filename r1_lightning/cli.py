@@ -35,6 +35,7 @@ import r1_lightning.data
 import r1_lightning.rollout  # noqa: F401
 from r1_lightning.callbacks.checkpoint import is_checkpoint
 from r1_lightning.cli_errors import describe_failure, describe_parse_error
+from r1_lightning.distributed import compile_under_fsdp2_error
 from r1_lightning.modules import PolicyModule
 
 
@@ -71,6 +72,18 @@ def _entries(value) -> list:
 def _class_of(entry) -> type:
     module, _, name = str(entry["class_path"]).rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def _init_arg(entry, name: str):
+    """`name` from a `class_path` / `init_args` config entry's init_args (None if it has none)."""
+    init_args = entry.get("init_args") if isinstance(entry, (dict, Namespace)) else None
+    return init_args.get(name) if isinstance(init_args, (dict, Namespace)) else None
+
+
+def _class_name(entry) -> str | None:
+    """The class name a config entry names: `ModelParallelStrategy` for a class path or a bare name."""
+    path = entry.get("class_path") if isinstance(entry, (dict, Namespace)) else entry
+    return str(path).rsplit(".", 1)[-1] if path else None
 
 
 def fill_run_directory(trainer_config) -> str:
@@ -131,6 +144,10 @@ class R1LightningCLI(LightningCLI):
         if ckpt_path and not self._resolved_by_trainer(str(ckpt_path)) and not is_checkpoint(ckpt_path):
             # before any model loads (the Trainer would find out after loading it)
             self.parser.error(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        backend = _init_arg(config.get("model"), "compile")
+        backend = "inductor" if backend is True else backend
+        if backend and _class_name(config.get("trainer", {}).get("strategy")) == "ModelParallelStrategy":
+            self.parser.error(compile_under_fsdp2_error(backend))  # PolicyModule.configure_model refuses it too
 
     @staticmethod
     def _resolved_by_trainer(ckpt_path: str) -> bool:

@@ -112,6 +112,11 @@ def test_grpo_config_has_the_cs336_defaults(capsys):
         (["--model.init_args.learning_rat", "1e-5"], "learning_rat"),
         (["--model.init_args.group_size", "eight"], "group_size"),
         (["--model.init_args.engine.class_path", "NoSuchEngine"], "NoSuchEngine"),
+        # grpo.yaml compiles; FSDP2 given by name or by class path
+        (["--trainer.strategy", "ModelParallelStrategy", "--trainer.strategy.data_parallel_size", "2"],
+         "error: --model.init_args.compile inductor under FSDP2"),
+        (["--trainer.strategy", '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}',
+          "--model.init_args.compile", "true"], "error: --model.init_args.compile inductor under FSDP2"),
     ],
 )
 def test_bad_option_fails_before_any_model_loads(capsys, override, message):
@@ -119,6 +124,24 @@ def test_bad_option_fails_before_any_model_loads(capsys, override, message):
         run_cli(["fit", "--config", ROOT / "configs/grpo.yaml", *override])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_fsdp2_runs_eager(tiny_model_dir):
+    """The module refuses `compile` once a strategy gave it a device mesh (FSDP2), before it loads
+    the policy, and the CLI lets FSDP2 through with compile off."""
+    from r1_lightning.modules import GRPOModule
+
+    module = GRPOModule(tiny_model_dir, rollout_batch_size=8, group_size=4, train_batch_size=8,
+                        gradient_accumulation_steps=1, compile="inductor")
+    module._device_mesh = object()  # what ModelParallelStrategy sets before configure_model
+    with pytest.raises(ValueError, match="--model.init_args.compile inductor under FSDP2"):
+        module.configure_model()
+    assert module.policy is None
+    cli = build_cli(["--config", str(ROOT / "configs/grpo.yaml"), "--model.init_args.model_name_or_path", tiny_model_dir,
+                     "--model.init_args.engine", "r1_lightning.rollout.HFEngine", "--model.init_args.compile", "false",
+                     "--trainer.strategy", "ModelParallelStrategy", "--trainer.strategy.data_parallel_size", "1",
+                     "--trainer.strategy.tensor_parallel_size", "1", "--trainer.accelerator", "cpu"], run=False)
+    assert type(cli.trainer.strategy).__name__ == "ModelParallelStrategy"
 
 
 def test_inconsistent_grpo_batch_sizes_name_the_options(tiny_model_dir):

@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import ParallelStrategy
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from r1_lightning.distributed import (
+    compile_under_fsdp2_error,
     gather_full_weights,
     is_sharded,
     reshard,
@@ -149,6 +150,8 @@ class PolicyModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:  # Lightning may call this more than once (e.g. fit then validate)
             return
+        if self.device_mesh is not None and self.compile_backend:
+            raise ValueError(compile_under_fsdp2_error(self.compile_backend))
         self.policy = load_causal_lm(
             self.model_name_or_path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing
         )
