@@ -60,7 +60,7 @@ def mean_of_runs(seeds: list[dict[str, dict]]) -> dict[str, dict]:
         steps = sorted(set.intersection(*(set(e) for e in evals)))
         averaged[label] = {
             "train": {key: mean_points([run["train"][key] for run in runs]) for key in runs[0]["train"]},
-            "evals": [(step, {key: sum(e[step][key] for e in evals) / len(evals) for key in ("answer_accuracy", "format_rate")}
+            "evals": [(step, {key: sum(e[step][key] for e in evals) / len(evals) for key, _ in HELD_OUT}
                               | {"n": evals[0][step]["n"]}) for step in steps],
         }
     return averaged

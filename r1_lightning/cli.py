@@ -36,6 +36,7 @@ import r1_lightning.rollout  # noqa: F401
 from r1_lightning.callbacks.checkpoint import is_checkpoint
 from r1_lightning.cli_errors import describe_failure, describe_parse_error
 from r1_lightning.distributed import compile_under_fsdp2_error
+from r1_lightning.models import compile_backend
 from r1_lightning.modules import PolicyModule
 
 
@@ -144,8 +145,7 @@ class R1LightningCLI(LightningCLI):
         if ckpt_path and not self._resolved_by_trainer(str(ckpt_path)) and not is_checkpoint(ckpt_path):
             # before any model loads (the Trainer would find out after loading it)
             self.parser.error(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        backend = _init_arg(config.get("model"), "compile")
-        backend = "inductor" if backend is True else backend
+        backend = compile_backend(_init_arg(config.get("model"), "compile"))
         if backend and _class_name(config.get("trainer", {}).get("strategy")) == "ModelParallelStrategy":
             self.parser.error(compile_under_fsdp2_error(backend))  # PolicyModule.configure_model refuses it too
 

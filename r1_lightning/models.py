@@ -166,6 +166,11 @@ def load_causal_lm(
     return model
 
 
+def compile_backend(compile: bool | str | None) -> str | None:
+    """The torch.compile backend a `compile` option names: True = "inductor", False / None = none."""
+    return ("inductor" if compile is True else compile) or None
+
+
 def compile_decoder_layers(model: torch.nn.Module, backend: str = "inductor") -> None:
     """`torch.compile` each decoder layer in place (`nn.Module.compile`: parameter names and
     checkpoints are unchanged). All layers share one compiled graph, sequence lengths are dynamic,

@@ -22,7 +22,13 @@ from r1_lightning.distributed import (
     shard_policy,
     total_norm,
 )
-from r1_lightning.models import compile_decoder_layers, load_causal_lm, load_tokenizer, resolve_dtype
+from r1_lightning.models import (
+    compile_backend,
+    compile_decoder_layers,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_dtype,
+)
 from r1_lightning.seeding import seed_or_global
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -135,7 +141,7 @@ class PolicyModule(L.LightningModule):
         self.policy: torch.nn.Module | None = None
         # The tokenizer is cheap and needed before the model (e.g. to validate data), so load it now.
         self.tokenizer_name_or_path = tokenizer_name_or_path
-        self.compile_backend = ("inductor" if compile is True else compile) or None
+        self.compile_backend = compile_backend(compile)
         self.microbatch_max_tokens = microbatch_max_tokens
         self.sdpa_backends = list(sdpa_backends) if sdpa_backends else None
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path)
