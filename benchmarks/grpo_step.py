@@ -35,6 +35,7 @@ each GPU's mean nvidia-smi utilization over the timed steps: with the policy on 
 other, what overlap buys shows as both rising.
     python benchmarks/grpo_step.py --layout colocated --devices 2 --steps 4             # colocated DDP, 2 GPUs
     python benchmarks/grpo_step.py --layout split --devices 1 --steps 4                 # split 1+1
+    python benchmarks/grpo_step.py --layout split --devices 2 --engine-process separate --steps 4  # split 2+2
     python benchmarks/grpo_step.py --model qwen7b-shape --layout colocated --devices 2 --strategy fsdp2 \
         --rollout-batch-size 128 --enforce-eager --steps 3                              # the 7B shape, FSDP2
 Other options are passed on to `r1-lightning fit`, e.g. `--model.init_args.engine.init_args.replicas 2`.

@@ -84,6 +84,11 @@ def test_policy_update_profile_of_a_warmup_step(scripts):
         scripts[0].parse_args(["--tiny", "--profile-step", "1"])  # tiny has 1 warm-up step: 1 is timed
 
 
+def test_weak_scaling_runs_one_gpu_the_powers_of_two_and_the_largest(scripts):
+    counts = scripts[0].weak_scaling_devices
+    assert counts(2) == [1, 2] and counts(4) == [1, 2, 4] and counts(8) == [1, 2, 4, 8] and counts(6) == [1, 2, 4, 6]
+
+
 def test_same_batches_for_every_variant(scripts):
     policy_update = scripts[0]
     args = policy_update.parse_args(["--tiny"])

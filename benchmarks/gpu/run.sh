@@ -28,12 +28,13 @@
 #               of LEARN_SEEDS (default "0"; e.g. "0 1" puts one seed's two runs on each of 2 GPUs): a seed's two
 #               runs share a GPU (policies and in-process engines), the second started once the first one's
 #               engine is built (vLLM sizes its cache from the free memory it sees)
-#     layouts   configs/grpo.yaml's step (1.5B shape) in the two engine layouts on 2 GPUs: colocated DDP (2 ranks,
-#               each with its engine on its own GPU, sleep mode) and split 1+1 (policy on GPU 0, engine on GPU 1)
+#     layouts   configs/grpo.yaml's step (1.5B shape) in the two engine layouts on all N GPUs: colocated DDP (N ranks,
+#               each with its engine on its own GPU, sleep mode) and split N/2+N/2 (ranks on GPUs 0..N/2-1, rank r's
+#               engine on GPU N/2+r in a process of its own, weights over NCCL)
 #     layout_tests  tests/gpu/test_engine_layouts.py: colocated DDP, colocated FSDP2 and split 1+1 fits, log-prob gap
-#     fsdp7b    the Qwen2.5-Math-7B shape's GRPO step under FSDP2 on 2 GPUs with colocated engines (128 rollouts
+#     fsdp7b    the Qwen2.5-Math-7B shape's GRPO step under FSDP2 on all GPUs with colocated engines (128 rollouts
 #               per rank, no CUDA graphs), step breakdown and peak memory (FSDP7B_STEPS, default 3)
-#     scaling   the 1.5B shape's GRPO update, tokens/s per GPU on 1 GPU vs 2 GPUs under DDP (weak scaling)
+#     scaling   the 1.5B shape's GRPO update, tokens/s per GPU on 1 GPU vs 2, 4, .. all GPUs under DDP (weak scaling)
 #     smollm2   GRPO on GSM8K with SmolLM2-135M-Instruct, accuracy before/after (1 GPU; SMOLLM2_MAX_TIME)
 #     pipeline  the CS336 pipeline on GSM8K with SmolLM2: greedy test evaluation, SFT, GRPO from the SFT
 #               export; run it twice (two 10-minute commands: the second resumes GRPO with --ckpt_path
@@ -141,7 +142,7 @@ async_variants() {  # after `async` on the same machine (warm caches): one step 
 async_learning() {  # LEARN_SEEDS (default "0"): per seed a synchronous and a one-step-off run sharing one GPU (seed i
   # on GPU i mod the GPU count), all seeds at once; each run's CSV log and evaluations in $work/seed<S>/{sync,async}/logs
   smollm2_folder || return 1
-  local gpus=$(python -c 'import torch; print(max(1, torch.cuda.device_count()))') i=0 pids=()
+  local gpus=$(gpu_count) i=0 pids=()
   # max_time ends a run that is too slow with its logs written, 90 s before the deadline
   learn() { local dir=$1 least=$2; shift 2; within "$least" $((${DEADLINE:-570} - SECONDS - 10)) python -m r1_lightning.cli fit \
     --config configs/gsm8k/smollm2_grpo.yaml --model.init_args.model_name_or_path /tmp/smollm2 \
@@ -173,10 +174,15 @@ for name in sys.argv[2:]:
 PY
 }
 
-layouts() {  # the same per-rank batch (256 rollouts) in both: colocated makes 2 x 256 per step
-  bench grpo_step_colocated_ddp 200 330 grpo_step --steps 4 --layout colocated --devices 2 --workdir "$work/colocated_ddp"
-  bench grpo_step_split_1_1 150 230 grpo_step --steps 4 --layout split --devices 1 --workdir "$work/split_1_1"
-  summarize grpo_step_colocated_ddp grpo_step_split_1_1; }
+# gpu_count: the CUDA devices this command sees
+gpu_count() { python -c 'import torch; print(max(1, torch.cuda.device_count()))'; }
+
+layouts() {  # the same per-rank batch (256 rollouts) in both: colocated on N GPUs makes N x 256 per step, split N/2 x 256
+  local n=$(gpu_count) half=$(($(gpu_count) / 2))
+  bench grpo_step_colocated_$n 200 330 grpo_step --steps 4 --layout colocated --devices "$n" --workdir "$work/colocated_$n"
+  bench grpo_step_split_${half}_$half 150 230 grpo_step --steps 4 --layout split --devices "$half" --engine-process separate \
+    --workdir "$work/split_${half}_$half"
+  summarize grpo_step_colocated_$n grpo_step_split_${half}_$half; }
 
 layout_tests() {
   within 60 540 python -m pytest tests/gpu/test_engine_layouts.py -v -rA -p no:cacheprovider \
@@ -184,14 +190,14 @@ layout_tests() {
 
 fsdp7b() {  # the first call also writes the 7B folder (random bf16 weights, ~15 GB) into $R1L_BENCH_CACHE
   # eager: torch.compile under FSDP2 has not run on a GPU yet
-  bench grpo_step_7b_fsdp2_colocated 240 560 grpo_step --model qwen7b-shape --layout colocated --devices 2 \
+  bench grpo_step_7b_fsdp2_colocated 240 560 grpo_step --model qwen7b-shape --layout colocated --devices "$(gpu_count)" \
     --strategy fsdp2 --rollout-batch-size 128 --engine-memory 0.4 --enforce-eager --steps "${FSDP7B_STEPS:-3}" \
     --workdir "$work/fsdp7b" --model.init_args.compile false
   summarize grpo_step_7b_fsdp2_colocated; }
 
 scaling() {
-  bench update_weak_scaling 150 500 policy_update --variant r1-packed --phase grpo --weak-scaling 2 --warmup 1 --steps 3
-  python -c "import json, sys; r = json.load(open(sys.argv[1])); print('[scaling]', r.get('weak_scaling_efficiency'),
+  bench update_weak_scaling 150 560 policy_update --variant r1-packed --phase grpo --weak-scaling "$(gpu_count)" --warmup 1 --steps 3
+  python -c "import json, sys; r = json.load(open(sys.argv[1])); print('[scaling]', r.get('efficiency'),
     {n: x.get('tokens_per_s') or x.get('error') for n, x in r.get('runs', {}).items()})" "$work/update_weak_scaling.json"; }
 
 # smollm2_folder: SmolLM2's GGUF as an HF folder in /tmp/smollm2 (at once when it is there already)
