@@ -11,7 +11,9 @@ prints a markdown table (held-out accuracy and format rate at each evaluation, t
 train format reward reached one half, the mean train answer reward over the last ten steps) and draws,
 against the GRPO step, both runs' train reward, answer reward, format reward, response length and
 held-out accuracy and format rate. Given several folders (one per seed), it prints each one's table,
-then the table and the curves of their means (step by step over the seeds).
+then the table and the curves of their means (step by step over the seeds), and the seeds' paired
+differences (one step off minus synchronous, mean and standard error over the seeds): held-out
+accuracy at each evaluation, and the train answer and format rewards over each ten steps.
 """
 
 from __future__ import annotations
@@ -66,6 +68,43 @@ def mean_of_runs(seeds: list[dict[str, dict]]) -> dict[str, dict]:
     return averaged
 
 
+def paired_differences(seeds: list[dict[str, dict]], window: int = 10) -> str:
+    """A markdown table: per quantity the two runs' means over the seeds and their paired difference
+    (one step off minus synchronous) as mean ± standard error of the mean over the seeds."""
+    sync, lagged = (label for _, label in RUNS)
+
+    def mean_se(values: list[float]) -> tuple[float, float]:
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+        return mean, (var / len(values)) ** 0.5
+
+    rows = []  # (name, [(sync value, one-step-off value) per seed], scale, unit)
+    steps = set.intersection(*(set(dict(seed[label]["evals"])) for seed in seeds for label in (sync, lagged)))
+    for step in sorted(steps):
+        rows.append((f"held-out accuracy, step {step}",
+                     [(dict(seed[sync]["evals"])[step]["answer_accuracy"], dict(seed[lagged]["evals"])[step]["answer_accuracy"])
+                      for seed in seeds], 100, " pts"))
+    last = min(max((step for step, _ in seed[label]["train"]["train/answer_reward"]), default=-1)
+               for seed in seeds for label in (sync, lagged))
+    def window_mean(run: dict, key: str, start: int) -> float:
+        values = [v for step, v in run["train"][key] if start <= step < start + window]
+        return sum(values) / len(values)
+
+    for key, name in (("train/answer_reward", "train answer reward"), ("train/format_reward", "train format reward")):
+        for start in range(0, last + 1, window):
+            rows.append((f"{name}, steps {start}–{min(start + window, last + 1) - 1}",
+                         [(window_mean(seed[sync], key, start), window_mean(seed[lagged], key, start)) for seed in seeds],
+                         1, ""))
+    lines = [f"| quantity | synchronous | one step off | difference (mean ± SE over {len(seeds)} seeds) |",
+             "|---|---|---|---|"]
+    for name, pairs, scale, unit in rows:
+        a, b = (sum(p[i] for p in pairs) / len(pairs) * scale for i in (0, 1))
+        diff, se = mean_se([(lag - syn) * scale for syn, lag in pairs])
+        digits = 1 if scale == 100 else 4
+        lines.append(f"| {name} | {a:.{digits}f} | {b:.{digits}f} | {diff:+.{digits}f} ± {se:.{digits}f}{unit} |")
+    return "\n".join(lines)
+
+
 def first_step_at_least(points: list[tuple[int, float]], threshold: float) -> int | None:
     return next((step for step, value in points if value >= threshold), None)
 
@@ -109,6 +148,8 @@ def main(argv=None) -> None:
         print(f"mean of {len(seeds)}:")
     runs = seeds[0] if len(seeds) == 1 else mean_of_runs(seeds)
     print(markdown_table(runs))
+    if len(seeds) > 1:
+        print(f"\npaired differences:\n{paired_differences(seeds)}")
     if args.png:
         print(f"curves: {plot_panels(panels(runs), args.png, args.title)}")
 

@@ -343,6 +343,26 @@ def test_async_learning_report_averages_seeds_step_by_step(tmp_path, capsys):
     assert "at step 0 / 10 |" in mean
 
 
+def test_async_learning_report_pairs_each_seeds_runs(tmp_path, capsys):
+    """The paired differences: one step off minus synchronous per seed, then mean and standard error
+    over the seeds, for held-out accuracy and for the train rewards' ten-step windows."""
+    report = load_script("async_learning_report")
+    runs = {("seed0", "sync"): ([(0.0, 0.1), (0.2, 0.6), (0.4, 0.9)], {10: (0.3, 1.0)}),
+            ("seed0", "async"): ([(0.0, 0.0), (0.0, 0.2), (0.1, 0.7)], {10: (0.1, 1.0)}),
+            ("seed1", "sync"): ([(0.2, 0.3), (0.4, 0.4), (0.0, 0.5)], {10: (0.5, 1.0)}),
+            ("seed1", "async"): ([(0.1, 0.3), (0.1, 0.3), (0.1, 0.3)], {10: (0.2, 1.0)})}
+    for (seed, run), (train, evals) in runs.items():
+        write_run(tmp_path / seed / run, train, evals)
+    report.main([str(tmp_path / "seed0"), str(tmp_path / "seed1")])
+    table = capsys.readouterr().out.split("paired differences:")[1]
+    # accuracy: -20 and -30 points -> -25 +/- 5 (sd 7.07 / sqrt 2)
+    assert "| held-out accuracy, step 10 | 40.0 | 15.0 | -25.0 ± 5.0 pts |" in table
+    # answer reward over steps 0-2: sync 0.2 and 0.2, one step off 0.0333 and 0.1 -> -0.1333 +/- 0.0333
+    assert "| train answer reward, steps 0–2 | 0.2000 | 0.0667 | -0.1333 ± 0.0333 |" in table
+    # format: sync 1.6/3 and 1.2/3, one step off 0.9/3 and 0.9/3: -0.2333 and -0.1 -> -0.1667 +/- 0.0667
+    assert "| train format reward, steps 0–2 | 0.4667 | 0.3000 | -0.1667 ± 0.0667 |" in table
+
+
 def test_grpo_step_layout_options_derive_the_config(tmp_path):
     """--layout / --devices / --strategy / --rollout-batch-size become the fit's config: colocated
     FSDP2 on 2 ranks, and split 1+1."""
