@@ -7,6 +7,7 @@ import pytest
 from r1_lightning.rewards import (
     get_reward_fn,
     grade,
+    gsm8k_format_reward_fn,
     gsm8k_reward_fn,
     r1_zero_format_reward_fn,
     r1_zero_reward_fn,
@@ -115,6 +116,7 @@ def test_an_empty_answer_is_not_formatted(response):
     assert r1_zero_reward_fn(response, "5") == UNFORMATTED
     assert gsm8k_reward_fn(response, "5") == UNFORMATTED
     assert r1_zero_format_reward_fn(response, "5")["reward"] == 0.0
+    assert gsm8k_format_reward_fn(response, "5")["reward"] == 0.0
 
 
 def test_several_answer_blocks_grade_the_last():

@@ -219,6 +219,26 @@ def test_format_shaping_combination_keeps_answer_and_format_of_the_correctness_r
     assert resolve_reward_fn("r1_zero") is r1_zero_reward_fn
 
 
+@pytest.mark.parametrize(("answer", "shaping"), [
+    ("a single number", 0.0),      # the prompt's own example, copied: no number, no shaping
+    ("the number of eggs", 0.0),
+    ("16 eggs", 1.0),              # a number, right or wrong, earns the shaping
+    ("$1,000.", 1.0),
+    (r"\boxed{-3/4}", 1.0),
+    (r"\boxed{x}", 0.0),
+])
+def test_gsm8k_format_shaping_needs_a_number_in_the_answer(answer, shaping):
+    from r1_lightning.rewards import gsm8k_format_reward_fn, r1_zero_format_reward_fn, resolve_reward_fn
+
+    response = f" reasoning here </think> <answer> {answer} </answer>"
+    assert gsm8k_format_reward_fn(response, "18") == {"format_reward": 0.0, "answer_reward": 0.0, "reward": shaping}
+    assert r1_zero_format_reward_fn(response, "18")["reward"] == 1.0  # the generic shaping pays for any answer
+    shaped = resolve_reward_fn({"gsm8k": 1.0, "gsm8k_format": 0.1})(response, "18")
+    assert shaped["reward"] == pytest.approx(0.1 * shaping) and shaped["format_reward"] == 1.0
+    assert resolve_reward_fn({"gsm8k": 1.0, "gsm8k_format": 0.1})(" r </think> <answer> 18 </answer>", "18")[
+        "reward"] == pytest.approx(1.1)
+
+
 def test_combine_reward_fns_weights_each_component():
     combined = combine_reward_fns({"r1_zero": 1.0, "question_only": 0.5})
     # Correct in the R1-Zero format, with no box for question_only: 1.0 * 1 + 0.5 * 0.

@@ -92,7 +92,7 @@ def gsm8k_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float
     answer = _r1_zero_answer(response)
     if answer is None:
         return _rewards(well_formatted=False, correct=False)
-    given = _last_number_value(unwrap_boxed(answer) or "")
+    given = _gsm8k_answer_value(answer)
     correct = given is not None and any(given == _last_number_value(str(t)) for t in _as_list(ground_truth))
     return _rewards(well_formatted=True, correct=correct)
 
@@ -100,10 +100,27 @@ def gsm8k_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float
 def r1_zero_format_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float]:
     """Format shaping for weak starting models: reward 1 for a well-formed R1-Zero response,
     whatever the answer. Use it only combined with a correctness reward and a small weight, e.g.
-    `reward_fn: {gsm8k: 1.0, r1_zero_format: 0.1}`; its format/answer entries are 0 so a
-    combination's logged format and answer rewards stay those of the correctness reward."""
+    `reward_fn: {r1_zero: 1.0, r1_zero_format: 0.1}`; its format/answer entries are 0 so a
+    combination's logged format and answer rewards stay those of the correctness reward. For
+    numeric answers prefer `gsm8k_format`, which a copied placeholder cannot earn."""
     well_formatted = _r1_zero_answer(response) is not None
     return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 1.0 if well_formatted else 0.0}
+
+
+def gsm8k_format_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float]:
+    """Format shaping for GSM8K: reward 1 for a well-formed R1-Zero response whose answer block
+    holds a number (the one `gsm8k` grades), right or wrong; e.g. `reward_fn: {gsm8k: 1.0,
+    gsm8k_format: 0.1}`. Without the number a policy can earn the shaping by copying the prompt's
+    own example, `<answer> a single number </answer>`, to every question: the samples of a group
+    then all score the same, their advantages are zero, and nothing moves it off that answer."""
+    answer = _r1_zero_answer(response)
+    holds_number = answer is not None and _gsm8k_answer_value(answer) is not None
+    return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 1.0 if holds_number else 0.0}
+
+
+def _gsm8k_answer_value(answer: str) -> Fraction | None:
+    """The value of the last number in an answer block (inside its `\\boxed{}` when there is one)."""
+    return _last_number_value(unwrap_boxed(answer) or "")
 
 
 def _last_number_value(text: str) -> Fraction | None:
@@ -117,6 +134,7 @@ REWARD_FNS: dict[str, RewardFn] = {
     "question_only": question_only_reward_fn,
     "gsm8k": gsm8k_reward_fn,
     "r1_zero_format": r1_zero_format_reward_fn,
+    "gsm8k_format": gsm8k_format_reward_fn,
 }
 
 
