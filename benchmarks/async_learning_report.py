@@ -4,8 +4,8 @@ the files `bash benchmarks/gpu/run.sh async_learning` leaves, one folder per run
     sync/metrics.csv, async/metrics.csv             each run's CSV log
     sync/eval_step_<N>_summary.json, async/...      its greedy held-out evaluations at step N
 
-    python benchmarks/async_learning_report.py benchmarks/results/raw/async_learning_smollm2 \\
-        --png benchmarks/results/async_learning_smollm2.png
+    python benchmarks/async_learning_report.py benchmarks/results/raw/async_learning_smollm2_seeds/seed0 \\
+        --png curves.png
 
 prints a markdown table (held-out accuracy and format rate at each evaluation, the first step whose
 train format reward reached one half, the mean train answer reward over the last ten steps) and draws,
