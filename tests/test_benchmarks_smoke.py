@@ -383,6 +383,12 @@ def test_grpo_step_layout_options_derive_the_config(tmp_path):
     assert split["trainer"]["devices"] == 1 and "strategy" not in split["trainer"]
     engine = split["model"]["init_args"]["engine"]["init_args"]
     assert (engine["colocate"], engine["device"], engine["process"]) == (False, "auto", "separate")
+    # split 2+2 (run.sh layouts on 4 GPUs): 2 DDP ranks, each with an engine process of its own
+    split = grpo_step.derived_config(grpo_step.parse_args(["--layout", "split", "--devices", "2", "--engine-process",
+                                                           "separate"]), tmp_path / "model", tmp_path / "g.jsonl", tmp_path)
+    assert (split["trainer"]["devices"], split["trainer"]["strategy"]) == (2, "ddp")
+    engine = split["model"]["init_args"]["engine"]["init_args"]
+    assert (engine["colocate"], engine["device"], engine["process"]) == (False, "auto", "separate")
 
 
 def test_qwen7b_shape_has_the_7b_parameter_count(scripts):
