@@ -154,6 +154,10 @@ def test_async_options_are_checked(tiny_model_dir):
                       engine_logprobs=False).loss_config.tis_cap is None
     assert GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True,
                       tis_cap=5.0).loss_config.tis_cap == 5.0
+    sequence = GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="sequence")
+    assert (sequence.loss_config.tis_cap, sequence.loss_config.tis_level) == (2.0, "sequence")
+    with pytest.raises(ValueError, match="GRPOModule: unknown tis_level 'tokens'"):
+        GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="tokens")
 
 
 def test_async_with_an_in_process_vllm_engine_warns_to_run_it_in_its_own_process(tiny_model_dir):

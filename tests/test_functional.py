@@ -32,6 +32,7 @@ from r1_lightning.functional import (
     sft_microbatch_train_step,
     split_by_token_budget,
     tokenize_prompt_and_output,
+    truncated_importance_weight,
 )
 from r1_lightning.functional.logprobs import _spans
 
@@ -664,6 +665,30 @@ def test_policy_gradient_loss_tis_weights_capped_and_detached():
     clip_tis = PolicyLossConfig("grpo_clip", cliprange=0.2, tis_cap=2.0)
     _, meta = policy_gradient_loss(policy, clip_tis, advantages=adv, old_log_probs=old, rollout_log_probs=rollout)
     close(meta["tis_weight"], [[1.25, 1.0, 1.0]])
+
+
+def test_policy_gradient_loss_sequence_tis_weights_each_response_by_its_capped_probability_ratio():
+    policy = T([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]], requires_grad=True)
+    # per-token log ratios log π/π_rollout; the third token of row 0 is padding and must not count
+    log_ratio = T([[LN(1.5), LN(1.2), LN(100.0)], [LN(0.5), LN(0.5), LN(0.5)], [LN(3.0), LN(3.0), 0.0]])
+    mask = T([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    rollout = policy.detach() - log_ratio
+    adv = T([[1.0], [1.0], [-1.0]])
+    tis = PolicyLossConfig("reinforce_with_baseline", tis_cap=2.0, tis_level="sequence")
+    loss, meta = policy_gradient_loss(policy, tis, advantages=adv, rollout_log_probs=rollout, response_mask=mask)
+    # row 0: 1.5 * 1.2 = 1.8; row 1: 0.5^3 = 0.125; row 2: 9 -> capped at 2; every token of a row alike
+    close(meta["tis_weight"], [[1.8, 1.8, 1.8], [0.125, 0.125, 0.125], [2.0, 2.0, 2.0]])
+    close(loss, [[1.8, 1.8, 1.8], [0.125, 0.125, 0.125], [-2.0, -2.0, -2.0]])  # -A log π = A per token, times w
+    loss.sum().backward()
+    close(policy.grad, [[-1.8, -1.8, -1.8], [-0.125, -0.125, -0.125], [2.0, 2.0, 2.0]])
+    # a response thousands of tokens long whose ratio overflows exp gets the cap, not inf
+    long = T([[1.0] * 4000])
+    weight = truncated_importance_weight(long, T([[0.0] * 4000]), tis, torch.ones(1, 4000))
+    close(weight, [[2.0] * 4000])
+    with pytest.raises(ValueError, match="tis_level='sequence' needs response_mask"):
+        policy_gradient_loss(policy, tis, advantages=adv, rollout_log_probs=rollout)
+    with pytest.raises(ValueError, match="unknown tis_level"):
+        PolicyLossConfig("reinforce_with_baseline", tis_cap=2.0, tis_level="geometric")
 
 
 @pytest.mark.parametrize(

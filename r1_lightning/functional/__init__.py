@@ -60,6 +60,7 @@ from r1_lightning.functional.policy_loss import (
     grpo_microbatch_loss,
     grpo_microbatch_train_step,
     policy_gradient_loss,
+    truncated_importance_weight,
 )
 from r1_lightning.functional.sft import sft_microbatch_loss, sft_microbatch_train_step
 
@@ -92,5 +93,6 @@ __all__ = [
     "sft_microbatch_train_step",
     "split_by_token_budget",
     "tokenize_prompt_and_output",
+    "truncated_importance_weight",
     "varied_groups",
 ]

@@ -14,6 +14,7 @@ are thin adapters over these: a config with only `loss_type` and `cliprange` set
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,9 @@ class PolicyLossConfig:
         reference log-probs are given).
     tis_cap: truncated importance sampling: each token's policy-gradient loss is weighted by
         min(π_old / π_rollout, tis_cap) against the rollout engine's log-probs (None: off).
+    tis_level: "token" (that ratio per token) or "sequence" (one weight per response: the ratio
+        of the whole response's probabilities, min(Π_t π_old / π_rollout, tis_cap), on all its
+        tokens). A response the policy now finds likelier than the engine did counts more.
     loss_normalize_constant: the Dr. GRPO divisor of "seq_mean_token_sum_norm" (e.g. the most
         tokens a response may have); required by it, unused by the other aggregations.
     """
@@ -50,6 +54,7 @@ class PolicyLossConfig:
     importance_level: str = "token"
     beta: float = 0.0
     tis_cap: float | None = None
+    tis_level: str = "token"
     loss_normalize_constant: float | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +66,8 @@ class PolicyLossConfig:
             raise ValueError(
                 f"unknown importance_level {self.importance_level!r}; choose one of {IMPORTANCE_LEVELS}"
             )
+        if self.tis_level not in IMPORTANCE_LEVELS:
+            raise ValueError(f"unknown tis_level {self.tis_level!r}; choose one of {IMPORTANCE_LEVELS}")
         clip_only = {"importance_level='sequence' (GSPO)": self.importance_level == "sequence",
                      "cliprange_high": self.cliprange_high is not None}
         for option, is_set in clip_only.items():
@@ -169,7 +176,9 @@ def policy_gradient_loss(
         rollout_log_probs (B, T): the engine's log-probs, read only with `tis_cap`: the
             policy-gradient loss (not the KL) is multiplied per token by
             w = min(exp(log π_old - rollout_log_probs), tis_cap), detached, where log π_old is
-            old_log_probs when given, else log π detached.
+            old_log_probs when given, else log π detached; with tis_level "sequence", every token
+            of response i by w_i = min(exp(Σ_t mask · (log π_old - rollout_log_probs)), tis_cap),
+            which needs response_mask.
 
     Returns:
         loss (B, T) and metadata of detached per-token tensors: "clipped" and "ratio" (grpo_clip),
@@ -195,7 +204,7 @@ def policy_gradient_loss(
 
     if config.tis_cap is not None:
         behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
-        tis_weight = torch.exp(behaviour.detach() - rollout_log_probs).clamp(max=config.tis_cap).detach()
+        tis_weight = truncated_importance_weight(behaviour.detach(), rollout_log_probs, config, response_mask)
         loss = loss * tis_weight
         metadata["tis_weight"] = tis_weight
     if ref_log_probs is not None:
@@ -204,6 +213,24 @@ def policy_gradient_loss(
             loss = loss + config.beta * kl
         metadata["kl"] = kl.detach()
     return loss, metadata
+
+
+def truncated_importance_weight(
+    behaviour_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, config: PolicyLossConfig,
+    response_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Detached TIS weights (B, T) of `config.tis_level`, capped at `config.tis_cap` (see `policy_gradient_loss`).
+
+    behaviour_log_probs, rollout_log_probs, response_mask (B, T). The sequence ratio is capped in
+    log space, so a long response's sum cannot overflow exp.
+    """
+    log_ratio = (behaviour_log_probs - rollout_log_probs).detach()  # a weight, never a path for gradients
+    if config.tis_level == "token":
+        return torch.exp(log_ratio).clamp(max=config.tis_cap)
+    if response_mask is None:
+        raise ValueError("tis_level='sequence' needs response_mask")
+    log_weight = (log_ratio.float() * response_mask).sum(dim=-1, keepdim=True).clamp(max=math.log(config.tis_cap))
+    return torch.exp(log_weight).expand_as(log_ratio).to(log_ratio.dtype)
 
 
 def compute_policy_gradient_loss(

@@ -72,7 +72,7 @@ class GRPOModule(RolloutModule):
     `RolloutModule`'s, as every sampling setting), `epochs_per_rollout_batch`, `train_batch_size`, `gradient_accumulation_steps`, `loss_type`
     (no_baseline | reinforce_with_baseline | grpo_clip), `use_std_normalization`,
     `advantage_eps`, `cliprange`. Beyond them, the loss options `loss_agg`, `cliprange_high`,
-    `importance_level`, `beta`, `tis_cap` and `loss_normalize_constant` (default
+    `importance_level`, `beta`, `tis_cap`, `tis_level` and `loss_normalize_constant` (default
     `sampling_max_tokens`): all of the loss's options are bundled, checked once, into
     `self.loss_config`, a `PolicyLossConfig` (see it for their meaning); `beta` > 0 also loads a
     frozen copy of the initial policy as the KL reference. And:
@@ -127,6 +127,7 @@ class GRPOModule(RolloutModule):
         # the loss beyond CS336 (with loss_type and cliprange: PolicyLossConfig)
         cliprange_high: float | None = None, importance_level: str = "token", loss_agg: str = "seq_mean_token_mean",
         loss_normalize_constant: float | None = None, beta: float = 0.0, tis_cap: float | None = None,
+        tis_level: str = "token",
         # the engine's log-probs
         engine_logprobs: bool | None = None, engine_logprob_check_prompts: int = 1,
         # DAPO's overlong handling
@@ -157,7 +158,7 @@ class GRPOModule(RolloutModule):
         try:
             self.loss_config = PolicyLossConfig(
                 loss_type=loss_type, loss_agg=loss_agg, cliprange=cliprange, cliprange_high=cliprange_high,
-                importance_level=importance_level, beta=beta, tis_cap=tis_cap,
+                importance_level=importance_level, beta=beta, tis_cap=tis_cap, tis_level=tis_level,
                 loss_normalize_constant=loss_normalize_constant or float(self.sampling.max_tokens),
             )
         except ValueError as error:
