@@ -3,6 +3,7 @@ the files `bash benchmarks/gpu/run.sh async_learning` leaves, one folder per run
 
     sync/metrics.csv, async/metrics.csv             each run's CSV log
     sync/eval_step_<N>_summary.json, async/...      its greedy held-out evaluations at step N
+    (`--lagged FOLDER LABEL` reads another one-step-off variant's folder in place of async/)
 
     python benchmarks/async_learning_report.py benchmarks/results/raw/async_learning_smollm2_seeds/seed0 \\
         --png curves.png
@@ -35,10 +36,11 @@ TRAIN = (
 HELD_OUT = (("answer_accuracy", "held-out accuracy (greedy)"), ("format_rate", "held-out format rate"))
 
 
-def read_runs(folder: Path) -> dict[str, dict]:
-    """{run label: {"train": {metric: [(step, value)]}, "evals": [(step, summary)] by step}}."""
+def read_runs(folder: Path, lagged: tuple[str, str] = RUNS[1]) -> dict[str, dict]:
+    """{run label: {"train": {metric: [(step, value)]}, "evals": [(step, summary)] by step}}: the
+    synchronous run and `lagged`, (its folder, its label)."""
     runs = {}
-    for name, label in RUNS:
+    for name, label in (RUNS[0], lagged):
         if not (folder / name / "metrics.csv").is_file():
             raise FileNotFoundError(f"{folder / name / 'metrics.csv'}: missing (expected one folder per run: sync/, async/)")
         metrics = read_metrics(folder / name / "metrics.csv")
@@ -71,7 +73,7 @@ def mean_of_runs(seeds: list[dict[str, dict]]) -> dict[str, dict]:
 def paired_differences(seeds: list[dict[str, dict]], window: int = 10) -> str:
     """A markdown table: per quantity the two runs' means over the seeds and their paired difference
     (one step off minus synchronous) as mean ± standard error of the mean over the seeds."""
-    sync, lagged = (label for _, label in RUNS)
+    sync, lagged = list(seeds[0])
 
     def mean_se(values: list[float]) -> tuple[float, float]:
         mean = sum(values) / len(values)
@@ -95,7 +97,7 @@ def paired_differences(seeds: list[dict[str, dict]], window: int = 10) -> str:
             rows.append((f"{name}, steps {start}–{min(start + window, last + 1) - 1}",
                          [(window_mean(seed[sync], key, start), window_mean(seed[lagged], key, start)) for seed in seeds],
                          1, ""))
-    lines = [f"| quantity | synchronous | one step off | difference (mean ± SE over {len(seeds)} seeds) |",
+    lines = [f"| quantity | {sync} | {lagged} | difference (mean ± SE over {len(seeds)} seeds) |",
              "|---|---|---|---|"]
     for name, pairs, scale, unit in rows:
         a, b = (sum(p[i] for p in pairs) / len(pairs) * scale for i in (0, 1))
@@ -138,10 +140,12 @@ def main(argv=None) -> None:
     parser.add_argument("folders", type=Path, nargs="+", help="the folder holding sync/ and async/ (see above); "
                         "several: one per seed")
     parser.add_argument("--png", type=Path, help="draw the curves here")
+    parser.add_argument("--lagged", nargs=2, default=list(RUNS[1]), metavar=("FOLDER", "LABEL"),
+                        help="the one-step-off run's folder in each seed's folder, and its label (default: async)")
     parser.add_argument("--title", default="SmolLM2-135M-Instruct on GSM8K, GRPO from the base model: "
                         "synchronous vs one step off")
     args = parser.parse_args(argv)
-    seeds = [read_runs(folder) for folder in args.folders]
+    seeds = [read_runs(folder, tuple(args.lagged)) for folder in args.folders]
     if len(seeds) > 1:
         for folder, runs in zip(args.folders, seeds):
             print(f"{folder}:\n{markdown_table(runs)}\n")

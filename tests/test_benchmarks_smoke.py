@@ -361,6 +361,14 @@ def test_async_learning_report_pairs_each_seeds_runs(tmp_path, capsys):
     assert "| train answer reward, steps 0–2 | 0.2000 | 0.0667 | -0.1333 ± 0.0333 |" in table
     # format: sync 1.6/3 and 1.2/3, one step off 0.9/3 and 0.9/3: -0.2333 and -0.1 -> -0.1667 +/- 0.0667
     assert "| train format reward, steps 0–2 | 0.4667 | 0.3000 | -0.1667 ± 0.0667 |" in table
+    # --lagged: another one-step-off folder in each seed folder takes async/'s place
+    for seed in ("seed0", "seed1"):
+        write_run(tmp_path / seed / "async_other", [(0.0, 0.5)] * 3, {10: (0.4, 1.0)})
+    report.main([str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--lagged", "async_other", "other"])
+    table = capsys.readouterr().out.split("paired differences:")[1]
+    assert "| quantity | synchronous | other |" in table
+    # +10 and -10 points: mean 0, standard deviation 14.14, standard error 10
+    assert "| held-out accuracy, step 10 | 40.0 | 40.0 | +0.0 ± 10.0 pts |" in table
 
 
 def test_grpo_step_layout_options_derive_the_config(tmp_path):
