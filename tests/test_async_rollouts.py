@@ -112,6 +112,22 @@ def test_lag_one_samples_each_batch_with_the_weights_one_update_old(tiny_model_d
     assert module.loss_config.tis_cap == 2.0 and (4, "train/tis_weight_mean") in logged
 
 
+def test_warmup_steps_sample_synchronously_then_one_step_off(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
+    """async_warmup_steps=2: the batches of steps 0 and 1 are sampled from the weights that train on
+    them (W_0, W_1), then one step off: step 2 from W_1, step 3 from W_2."""
+    steps = RecordSteps()
+    module, logged = fit(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch, steps=4, callbacks=[steps],
+                         async_rollouts=True, async_warmup_steps=2)
+    generations = module.engine.generations
+    for step, sampled_from in zip(range(4), (0, 1, 1, 2)):
+        assert_same_tensors(generations[step]["weights"], steps.weights[sampled_from])
+        assert generations[step]["prompts"] == steps.prompts[step]
+    assert [logged[(step, "train/policy_lag")] for step in (1, 2, 3, 4)] == [0.0, 0.0, 1.0, 1.0]
+    # the warm-up steps are the synchronous run's: the same losses as a run without async
+    _, sync_logged = fit(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch, steps=2, tis_cap=2.0)
+    assert [logged[(step, "train/loss")] for step in (1, 2)] == [sync_logged[(step, "train/loss")] for step in (1, 2)]
+
+
 def test_ctrl_c_or_a_periodic_checkpoint_then_resume_equals_the_uninterrupted_async_run(
     tiny_model_dir, toy_task_dir, tmp_path, sigint_restored  # noqa: F811
 ):
@@ -154,6 +170,10 @@ def test_async_options_are_checked(tiny_model_dir):
                       engine_logprobs=False).loss_config.tis_cap is None
     assert GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True,
                       tis_cap=5.0).loss_config.tis_cap == 5.0
+    with pytest.raises(ValueError, match=r"async_warmup_steps \(3\) must be >= 0, and needs async_rollouts true"):
+        GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_warmup_steps=3)
+    with pytest.raises(ValueError, match=r"async_warmup_steps \(-1\)"):
+        GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, async_warmup_steps=-1)
     sequence = GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="sequence")
     assert (sequence.loss_config.tis_cap, sequence.loss_config.tis_level) == (2.0, "sequence")
     with pytest.raises(ValueError, match="GRPOModule: unknown tis_level 'tokens'"):

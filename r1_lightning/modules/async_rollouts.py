@@ -10,7 +10,9 @@ against the engine's log-probs correct for.
 The batch sampled ahead is the one the loop hands over next (`ResumableDataLoader.peek`) and is
 sampled with the seed of the step that trains on it, so the data order and the seeds are those of
 a synchronous run; with `rollout_lag=0` (sampling starts after the update instead of before it)
-the run is the synchronous run exactly, which checks the machinery. A batch sampled ahead that is
+the run is the synchronous run exactly, which checks the machinery. `async_warmup_steps=K` samples
+the batches of the first K steps that way too, and one step off from then on: while the policy
+changes fastest, early in a run, each step then learns from its own batch. A batch sampled ahead that is
 not the one the loop then hands over (`limit_train_batches` ends epochs early) is dropped and
 sampled again.
 
@@ -97,11 +99,13 @@ class RolloutsAhead:
     a checkpoint).
 
     lag: 1 samples the next batch before the step's update (one-step-off), 0 after it (no overlap
-    with the update; the synchronous run exactly).
+    with the update; the synchronous run exactly). warmup_steps: the GRPO steps at the start whose
+    batches are sampled with lag 0 whatever `lag` is.
     """
 
-    def __init__(self, lag: int) -> None:
+    def __init__(self, lag: int, warmup_steps: int = 0) -> None:
         self.lag = lag
+        self.warmup_steps = warmup_steps
         self.current: SampledBatch | None = None
         self._ahead: concurrent.futures.Future | None = None
         self._waited_seconds = 0.0
@@ -114,15 +118,20 @@ class RolloutsAhead:
         step = module.global_step
         sampled = self._take(step, batch) or module.sampler(batch, step)()
         self.current = sampled
-        if self.lag == 1:
+        if self._next_lag(module) == 1:
             self._sample_next(module)
         return sampled
 
     def step_ended(self, module) -> None:
         """After the step's update: with lag 0, sync the engine and start sampling the next batch."""
-        if self.lag == 0:
+        if self._next_lag(module) == 0:
             module.sync_engine()
             self._sample_next(module)
+
+    def _next_lag(self, module) -> int:
+        """The lag of the batch after the running step's: 0 while that step is a warm-up step."""
+        next_step = self.current.global_step + module.updates_per_rollout
+        return 0 if next_step < self.warmup_steps * module.updates_per_rollout else self.lag
 
     def pop_waited_seconds(self) -> float:
         """Seconds spent waiting for the engine since the last call (0 when sampling kept up)."""

@@ -113,6 +113,8 @@ class GRPOModule(RolloutModule):
             is exact; see `async_rollouts.py`).
         rollout_lag: with `async_rollouts`, 1 (one-step-off) or 0: the next batch is sampled after
             the update instead, which reproduces the synchronous run exactly (a check).
+        async_warmup_steps: with `async_rollouts`, the first GRPO steps sampled synchronously
+            (`train/policy_lag` 0) before one step off begins.
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -135,14 +137,17 @@ class GRPOModule(RolloutModule):
         # DAPO's dynamic sampling
         dynamic_sampling: bool = False, dynamic_sampling_max_rounds: int = 3,
         # one-step-off asynchronous rollouts
-        async_rollouts: bool = False, rollout_lag: int = 1,
+        async_rollouts: bool = False, rollout_lag: int = 1, async_warmup_steps: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
         if rollout_lag not in (0, 1):
             raise ValueError(f"GRPOModule: rollout_lag must be 0 or 1, got {rollout_lag}")
+        if async_warmup_steps < 0 or (async_warmup_steps and not async_rollouts):
+            raise ValueError(f"GRPOModule: async_warmup_steps ({async_warmup_steps}) must be >= 0, and needs "
+                             "async_rollouts true")
         if async_rollouts:
-            self.rollouts_ahead = RolloutsAhead(rollout_lag)
+            self.rollouts_ahead = RolloutsAhead(rollout_lag, async_warmup_steps)
             if self.engine.shares_policy_weights:
                 raise ValueError("GRPOModule: async_rollouts samples while the policy trains, so the engine needs its "
                                  "own copy of the weights: VLLMEngine, or HFEngine with own_weights: true")
