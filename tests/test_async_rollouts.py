@@ -128,13 +128,16 @@ def test_warmup_steps_sample_synchronously_then_one_step_off(tiny_model_dir, toy
     assert [logged[(step, "train/loss")] for step in (1, 2)] == [sync_logged[(step, "train/loss")] for step in (1, 2)]
 
 
+@pytest.mark.parametrize("warmup_steps, lags", [(0, [0.0, 1.0, 1.0, 1.0]), (2, [0.0, 0.0, 1.0, 1.0])])
 def test_ctrl_c_or_a_periodic_checkpoint_then_resume_equals_the_uninterrupted_async_run(
-    tiny_model_dir, toy_task_dir, tmp_path, sigint_restored  # noqa: F811
+    tiny_model_dir, toy_task_dir, tmp_path, sigint_restored, warmup_steps, lags  # noqa: F811
 ):
     """Ctrl-C inside step 3 saves the state before it with the step's own batch (sampled during
     step 2); the periodic checkpoint after step 1 holds the batch then in flight (for step 2). Both
-    resume into the uninterrupted run: same logged values at the same steps, same final weights."""
-    async_args = ["--model.init_args.engine.init_args.own_weights", "true", "--model.init_args.async_rollouts", "true"]
+    resume into the uninterrupted run: same logged values at the same steps, same final weights.
+    With 2 warm-up steps, step 2's batch is the first one sampled one step off."""
+    async_args = ["--model.init_args.engine.init_args.own_weights", "true", "--model.init_args.async_rollouts", "true",
+                  "--model.init_args.async_warmup_steps", warmup_steps]
 
     def args(out_dir, *extra):  # a checkpoint every 2 steps (and last.ckpt then, at the end and on failure)
         return tiny_grpo_args(tiny_model_dir, toy_task_dir, out_dir, max_steps=4,
@@ -153,7 +156,7 @@ def test_ctrl_c_or_a_periodic_checkpoint_then_resume_equals_the_uninterrupted_as
     final = load_file(straight / "ckpt" / "last_hf" / "model.safetensors")
     expected = metric_rows(straight)
     assert {step for step, name in expected if name == "train/loss"} == {0, 1, 2, 3}
-    assert [expected[(step, "train/policy_lag")] for step in range(4)] == [0.0, 1.0, 1.0, 1.0]
+    assert [expected[(step, "train/policy_lag")] for step in range(4)] == lags
     assert metric_rows(stopped) == expected
     assert metric_rows(from_periodic) == {key: value for key, value in expected.items() if key[0] >= 2}
     for run in (stopped, from_periodic):
