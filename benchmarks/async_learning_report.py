@@ -20,6 +20,7 @@ accuracy at each evaluation, and the train answer and format rewards over each t
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 from report_figures import Panel, eval_summaries, plot_panels
@@ -74,20 +75,14 @@ def paired_differences(seeds: list[dict[str, dict]], window: int = 10) -> str:
     """A markdown table: per quantity the two runs' means over the seeds and their paired difference
     (one step off minus synchronous) as mean ± standard error of the mean over the seeds."""
     sync, lagged = list(seeds[0])
-
-    def mean_se(values: list[float]) -> tuple[float, float]:
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-        return mean, (var / len(values)) ** 0.5
-
+    evals = [{label: dict(seed[label]["evals"]) for label in (sync, lagged)} for seed in seeds]
     rows = []  # (name, [(sync value, one-step-off value) per seed], scale, unit)
-    steps = set.intersection(*(set(dict(seed[label]["evals"])) for seed in seeds for label in (sync, lagged)))
-    for step in sorted(steps):
+    for step in sorted(set.intersection(*(set(e[label]) for e in evals for label in (sync, lagged)))):
         rows.append((f"held-out accuracy, step {step}",
-                     [(dict(seed[sync]["evals"])[step]["answer_accuracy"], dict(seed[lagged]["evals"])[step]["answer_accuracy"])
-                      for seed in seeds], 100, " pts"))
+                     [(e[sync][step]["answer_accuracy"], e[lagged][step]["answer_accuracy"]) for e in evals], 100, " pts"))
     last = min(max((step for step, _ in seed[label]["train"]["train/answer_reward"]), default=-1)
                for seed in seeds for label in (sync, lagged))
+
     def window_mean(run: dict, key: str, start: int) -> float:
         values = [v for step, v in run["train"][key] if start <= step < start + window]
         return sum(values) / len(values)
@@ -101,7 +96,8 @@ def paired_differences(seeds: list[dict[str, dict]], window: int = 10) -> str:
              "|---|---|---|---|"]
     for name, pairs, scale, unit in rows:
         a, b = (sum(p[i] for p in pairs) / len(pairs) * scale for i in (0, 1))
-        diff, se = mean_se([(lag - syn) * scale for syn, lag in pairs])
+        differences = [(lag - syn) * scale for syn, lag in pairs]
+        diff, se = statistics.fmean(differences), statistics.stdev(differences) / len(differences) ** 0.5
         digits = 1 if scale == 100 else 4
         lines.append(f"| {name} | {a:.{digits}f} | {b:.{digits}f} | {diff:+.{digits}f} ± {se:.{digits}f}{unit} |")
     return "\n".join(lines)

@@ -179,7 +179,7 @@ PY
 gpu_count() { python -c 'import torch; print(max(1, torch.cuda.device_count()))'; }
 
 layouts() {  # the same per-rank batch (256 rollouts) in both: colocated on N GPUs makes N x 256 per step, split N/2 x 256
-  local n=$(gpu_count) half=$(($(gpu_count) / 2))
+  local n half; n=$(gpu_count); half=$((n / 2))
   bench grpo_step_colocated_$n 200 330 grpo_step --steps 4 --layout colocated --devices "$n" --workdir "$work/colocated_$n"
   bench grpo_step_split_${half}_$half 150 230 grpo_step --steps 4 --layout split --devices "$half" --engine-process separate \
     --workdir "$work/split_${half}_$half"

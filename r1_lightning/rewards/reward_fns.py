@@ -103,8 +103,7 @@ def r1_zero_format_reward_fn(response: str, ground_truth: GroundTruth) -> dict[s
     `reward_fn: {r1_zero: 1.0, r1_zero_format: 0.1}`; its format/answer entries are 0 so a
     combination's logged format and answer rewards stay those of the correctness reward. For
     numeric answers prefer `gsm8k_format`, which a copied placeholder cannot earn."""
-    well_formatted = _r1_zero_answer(response) is not None
-    return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 1.0 if well_formatted else 0.0}
+    return _shaping(_r1_zero_answer(response) is not None)
 
 
 def gsm8k_format_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str, float]:
@@ -114,8 +113,13 @@ def gsm8k_format_reward_fn(response: str, ground_truth: GroundTruth) -> dict[str
     own example, `<answer> a single number </answer>`, to every question: the samples of a group
     then all score the same, their advantages are zero, and nothing moves it off that answer."""
     answer = _r1_zero_answer(response)
-    holds_number = answer is not None and _gsm8k_answer_value(answer) is not None
-    return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 1.0 if holds_number else 0.0}
+    return _shaping(answer is not None and _gsm8k_answer_value(answer) is not None)
+
+
+def _shaping(earned: bool) -> dict[str, float]:
+    """A shaping term's rewards: its format/answer entries are 0, so that a combination logs those of
+    its correctness reward."""
+    return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 1.0 if earned else 0.0}
 
 
 def _gsm8k_answer_value(answer: str) -> Fraction | None:
