@@ -204,7 +204,7 @@ def policy_gradient_loss(
 
     if config.tis_cap is not None:
         behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
-        tis_weight = truncated_importance_weight(behaviour.detach(), rollout_log_probs, config, response_mask)
+        tis_weight = truncated_importance_weight(behaviour, rollout_log_probs, config, response_mask)
         loss = loss * tis_weight
         metadata["tis_weight"] = tis_weight
     if ref_log_probs is not None:

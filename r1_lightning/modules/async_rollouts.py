@@ -10,11 +10,12 @@ against the engine's log-probs correct for.
 The batch sampled ahead is the one the loop hands over next (`ResumableDataLoader.peek`) and is
 sampled with the seed of the step that trains on it, so the data order and the seeds are those of
 a synchronous run; with `rollout_lag=0` (sampling starts after the update instead of before it)
-the run is the synchronous run exactly, which checks the machinery. `async_warmup_steps=K` samples
-the batches of the first K steps that way too, and one step off from then on: while the policy
-changes fastest, early in a run, each step then learns from its own batch. A batch sampled ahead that is
-not the one the loop then hands over (`limit_train_batches` ends epochs early) is dropped and
-sampled again.
+the run is exactly the synchronous run with the same TIS cap, which checks the machinery (without
+that cap a synchronous run differs wherever the engine's log-probs differ from the policy's).
+`async_warmup_steps=K` samples the batches of the first K steps that way too, and one step off
+from then on: while the policy changes fastest, early in a run, each step then learns from its own
+batch. A batch sampled ahead that is not the one the loop then hands over (`limit_train_batches`
+ends epochs early) is dropped and sampled again.
 
 Exact resume: a checkpoint holds the sampled batch the step after it trains on (its completions
 with token ids and engine log-probs, rewards and metrics, and the weight version that sampled it),
@@ -99,7 +100,7 @@ class RolloutsAhead:
     a checkpoint).
 
     lag: 1 samples the next batch before the step's update (one-step-off), 0 after it (no overlap
-    with the update; the synchronous run exactly). warmup_steps: the GRPO steps at the start whose
+    with the update; the synchronous run with the same TIS cap, exactly). warmup_steps: the GRPO steps at the start whose
     batches are sampled with lag 0 whatever `lag` is.
     """
 

@@ -112,7 +112,8 @@ class GRPOModule(RolloutModule):
             measures the lag plus any sync error. A checkpoint saves the batch sampled ahead (resume
             is exact; see `async_rollouts.py`).
         rollout_lag: with `async_rollouts`, 1 (one-step-off) or 0: the next batch is sampled after
-            the update instead, which reproduces the synchronous run exactly (a check).
+            the update instead, which reproduces the synchronous run with the same `tis_cap` exactly
+            (a check).
         async_warmup_steps: with `async_rollouts`, the first GRPO steps sampled synchronously
             (`train/policy_lag` 0) before one step off begins.
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
