@@ -11,11 +11,14 @@ is known to hold (`RolloutModule.sync_engine`), grade each answer with the modul
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from r1_lightning.rollout import Completion
+
+log = logging.getLogger(__name__)
 
 
 def grade_completions(batch: dict, completions: Sequence[Completion], reward_fn: Callable) -> list[dict]:
@@ -76,11 +79,32 @@ def val_metrics(summary: dict) -> dict[str, float]:
 
 def write_eval_outputs(records: Sequence[dict], folder: str | Path, tag: str) -> dict:
     """Summarize `records` and write `eval_{tag}.jsonl` (one line per example) and
-    `eval_{tag}_summary.json` into `folder`. Returns the summary."""
+    `eval_{tag}_summary.json` into `folder`, never over an earlier evaluation's files: where `folder`
+    already holds `eval_{tag}.jsonl` (a folder named for several runs, or one run directory without
+    a logger evaluated twice), they are `eval_{tag}-v1.jsonl` and so on, the first name free, as
+    Lightning versions a second `last.ckpt`. Returns the summary."""
     summary = summarize(records)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"eval_{tag}.jsonl", "w") as f:
+    name = claim_free_name(folder, tag)
+    with open(folder / f"{name}.jsonl", "w") as f:
         f.writelines(json.dumps(record) + "\n" for record in records)
-    (folder / f"eval_{tag}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / f"{name}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def claim_free_name(folder: Path, tag: str) -> str:
+    """`eval_{tag}`, or its first free version `eval_{tag}-v{k}` where `folder` holds that evaluation
+    already. The name is claimed by creating its `.jsonl` exclusively, so two evaluations writing
+    into one folder at once still get two names."""
+    name, version = f"eval_{tag}", 0
+    while True:
+        try:
+            (folder / f"{name}.jsonl").touch(exist_ok=False)
+            break
+        except FileExistsError:
+            version += 1
+            name = f"eval_{tag}-v{version}"
+    if version:
+        log.warning("%s already holds the evaluation eval_%s.jsonl: this one is %s.jsonl", folder, tag, name)
+    return name
