@@ -177,8 +177,9 @@ def logprob_gap(engine, policy, tokenizer, prompts, sampling, device) -> float:
 def build_vllm(out, args, folder, policy, tokenizer, device):
     if device.type != "cuda":
         raise EngineUnavailable("the vLLM engine needs a CUDA GPU (and vllm==0.26.0 importable, e.g. PYTHONPATH=/tmp/site)")
-    from r1_lightning.rollout import VLLMEngine, vllm_build
-    from r1_lightning.rollout.vllm_layout import scoped_env
+    from r1_lightning.rollout import VLLMEngine
+    from r1_lightning.rollout.vllm import build as vllm_build
+    from r1_lightning.rollout.vllm.layout import scoped_env
 
     if args.vllm_engine_process:  # diagnostic: the in-process engine's code, its engine core built in its own process
         # (VLLMEngine(process="separate") would sync over NCCL, which needs the engine on another GPU than the policy)

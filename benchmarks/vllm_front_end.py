@@ -41,8 +41,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import common as C
 
 from r1_lightning.rollout.base import SamplingConfig
-from r1_lightning.rollout.vllm_build import without_logprob_token_strings
-from r1_lightning.rollout.vllm_requests import sampling_params_kwargs, to_completions
+from r1_lightning.rollout.vllm.build import without_logprob_token_strings
+from r1_lightning.rollout.vllm.generation import sampling_params_kwargs, to_completions
 
 # name -> (which prompts' samples get log-probs: "none" / "one" (the first prompt's, the sync check
 # of configs/grpo.yaml) / "all" (TIS, async rollouts), flat_logprobs, detokenize)
@@ -51,7 +51,7 @@ VARIANTS = {"none": ("none", False, True), "one_prompt": ("one", False, True), "
             "no_detok": ("none", False, False),
             "no_detok_all": ("all", False, False), "no_detok_all_flat": ("all", True, False)}
 STOP = "</answer>"
-# variants run as VLLMEngine builds its LLM, with vllm_build.without_logprob_token_strings (undone after)
+# variants run as VLLMEngine builds its LLM, with build.without_logprob_token_strings (undone after)
 WITHOUT_TOKEN_STRINGS = {"all_flat_no_strings"}
 
 

@@ -68,9 +68,9 @@ def llm_process_here(monkeypatch):
     """`VLLMEngine(process="separate")` builds its `LLM` in this process, under the environment its
     spawned process would get (`LLMProcess`'s `env`): for tests whose `vllm` is a fake in this process.
     tests/test_vllm_process.py tests the real `LLMProcess`."""
-    from r1_lightning.rollout import vllm_engine
-    from r1_lightning.rollout.vllm_layout import scoped_env
-    from r1_lightning.rollout.vllm_process import load
+    from r1_lightning.rollout.vllm import engine as vllm_engine
+    from r1_lightning.rollout.vllm.layout import scoped_env
+    from r1_lightning.rollout.vllm.llm_process import load
 
     class LLMBuiltHere:
         def __new__(cls, engine_args: dict, env: dict, build: str):

@@ -22,8 +22,10 @@ import pytest
 import torch
 from tiny_models import char_tokenizer, char_vocab, tiny_qwen2
 
-from r1_lightning.rollout import TrainerRanks, VLLMEngine, vllm_build, vllm_transfer
-from r1_lightning.rollout.vllm_layout import engine_gpus
+from r1_lightning.rollout import TrainerRanks, VLLMEngine
+from r1_lightning.rollout.vllm import build as vllm_build
+from r1_lightning.rollout.vllm import transfer as vllm_transfer
+from r1_lightning.rollout.vllm.layout import engine_gpus
 
 
 def ranks(rank: int, world: int, per_node: int) -> TrainerRanks:

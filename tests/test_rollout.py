@@ -28,23 +28,24 @@ from r1_lightning.rollout import (
     HFEngine,
     RolloutEngine,
     SamplingConfig,
+    TrainerRanks,
     VLLMEngine,
-    vllm_build,
-    vllm_engine,
 )
 from r1_lightning.rollout.hf import _cut_sample, _truncate_after_stop_string
-from r1_lightning.rollout.vllm_build import TESTED_VLLM_VERSION
-from r1_lightning.rollout.vllm_engine import engine_weights
-from r1_lightning.rollout.vllm_layout import engine_gpus
-from r1_lightning.rollout.vllm_process import LLMProcess, load
-from r1_lightning.rollout.vllm_requests import (
+from r1_lightning.rollout.vllm import build as vllm_build
+from r1_lightning.rollout.vllm import engine as vllm_engine
+from r1_lightning.rollout.vllm.build import TESTED_VLLM_VERSION
+from r1_lightning.rollout.vllm.engine import engine_weights
+from r1_lightning.rollout.vllm.generation import (
     generate_completions,
     prompt_shares,
     sampled_token_logprobs,
     sampling_params_kwargs,
     to_completions,
 )
-from r1_lightning.rollout.vllm_worker import WORKER_EXTENSION, WorkerExtension
+from r1_lightning.rollout.vllm.layout import engine_gpus
+from r1_lightning.rollout.vllm.llm_process import LLMProcess, load
+from r1_lightning.rollout.vllm.worker import WORKER_EXTENSION, WorkerExtension
 
 CHARS = list("abcdefghij <>/=+0123456789")
 VOCAB = {token: i for i, token in enumerate(["<pad>", "<eos>", *CHARS])}
@@ -449,7 +450,7 @@ def test_the_worker_extension_seeds_its_workers_gpu_and_loads_weights_in_place(m
     worker.weight_transfer_engine = None
     with pytest.raises(RuntimeError, match="weight_transfer_config"):
         worker.load_weights_in_place({"names": ["w"]})
-    assert WORKER_EXTENSION == "r1_lightning.rollout.vllm_worker.WorkerExtension"
+    assert WORKER_EXTENSION == "r1_lightning.rollout.vllm.worker.WorkerExtension"
     assert load(WORKER_EXTENSION.replace(".WorkerExtension", ":WorkerExtension")) is WorkerExtension
 
 
@@ -505,6 +506,18 @@ def test_engine_options_reach_vllm_and_none_leaves_vllm_defaults(monkeypatch):
     assert default["worker_extension_cls"] == WORKER_EXTENSION and engine._reseedable  # reseed_sampler there
     with pytest.raises(ValueError, match="max_num_seqs"):
         VLLMEngine(max_num_seqs=0)
+
+
+def test_each_replica_is_built_with_its_share_of_the_engine_gpu_memory(monkeypatch):
+    """The replicas share one GPU: each `LLM` gets gpu_memory_utilization / replicas, in its build
+    arguments themselves (no caller rewrites them)."""
+    monkeypatch.setattr(vllm_build, "engine_arg_exists", lambda name: True)  # EngineArgs of vLLM 0.26
+    fake_vllm = SimpleNamespace(__version__=TESTED_VLLM_VERSION)
+    for replicas, share in ((1, 0.8), (4, 0.2)):
+        options = VLLMEngine(process="separate", replicas=replicas, gpu_memory_utilization=0.8).options
+        engine_args = vllm_build.llm_engine_args(options, fake_vllm, "model-folder", "model-folder",
+                                                 ranks=TrainerRanks(), device_indices=[1], launch_env={}, name="engine")
+        assert engine_args["gpu_memory_utilization"] == pytest.approx(share)
 
 
 def test_engine_device_resolution():

@@ -20,12 +20,12 @@ from r1_lightning.rollout import (
     SamplingConfig,
     VLLMEngine,
     WeightSyncError,
-    vllm_build,
-    vllm_engine,
-    vllm_transfer,
 )
-from r1_lightning.rollout.vllm_process import LLMProcess
-from r1_lightning.rollout.vllm_worker import WORKER_EXTENSION
+from r1_lightning.rollout.vllm import build as vllm_build
+from r1_lightning.rollout.vllm import engine as vllm_engine
+from r1_lightning.rollout.vllm import transfer as vllm_transfer
+from r1_lightning.rollout.vllm.llm_process import LLMProcess
+from r1_lightning.rollout.vllm.worker import WORKER_EXTENSION
 
 FAKE = "llm_process_fakes:EchoLLM"
 

@@ -23,10 +23,10 @@ from r1_lightning.rollout import (
     SamplingConfig,
     VLLMEngine,
     WeightSyncError,
-    vllm_build,
-    vllm_engine,
-    vllm_transfer,
 )
+from r1_lightning.rollout.vllm import build as vllm_build
+from r1_lightning.rollout.vllm import engine as vllm_engine
+from r1_lightning.rollout.vllm import transfer as vllm_transfer
 
 VOCAB = char_vocab("abcdef")
 ENGINE_SIDE_PHASES = ["init_weight_transfer_engine", "load_weights_in_place", "reset_prefix_cache"]

@@ -25,7 +25,8 @@ from test_vllm_engine import PROMPTS, VOCAB, mean_logprob_gap, save_tiny_model
 from tiny_models import tiny_qwen2
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from r1_lightning.rollout import SamplingConfig, VLLMEngine, WeightSyncError, vllm_transfer
+from r1_lightning.rollout import SamplingConfig, VLLMEngine, WeightSyncError
+from r1_lightning.rollout.vllm import transfer as vllm_transfer
 
 MAX_GAP = 0.05  # mean |engine - policy| log-prob of a synced engine (bf16 engine, fp32 policy)
 SAMPLING = SamplingConfig(n=4, max_tokens=24, stop=[], seed=3, logprobs=True)

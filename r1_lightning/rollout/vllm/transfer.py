@@ -8,7 +8,7 @@ vLLM 0.26's RL weight-transfer API, with `LLM(..., weight_transfer_config={"back
   {"init_info": ...})`; the trainer side, at the same time, `vllm.distributed.weight_transfer.
   nccl_common.trainer_init(init_info)`, a `PyNcclCommunicator` on the policy's GPU.
 - Each sync: `LLM.collective_rpc("load_weights_in_place", args=({names, dtype_names, shapes,
-  packed},))` (`vllm_worker.WorkerExtension`: each worker receives and loads into its running model
+  packed},))` (`worker.WorkerExtension`: each worker receives and loads into its running model
   in place, without vLLM's layerwise reload) while the trainer broadcasts the same tensors in the same
   order, packed into 1 GiB buffers (`NCCLWeightTransferEngine.trainer_send_weights`), then
   `LLM.reset_prefix_cache()`: prompt KV cached from the old weights would be used otherwise.

@@ -1,5 +1,6 @@
-"""How `VLLMEngine` builds its vLLM `LLM`: importing vLLM (warning off the tested version), checking
-which engine arguments this vLLM has, and the `LLM(...)` keyword arguments of an engine's options.
+"""How `VLLMEngine` builds its vLLM `LLM`s: importing vLLM (warning off the tested version), checking
+which engine arguments this vLLM has, the engine's options (`EngineOptions`, validated) and the
+`LLM(...)` keyword arguments they make on the engine's GPUs.
 
 vLLM is imported here only when an engine is attached (`import_vllm`), so `import r1_lightning.rollout`
 works without it. The vLLM API each argument relies on is named next to it.
@@ -11,15 +12,14 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
 
 import torch
 
-from r1_lightning.rollout.vllm_layout import scoped_env
-from r1_lightning.rollout.vllm_worker import WORKER_EXTENSION
-
-if TYPE_CHECKING:
-    from r1_lightning.rollout.vllm_engine import VLLMEngine
+from r1_lightning.rollout.base import TrainerRanks
+from r1_lightning.rollout.vllm.layout import scoped_env
+from r1_lightning.rollout.vllm.worker import WORKER_EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -61,52 +61,111 @@ def _engine_arg_names() -> frozenset[str]:
     return frozenset(field.name for field in dataclasses.fields(EngineArgs))
 
 
+# Where vLLM's engine core runs (`VLLMEngine.process`)
+Process = Literal["in_process", "separate"]
+PROCESSES = get_args(Process)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """The options every `LLM` of a `VLLMEngine` is built from (each documented at `VLLMEngine`),
+    validated together: some only make sense with others (replicas and tensor parallelism need an
+    engine in processes of its own, which cannot share the policy's GPU)."""
+
+    gpu_memory_utilization: float
+    max_model_len: int | None
+    enable_prefix_caching: bool
+    dtype: str
+    seed: int
+    enforce_eager: bool
+    colocate: bool
+    max_num_seqs: int | None
+    process: Process
+    tensor_parallel_size: int
+    replicas: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1 or None, got {self.max_num_seqs}")
+        if self.process not in PROCESSES:
+            raise ValueError(f"VLLMEngine process must be one of {PROCESSES}, got {self.process!r}")
+        if self.process == "separate" and self.colocate:
+            raise ValueError("VLLMEngine process 'separate' syncs weights over NCCL, which needs the engine on another "
+                             "GPU than the policy: it cannot be colocated (use process 'in_process' with colocate)")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"VLLMEngine tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.tensor_parallel_size > 1 and self.process != "separate":
+            raise ValueError(f"VLLMEngine tensor_parallel_size {self.tensor_parallel_size} needs process 'separate' "
+                             "(vLLM's tensor-parallel workers run in processes of their own, and so not with colocate)")
+        if self.replicas < 1:
+            raise ValueError(f"VLLMEngine replicas must be >= 1, got {self.replicas}")
+        if self.replicas > 1 and (self.process != "separate" or self.tensor_parallel_size > 1):
+            raise ValueError(f"VLLMEngine replicas {self.replicas} needs process 'separate' and tensor_parallel_size 1 "
+                             "(each replica is an LLM in processes of its own on the engine's GPU)")
+
+    @property
+    def memory_share(self) -> float:
+        """The share of the engine GPU's memory each replica's `LLM` may take: `gpu_memory_utilization`
+        split evenly, since the replicas share one GPU."""
+        return self.gpu_memory_utilization / self.replicas
+
+
 def llm_engine_args(
-    engine: VLLMEngine, vllm, model_path: str, tokenizer_path: str, launch_env: dict[str, str]
+    options: EngineOptions,
+    vllm,
+    model_path: str,
+    tokenizer_path: str,
+    *,
+    ranks: TrainerRanks,
+    device_indices: Sequence[int],
+    launch_env: dict[str, str],
+    name: str,
 ) -> dict[str, Any]:
-    """The keyword arguments of `vllm.LLM` for `engine`'s options, placed on its `device_indices`
-    (or, with a non-empty `launch_env` (`vllm_layout.engine_launch_env`), by vLLM's external
-    launcher). Options left None are left out: vLLM's own default. Raises `RuntimeError` when this
-    vLLM lacks an argument the options need."""
+    """The keyword arguments of each replica's `vllm.LLM` for `options` on trainer rank `ranks.rank`,
+    placed on `device_indices` (or, with a non-empty `launch_env` (`layout.engine_launch_env`), by
+    vLLM's external launcher). Options left None are left out: vLLM's own default. `name` is how
+    errors call the engine. Raises `RuntimeError` when this vLLM lacks an argument the options need."""
     engine_args: dict[str, Any] = {
         "model": model_path,
         "tokenizer": tokenizer_path,
-        "dtype": engine.dtype,
+        "dtype": options.dtype,
         # one seed per rank: engines that sample from their own generator (per_request_seeds
         # false) would otherwise draw the same numbers on every rank
-        "seed": engine.seed + engine.ranks.rank,
-        "gpu_memory_utilization": engine.gpu_memory_utilization,
-        "enable_prefix_caching": engine.enable_prefix_caching,
-        "enforce_eager": engine.enforce_eager,
-        "enable_sleep_mode": engine.colocate,
+        "seed": options.seed + ranks.rank,
+        "gpu_memory_utilization": options.memory_share,
+        "enable_prefix_caching": options.enable_prefix_caching,
+        "enforce_eager": options.enforce_eager,
+        "enable_sleep_mode": options.colocate,
         "logprobs_mode": "raw_logprobs",  # ModelConfig.logprobs_mode (also 0.26's default)
     }
-    if engine.process == "separate":
+    if options.process == "separate":
         if not engine_arg_exists("weight_transfer_config"):
             raise RuntimeError(f"this vLLM ({vllm.__version__}) has no weight transfer API for an engine in its "
                                f"own process: use process 'in_process', or vllm=={TESTED_VLLM_VERSION}")
         engine_args["weight_transfer_config"] = {"backend": "nccl"}  # EngineArgs.weight_transfer_config (0.26)
     if engine_arg_exists("worker_extension_cls"):  # ParallelConfig.worker_extension_cls: our worker methods
         engine_args["worker_extension_cls"] = WORKER_EXTENSION
-    for name in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
-        if getattr(engine, name) is not None:
-            engine_args[name] = getattr(engine, name)
-    if engine.tensor_parallel_size > 1:
-        engine_args["tensor_parallel_size"] = engine.tensor_parallel_size
+    for option in ("max_model_len", "max_num_seqs"):  # None: vLLM's own default
+        if getattr(options, option) is not None:
+            engine_args[option] = getattr(options, option)
+    if options.tensor_parallel_size > 1:
+        engine_args["tensor_parallel_size"] = options.tensor_parallel_size
     if launch_env:
         # the worker's GPU is LOCAL_RANK's; external_launcher takes no device_ids (its local
         # rank would index them)
         engine_args["distributed_executor_backend"] = "external_launcher"
         if not torch.distributed.is_initialized():
-            raise RuntimeError(f"{engine} runs in the trainer's process on {engine.ranks.world_size} ranks, which "
+            raise RuntimeError(f"{name} runs in the trainer's process on {ranks.world_size} ranks, which "
                                "needs torch.distributed initialized first (attach it in configure_model)")
     elif engine_arg_exists("device_ids"):
-        engine_args["device_ids"] = list(engine.device_indices)  # EngineArgs.device_ids (0.26)
-    elif engine.device_index != 0:
+        engine_args["device_ids"] = list(device_indices)  # EngineArgs.device_ids (0.26)
+    elif device_indices[0] != 0:
         # Fallback for a vLLM without `device_ids`: its single in-process worker takes cuda:0, and
         # CUDA_VISIBLE_DEVICES cannot change once CUDA started (it has: the policy is on a GPU).
         raise RuntimeError(
-            f"this vLLM ({vllm.__version__}) cannot place its engine on cuda:{engine.device_index}. "
+            f"this vLLM ({vllm.__version__}) cannot place its engine on cuda:{device_indices[0]}. "
             "Launch with the engine's GPU listed first, e.g. CUDA_VISIBLE_DEVICES=1,0, and pass "
             "--model.init_args.engine.init_args.device 0 with the trainer on the other GPU, or use "
             f"vllm=={TESTED_VLLM_VERSION}"
@@ -130,7 +189,7 @@ def in_process_env(vllm):
 
 def build_llm(**engine_args):
     """`vllm.LLM(**engine_args)` as every `VLLMEngine` builds it, in this process or in its own
-    (`LLMProcess` runs "r1_lightning.rollout.vllm_build:build_llm" there)."""
+    (`LLMProcess` runs "r1_lightning.rollout.vllm.build:build_llm" there)."""
     vllm = import_vllm()
     without_logprob_token_strings()
     return vllm.LLM(**engine_args)

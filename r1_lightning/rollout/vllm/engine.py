@@ -1,13 +1,5 @@
 """`VLLMEngine`: rollouts from a vLLM `LLM` on its own GPU, its engine core in the trainer's process
-or in a process of its own.
-
-All vLLM-specific code of the package is in this file, `vllm_build.py` (vLLM's import and the
-`LLM(...)` arguments), `vllm_layout.py` (placement), `vllm_transfer.py` (the weight sync into
-an engine in its own process), `vllm_process.py` (the `LLM` in a process of its own),
-`vllm_requests.py` (sampling options, generate calls and their outputs) and `vllm_worker.py`
-(methods added to vLLM's workers), and vLLM is imported only when an engine is attached (`import
-r1_lightning.rollout` works without it). Tested against vLLM 0.26.0; the vLLM API each call relies
-on is named next to it.
+or in a process of its own (the rest of `r1_lightning.rollout.vllm` is what it builds on).
 
 Design:
 - In-process engine (`process="in_process"`, `VLLM_ENABLE_V1_MULTIPROCESSING=0`): the engine core
@@ -15,11 +7,11 @@ Design:
   `nn.Module` to a Python function and the policy's tensors pass by reference — a weight sync is one
   in-place `model.load_weights(...)` over (Hugging Face name, tensor) pairs, with no disk and no NCCL.
 - Engine in processes of its own (`process="separate"`): the whole `LLM` is built in a spawned
-  process (`vllm_process.LLMProcess`) and its engine core in another, as vLLM does by default. vLLM's
+  process (`llm_process.LLMProcess`) and its engine core in another, as vLLM does by default. vLLM's
   front end (detokenization, stop strings, per-token log-probs) then runs outside the trainer's
   interpreter: sampled on a thread beside training (async rollouts), it would share the trainer's
   GIL with the training loop. Weights cross over NCCL from the policy's GPU to the engine's
-  (`vllm_transfer.NCCLWeightSender`), still without disk.
+  (`transfer.NCCLWeightSender`), still without disk.
 - Replicas (`replicas=k`, with "separate"): k such `LLM`s on the engine's GPU, each sampling a share
   of the prompts at once. One vLLM engine's scheduling and output processing are Python on one core
   each; while they run, its GPU idles. k engines do that work on k cores, but take turns on the GPU
@@ -32,7 +24,7 @@ Design:
 - `colocate=True` shares one GPU with the trainer: vLLM's sleep mode frees the engine's memory
   (`sleep(level=1)`: weights offloaded to CPU, KV cache discarded) while the policy trains.
 - Layouts under DDP / FSDP2 (colocated, split) and an in-process engine beside the trainer's
-  `torch.distributed` group: `vllm_layout.py`.
+  `torch.distributed` group: `layout.py`.
 - Prompts go in as token ids from the policy's tokenizer, so the engine and the trainer agree on
   ids; vLLM loads the same tokenizer from the model folder for stop strings and detokenization.
 - Log-probs are vLLM's `logprobs_mode="raw_logprobs"`: log-softmax of the unprocessed logits
@@ -46,27 +38,23 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal, get_args
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from r1_lightning.rollout import vllm_build
 from r1_lightning.rollout.base import Completion, SamplingConfig, TrainerRanks, WeightSyncError
-from r1_lightning.rollout.vllm_layout import engine_gpus, engine_launch_env, scoped_env
-from r1_lightning.rollout.vllm_process import LLMProcess
-from r1_lightning.rollout.vllm_requests import (
+from r1_lightning.rollout.vllm import build
+from r1_lightning.rollout.vllm.build import EngineOptions, Process
+from r1_lightning.rollout.vllm.generation import (
     generate_completions,
     generate_on_replicas,
     sampling_params_kwargs,
 )
-from r1_lightning.rollout.vllm_transfer import NCCLWeightSender, wire_dtype
+from r1_lightning.rollout.vllm.layout import engine_gpus, engine_launch_env, scoped_env
+from r1_lightning.rollout.vllm.llm_process import LLMProcess
+from r1_lightning.rollout.vllm.transfer import NCCLWeightSender, wire_dtype
 
 log = logging.getLogger(__name__)
-
-# Where vLLM's engine core runs (`VLLMEngine.process`)
-Process = Literal["in_process", "separate"]
-PROCESSES = get_args(Process)
 
 
 class VLLMEngine:
@@ -76,7 +64,7 @@ class VLLMEngine:
         Its weights only need the right shapes: the trainer pushes the policy's weights in before
         the first rollout (and after a resume).
     device: "auto" (cuda:1; with `colocate`, the policy's GPU; under DDP / FSDP2 each rank's GPU of its
-        layout, `vllm_layout.engine_gpus`), or a CUDA index / "cuda:N" (one trainer rank per node only).
+        layout, `layout.engine_gpus`), or a CUDA index / "cuda:N" (one trainer rank per node only).
     gpu_memory_utilization: share of the engine GPU's memory vLLM may take (weights + KV cache).
         With `colocate`, it shares that memory with training: use a small value (e.g. 0.3).
     max_model_len: prompt + response token budget; None = the model's maximum.
@@ -84,7 +72,7 @@ class VLLMEngine:
     per_request_seeds: honour `SamplingConfig.seed` with one seed per request, so a rollout is the
         same whatever else is in the batch (a resumed run samples what the straight run did).
         False: one seed per `generate` call instead. The engine's workers reseed what unseeded
-        requests draw from with `SamplingConfig.seed` first (`vllm_worker.WorkerExtension`). The same
+        requests draw from with `SamplingConfig.seed` first (`worker.WorkerExtension`). The same
         call on the same engine state then samples the same (a resumed run too, since each step's sync
         leaves that state alike), but a request's samples depend on the batch. Without a seed, both
         sample from the engine's own generators. Speed: vLLM 0.26's V2 model runner (the default for
@@ -104,7 +92,7 @@ class VLLMEngine:
         reach every worker over one NCCL broadcast, each loading its shard) and the split layout.
     process: where vLLM runs. "in_process": in the trainer's process, weights synced by reference
         (`LLM.apply_model`). "separate": the `LLM` in a process of its own and its engine core in
-        another (`vllm_process.LLMProcess`), weights synced over NCCL from the policy's GPU, cast to
+        another (`llm_process.LLMProcess`), weights synced over NCCL from the policy's GPU, cast to
         `dtype` first; needs the engine on another GPU than the policy (NCCL joins one rank per GPU),
         so not with `colocate`. Use it with async rollouts: vLLM's front end then does not share the
         trainer's interpreter with the training loop.
@@ -136,41 +124,17 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         replicas: int = 1,
     ) -> None:
-        if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        self.model = model
-        self.device = device
-        self.gpu_memory_utilization = gpu_memory_utilization
-        self.max_model_len = max_model_len
-        self.enable_prefix_caching = enable_prefix_caching
-        self.dtype = dtype
-        self.seed = seed
-        self.enforce_eager = enforce_eager
-        self.colocate = colocate
-        self.per_request_seeds = per_request_seeds
-        if max_num_seqs is not None and max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1 or None, got {max_num_seqs}")
-        self.max_num_seqs = max_num_seqs
-        if process not in PROCESSES:
-            raise ValueError(f"VLLMEngine process must be one of {PROCESSES}, got {process!r}")
-        if process == "separate" and colocate:
-            raise ValueError("VLLMEngine process 'separate' syncs weights over NCCL, which needs the engine on another "
-                             "GPU than the policy: it cannot be colocated (use process 'in_process' with colocate)")
+        self.options = EngineOptions(
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+            colocate=colocate, max_num_seqs=max_num_seqs, process=process,
+            tensor_parallel_size=tensor_parallel_size, replicas=replicas,
+        )
         if sync_timeout_s <= 0:
             raise ValueError(f"VLLMEngine sync_timeout_s must be > 0, got {sync_timeout_s}")
-        if tensor_parallel_size < 1:
-            raise ValueError(f"VLLMEngine tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
-        if tensor_parallel_size > 1 and process != "separate":
-            raise ValueError(f"VLLMEngine tensor_parallel_size {tensor_parallel_size} needs process 'separate' (vLLM's "
-                             "tensor-parallel workers run in processes of their own, and so not with colocate)")
-        if replicas < 1:
-            raise ValueError(f"VLLMEngine replicas must be >= 1, got {replicas}")
-        if replicas > 1 and (process != "separate" or tensor_parallel_size > 1):
-            raise ValueError(f"VLLMEngine replicas {replicas} needs process 'separate' and tensor_parallel_size 1 "
-                             "(each replica is an LLM in processes of its own on the engine's GPU)")
-        self.replicas = replicas
-        self.tensor_parallel_size = tensor_parallel_size
-        self.process = process
+        self.model = model
+        self.device = device
+        self.per_request_seeds = per_request_seeds
         self.sync_timeout_s = sync_timeout_s
         self.wire_dtype = wire_dtype(dtype) if process == "separate" else None
 
@@ -187,13 +151,18 @@ class VLLMEngine:
     def __str__(self) -> str:
         gpus = ",".join(map(str, self.device_indices))
         rank = f"rank {self.ranks.rank}'s " if self.ranks.world_size > 1 else ""
-        replicas = f", {self.replicas} replicas" if self.replicas > 1 else ""
-        return f"{rank}VLLMEngine on cuda:{gpus} ({self.process.replace('_', '-')} engine core{replicas})"
+        replicas = f", {self.options.replicas} replicas" if self.options.replicas > 1 else ""
+        return f"{rank}VLLMEngine on cuda:{gpus} ({self.options.process.replace('_', '-')} engine core{replicas})"
 
     @property
     def llm(self):
         """The vLLM `LLM` (its `LLMProcess` with "separate"; the first replica's); None before `attach`."""
         return self.llms[0] if self.llms else None
+
+    @property
+    def process(self) -> Process:
+        """Where vLLM's engine core runs: "in_process" or "separate"."""
+        return self.options.process
 
     @property
     def device_index(self) -> int | None:
@@ -207,7 +176,7 @@ class VLLMEngine:
         return False
 
     def attach(self, policy: torch.nn.Module, tokenizer, ranks: TrainerRanks | None = None) -> None:
-        vllm = vllm_build.import_vllm()
+        vllm = build.import_vllm()
         self.ranks = ranks or TrainerRanks()
         model_path = self.model or getattr(getattr(policy, "config", None), "_name_or_path", None)
         if not model_path:
@@ -218,17 +187,17 @@ class VLLMEngine:
         policy_device = next(policy.parameters()).device
         self.device_indices = engine_gpus(
             self.device,
-            colocate=self.colocate,
+            colocate=self.options.colocate,
             num_gpus=torch.cuda.device_count(),
             policy_device_index=policy_device.index if policy_device.type == "cuda" else None,
             ranks=self.ranks,
-            tensor_parallel_size=self.tensor_parallel_size,
+            tensor_parallel_size=self.options.tensor_parallel_size,
         )
         same_gpu = policy_device.type == "cuda" and policy_device.index in self.device_indices
-        if self.process == "separate" and same_gpu:
+        if self.options.process == "separate" and same_gpu:
             raise ValueError(f"VLLMEngine process 'separate' needs the engine on another GPU than the policy's "
                              f"({policy_device}): NCCL joins one rank per GPU. Set device to another GPU")
-        if not self.colocate and same_gpu:
+        if not self.options.colocate and same_gpu:
             log.warning(
                 "VLLMEngine shares cuda:%d with the policy without colocate=True: the engine keeps its "
                 "memory during training; set colocate true (sleep mode) or a lower gpu_memory_utilization",
@@ -241,14 +210,14 @@ class VLLMEngine:
         self.llms = self._build_llms(vllm, model_path, tokenizer_path)
         rank_zero_info(
             f"{self}: {model_path} (policy on {policy_device}"
-            f"{', colocated: sleep mode' if self.colocate else ''}), built in {time.perf_counter() - start:.0f} s"
+            f"{', colocated: sleep mode' if self.options.colocate else ''}), built in {time.perf_counter() - start:.0f} s"
         )
         self._sleeping = False
         self._broken = None
-        if self.process == "separate":
+        if self.options.process == "separate":
             self._senders = [
-                NCCLWeightSender(llm, f"{self}{f' replica {i}' if self.replicas > 1 else ''}", self.sync_timeout_s,
-                                 self.wire_dtype, engine_workers=self.tensor_parallel_size)
+                NCCLWeightSender(llm, f"{self}{f' replica {i}' if self.options.replicas > 1 else ''}", self.sync_timeout_s,
+                                 self.wire_dtype, engine_workers=self.options.tensor_parallel_size)
                 for i, llm in enumerate(self.llms)
             ]
 
@@ -267,7 +236,7 @@ class VLLMEngine:
         self.wake_up()
         with self._on_engine_device():
             completions = generate_completions(self.llm, prompt_ids, params, call_seed)
-        if self.colocate:
+        if self.options.colocate:
             self.sleep()
         return completions
 
@@ -302,7 +271,7 @@ class VLLMEngine:
             raise
 
     def _load_in_process(self, weights: list[tuple[str, torch.Tensor]]) -> None:
-        waking = self.colocate and self._sleeping
+        waking = self.options.colocate and self._sleeping
         if waking:
             self._wake(tags=["weights"])  # LLM.wake_up(tags): weights first, KV cache after
         with torch.no_grad(), self._on_engine_device():
@@ -321,7 +290,7 @@ class VLLMEngine:
 
     def sleep(self) -> None:
         """Colocated mode: give the GPU memory back to training (LLM.sleep(level=1))."""
-        if self.colocate and not self._sleeping and self.llm is not None:
+        if self.options.colocate and not self._sleeping and self.llm is not None:
             self.llm.sleep(level=1)
             self._sleeping = True
 
@@ -343,16 +312,16 @@ class VLLMEngine:
     def _build_llms(self, vllm, model_path: str, tokenizer_path: str) -> list:
         """The in-process `LLM`, or each replica's `LLMProcess`, built one after another: vLLM sizes its
         KV cache from the memory it sees, which must not be changing under another build."""
-        launch_env = engine_launch_env(self.process, self.ranks, self.device_index)
-        engine_args = vllm_build.llm_engine_args(self, vllm, model_path, tokenizer_path, launch_env)
+        launch_env = engine_launch_env(self.options.process, self.ranks, self.device_index)
+        engine_args = build.llm_engine_args(self.options, vllm, model_path, tokenizer_path, ranks=self.ranks,
+                                            device_indices=self.device_indices, launch_env=launch_env, name=str(self))
         self._reseedable = "worker_extension_cls" in engine_args
-        if self.process == "separate":  # each LLM in a process of its own, its engine core in another
-            engine_args["gpu_memory_utilization"] = self.gpu_memory_utilization / self.replicas
+        if self.options.process == "separate":  # each LLM in a process of its own, its engine core in another
             env = {**launch_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-            return [LLMProcess(engine_args, env=env, build=f"{vllm_build.__name__}:build_llm")
-                    for _ in range(self.replicas)]
-        with self._on_engine_device(), vllm_build.in_process_env(vllm), scoped_env(launch_env):
-            return [vllm_build.build_llm(**engine_args)]
+            return [LLMProcess(engine_args, env=env, build=f"{build.__name__}:build_llm")
+                    for _ in range(self.options.replicas)]
+        with self._on_engine_device(), build.in_process_env(vllm), scoped_env(launch_env):
+            return [build.build_llm(**engine_args)]
 
     @contextlib.contextmanager
     def _on_engine_device(self):
@@ -360,7 +329,7 @@ class VLLMEngine:
         caller's: the in-process worker sets the thread's current device, and tensors vLLM makes
         with a bare "cuda" must land on its GPU, while the trainer's must stay on the policy's. An
         engine core in its own process needs none of it (and the trainer no CUDA context on its GPU)."""
-        if self.process == "separate":
+        if self.options.process == "separate":
             yield
             return
         with torch.cuda.device(self.device_index):

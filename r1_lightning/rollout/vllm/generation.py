@@ -1,6 +1,6 @@
 """What `VLLMEngine` asks of vLLM and turns its answers into: `SamplingParams` options per prompt, a
 `generate` call and its `RequestOutput`s as `Completion`s, and a call split over replicas. Runs where
-the `LLM` lives (`vllm_process.LLMProcess` calls `generate_completions` in its process); vLLM is
+the `LLM` lives (`llm_process.LLMProcess` calls `generate_completions` in its process); vLLM is
 imported only inside `generate_completions`, so everything else is tested on the CPU without it.
 """
 
@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from r1_lightning.rollout.base import Completion, SamplingConfig
-from r1_lightning.rollout.vllm_process import LLMProcess
+from r1_lightning.rollout.vllm.llm_process import LLMProcess
 
 # vLLM's CompletionOutput.finish_reason -> ours. "abort" (a cancelled request) has no counterpart.
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
