@@ -119,7 +119,7 @@ def equal_rewrite(truth: str, rng: random.Random) -> str:
 # sqrt(), and an interval written as a double inequality. Each is (kind, rewrite or None if it
 # does not apply to that truth).
 _PI = re.compile(r"(?<=[\d}])\s*\\pi(?![a-zA-Z])")
-_SQRT = re.compile(r"(\d?)\s*\\sqrt\{([^{}]+)\}")
+_SQRT = re.compile(r"(\d?)(\s*)\\sqrt\{([^{}]+)\}")
 _INTERVAL = re.compile(r"(?:\\left)?([\[(])\s*([^,\[\](){}]+|\\frac\{[^{}]+\}\{[^{}]+\}|-\\frac\{[^{}]+\}\{[^{}]+\})"
                        r"\s*,\s*([^,\[\](){}]+|\\frac\{[^{}]+\}\{[^{}]+\})\s*(?:\\right)?([\])])")
 
@@ -129,7 +129,7 @@ def equivalent_forms(truth: str) -> list[tuple[str, str]]:
     if r"\pi" in truth:
         forms.append(("plain_pi", re.sub(r"\\pi(?![a-zA-Z])", "pi", _PI.sub("*pi", truth))))
     if _SQRT.search(truth):
-        forms.append(("plain_sqrt", _SQRT.sub(lambda m: f"{m[1]}*sqrt({m[2]})" if m[1] else f"sqrt({m[2]})", truth)))
+        forms.append(("plain_sqrt", _SQRT.sub(lambda m: f"{m[1]}*sqrt({m[3]})" if m[1] else f"{m[2]}sqrt({m[3]})", truth)))
     interval = _INTERVAL.fullmatch(truth.strip())
     # Only with a square bracket: (a, b) may be a point rather than an interval.
     if interval and r"\infty" not in truth and interval[1] + interval[4] != "()":
