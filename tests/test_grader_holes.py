@@ -32,6 +32,7 @@ def r1(answer: str) -> str:
     ("4210_3", "4210", False),  # 4 is not a base-3 digit
     (r"\text{A5}_{11}", "A5_{11}", True),
     ("0.0011", r"0.0011_{2}", True),
+    ("P_1", "P_{1}", True),  # no digit before the subscript: a variable, not a numeral
 ])
 def test_base_subscripts_are_compared(given, ground_truth, expected):
     assert grade(given, ground_truth) is expected

@@ -243,7 +243,8 @@ def _base_numeral(normalized: str) -> tuple[str, int] | None:
     digits, separator, base = normalized.partition("_{")
     if not separator or not base.endswith("}") or not base[:-1].isdigit():
         return None
-    return (digits, int(base[:-1])) if _BASE_DIGITS.fullmatch(digits) else None
+    numeral = _BASE_DIGITS.fullmatch(digits) is not None and any(c.isdigit() for c in digits)
+    return (digits, int(base[:-1])) if numeral else None  # P_{1} is a variable
 
 
 def _valid_in_base(digits: str, base: int) -> bool:
