@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -114,6 +115,47 @@ def equal_rewrite(truth: str, rng: random.Random) -> str:
     return rewrite(truth)
 
 
+# Equal forms of a ground truth that a reader accepts but earlier graders refused: plain-text pi and
+# sqrt(), and an interval written as a double inequality. Each is (kind, rewrite or None if it
+# does not apply to that truth).
+_PI = re.compile(r"(?<=[\d}])\s*\\pi(?![a-zA-Z])")
+_SQRT = re.compile(r"(\d?)(\s*)\\sqrt\{([^{}]+)\}")
+_INTERVAL = re.compile(r"(?:\\left)?([\[(])\s*([^,\[\](){}]+|\\frac\{[^{}]+\}\{[^{}]+\}|-\\frac\{[^{}]+\}\{[^{}]+\})"
+                       r"\s*,\s*([^,\[\](){}]+|\\frac\{[^{}]+\}\{[^{}]+\})\s*(?:\\right)?([\])])")
+
+
+def equivalent_forms(truth: str) -> list[tuple[str, str]]:
+    forms = []
+    if r"\pi" in truth:
+        forms.append(("plain_pi", re.sub(r"\\pi(?![a-zA-Z])", "pi", _PI.sub("*pi", truth))))
+    if _SQRT.search(truth):
+        forms.append(("plain_sqrt", _SQRT.sub(lambda m: f"{m[1]}*sqrt({m[3]})" if m[1] else f"{m[2]}sqrt({m[3]})", truth)))
+    interval = _INTERVAL.fullmatch(truth.strip())
+    # Only with a square bracket: (a, b) may be a point rather than an interval.
+    if interval and r"\infty" not in truth and interval[1] + interval[4] != "()":
+        left, low, high, right = interval.groups()
+        below, above = ("<" if left == "(" else r"\le"), ("<" if right == ")" else r"\le")
+        high = high.replace(r"\right", "").strip()
+        forms.append(("double_inequality", f"{low.strip()} {below} x {above} {high}"))
+    return forms
+
+
+def false_negatives(truths: list[str]) -> dict:
+    """How many equal forms (`equivalent_forms`) of `truths` the grader refuses, by kind."""
+    report: dict[str, dict] = {}
+    for truth in truths:
+        for kind, form in equivalent_forms(truth):
+            entry = report.setdefault(kind, {"of": 0, "refused": 0, "examples": []})
+            entry["of"] += 1
+            if not r1_zero_reward_fn(f"r </think> <answer> {form} </answer>", truth)["reward"]:
+                entry["refused"] += 1
+                if len(entry["examples"]) < 5:
+                    entry["examples"].append({"answer": form, "truth": truth})
+    for entry in report.values():
+        entry["rate"] = round(entry["refused"] / entry["of"], 4)
+    return report
+
+
 def percentile(values: list[float], q: float) -> float | None:
     values = sorted(values)
     return round(values[min(len(values) - 1, int(q * len(values)))], 4) if values else None
@@ -164,6 +206,7 @@ def main() -> None:
     start = time.monotonic()
     start_grader(wait=True)
     startup_s = time.monotonic() - start
+    refused_forms = false_negatives(truths_all)
     baseline = [r1_zero_reward_fn(f"r </think> <answer> {a} </answer>", t)["reward"] for a, t in honest]
     stats_before = grader_stats()
 
@@ -242,6 +285,7 @@ def main() -> None:
                    "max_latency_s": round(max(s for _, _, s in honest_calls), 3),
                    "p99_latency_s": percentile([s for _, _, s in honest_calls], 0.99),
                    "idle_rewarded": sum(baseline), "of": len(baseline)},
+        "false_negatives": refused_forms,
     }
     print(json.dumps({k: v for k, v in report.items() if k not in ("crash_examples", "environment")}, indent=1))
     if args.out:

@@ -34,7 +34,7 @@ def test_every_overrun_is_counted_and_a_repeat_is_refused_at_once():
     assert grader_timeouts() == before + 1
     assert grader_stats().timeouts == stats.timeouts + 1
     start = time.monotonic()
-    assert grade(answer, "2", timeout_s=TIMEOUT_S) is False  # the same answer again
+    assert grade(answer, "1", timeout_s=TIMEOUT_S) is False  # the same pair again
     assert time.monotonic() - start < 0.1
     assert grader_timeouts() == before + 2
     assert grader_stats().quarantined == stats.quarantined + 1

@@ -2,14 +2,24 @@
 the last number. Every function is a linear scan: responses are untrusted and can be huge."""
 
 import re
+from fractions import Fraction
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 _BOX_TOKEN_RE = re.compile(r" +([^\s$]+)")  # `\boxed 5`
-# A number as people write it: optional sign and currency, thousands separators, decimals.
-# The thousands form comes first so "1,234" is one number rather than "1" and "234".
-_NUMBER_RE = re.compile(r"-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\$?\.\d+")
+# A number as people write it: optional sign and currency, thousands separators, decimals, then
+# an exponent that makes it another number: `1e3`, `2.5 \times 10^{3}`, `10^3`, `2**10`. The
+# thousands form comes first so "1,234" is one number rather than "1" and "234". A hexadecimal
+# `0x10` is matched whole, so that it is not read as 10; a digit right after `^` or `_` that no
+# number carries (`cm^2`, `x_1`) is an exponent or index, not a number.
+_NUMBER_RE = re.compile(
+    r"(?<![\d.])(?P<hex>0[xX][0-9a-fA-F]+)"
+    r"|(?<!\^)(?<!\^\{)(?<!_)(?<!_\{)(?P<sign>-?)\$?(?P<number>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?:[eE](?P<e>[+-]?\d+)"
+    r"|[ ]*(?P<times>(?:\\times|\\cdot|\u00d7|\*)[ ]*10[ ]*)?(?:\^|\*\*)[ ]*\{?[ ]*(?P<power>[+-]?\d+)[ ]*\}?)?"
+)
+MAX_EXPONENT_DIGITS = 400  # a number with an exponent is read only up to this many digits
 
 
 def extract_boxed_answer(text: str) -> str | None:
@@ -70,10 +80,22 @@ def extract_answer_tag(response: str) -> str | None:
 
 def extract_last_number(text: str) -> str | None:
     """The last number in `text` with `$`, thousands separators and a trailing `.` removed
-    ("costs $1,234." -> "1234"), or None if there is none."""
+    ("costs $1,234." -> "1234"); a number with an exponent as its exact value ("1e3" and "10^3"
+    -> "1000", "2^{-1}" -> "1/2"). None if there is none, or if the last one is hexadecimal or has
+    an exponent too large to read: such a number is refused rather than read as its last digits."""
     last = None
     for last in _NUMBER_RE.finditer(text):
         pass
-    if last is None:
+    if last is None or last["hex"]:
         return None
-    return last.group().replace("$", "").replace(",", "")
+    number = last["number"].replace(",", "")
+    if last["e"] is None and last["power"] is None:
+        return last["sign"] + number
+    exponent = int(last["e"] or last["power"])
+    scientific = last["e"] is not None or last["times"] is not None  # 2.5e3, 2.5 \times 10^3
+    base = Fraction(10) if scientific else Fraction(number)  # else a power: 2^10
+    if abs(exponent) * len(str(base.numerator)) > MAX_EXPONENT_DIGITS or (base == 0 and exponent < 0):
+        return None
+    value = Fraction(number) * base**exponent if scientific else base**exponent
+    value = -value if last["sign"] else value  # -2^2 is -(2^2)
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"

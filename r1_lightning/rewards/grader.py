@@ -10,7 +10,10 @@ decimal stands for an exact number it is not identical to only under the roundin
    limits are listed in `normalize`), word answers are compared as words ("(C)", "A, B"), and two
    plain numbers are compared by exact value (`0.5` = `1/2`, `3.5\\times10^{4}` = `35000`, `2` != `3`,
    `1.00` != `\\frac{4036082}{4036081}`). A different leading variable is a different answer
-   (`x = -\\frac14` != `y = -\\frac14`).
+   (`x = -\\frac14` != `y = -\\frac14`). `70,110` is also tried as the list `70, 110`
+   (`normalize.list_reading`), never `81, 256` as 81256. A numeral with a base subscript is decided here
+   (`normalize.same_numeral`), and a hedge (`5 \\approx 6`) equals only the same hedge, each of its
+   values equal (`normalize.hedge_parts`).
 3. Guards: answers over `MAX_SYMBOLIC_CHARS`, nested too deep, with unbalanced braces, power towers,
    or a six-digit exponent or four-digit factorial (unless the ground truth has one too) are not
    equal. Real MATH answers are at most 159 characters with brackets nested 3 deep.
@@ -18,7 +21,8 @@ decimal stands for an exact number it is not identical to only under the roundin
    exact leaves, no numeric shortcuts) in a worker process of `pool`, for radicals, intervals,
    tuples, sets, matrices, expressions. Each comparison gets `timeout_s` of CPU time; waiting for
    a worker is first come, first served and not part of it; every timeout is counted
-   (`grader_timeouts()`). Call `start_grader()` at set-up so that no call pays the start-up.
+   (`grader_timeouts()`), and only the same (answer, ground truth) pair is refused afterwards.
+   Call `start_grader()` at set-up so that no call pays the start-up.
 Grading never raises and never `eval`s; any failure means "not equal".
 """
 
@@ -26,7 +30,14 @@ import logging
 import re
 
 from r1_lightning.rewards.extract import unwrap_boxed
-from r1_lightning.rewards.normalize import approximates, normalize, parse_plain_number
+from r1_lightning.rewards.normalize import (
+    approximates,
+    hedge_parts,
+    list_reading,
+    normalize,
+    parse_plain_number,
+    same_numeral,
+)
 from r1_lightning.rewards.pool import worker_pool
 
 logger = logging.getLogger(__name__)
@@ -72,6 +83,19 @@ def _grade(given: str, ground_truth: str, timeout_s: float) -> bool:
         return True
     if len(given) > MAX_NORMALIZE_CHARS:
         return False
+    if _grade_reading(given, ground_truth, timeout_s):
+        return True
+    given_list, truth_list = list_reading(given), list_reading(ground_truth)  # 70,110 may be 70, 110
+    if given_list is None and truth_list is None:
+        return False
+    return _grade_reading(given_list or given, truth_list or ground_truth, timeout_s)
+
+
+def _grade_reading(given: str, ground_truth: str, timeout_s: float) -> bool:
+    given_parts, truth_parts = hedge_parts(given), hedge_parts(ground_truth)
+    if len(given_parts) > 1 or len(truth_parts) > 1:  # a hedge is only the same hedge, part by part
+        return len(given_parts) == len(truth_parts) and all(
+            _grade(part, truth_part, timeout_s) for part, truth_part in zip(given_parts, truth_parts))
     decided = compare_fast(given, ground_truth)
     if decided is not None:
         return decided
@@ -133,6 +157,9 @@ def compare_fast(given: str, ground_truth: str) -> bool | None:
     given_value, truth_value = given_normalized.value, truth_normalized.value
     if given_value == truth_value:
         return True
+    numeral = same_numeral(given_value, truth_value)  # 4210_{7}: sympy would drop the base
+    if numeral is not None:
+        return numeral
     if _WORD_ANSWER.fullmatch(given_value) and _WORD_ANSWER.fullmatch(truth_value):
         return _word_items(given_value) == _word_items(truth_value)
     given_number, truth_number = parse_plain_number(given_value), parse_plain_number(truth_value)

@@ -11,11 +11,13 @@
 - Fair: a caller who finds no idle worker gets a newly forked one (up to `MAX_WORKERS`), so
   concurrent comparisons share the CPUs and a short one finishes in its own few milliseconds of
   CPU even while others overrun; past that, callers wait in one first-in first-out queue.
-- Counted: `grader_stats()` reports comparisons, timeouts, answers refused because they timed out
+- Counted: `grader_stats()` reports comparisons, timeouts, pairs refused because they timed out
   before, and worker failures; `grader_timeouts()` is the number of comparisons scored 0 without a
   verdict (the sum of the last three), monotonically increasing, for logging.
-- An answer whose comparison used its whole CPU budget is remembered (the last `QUARANTINE_SIZE`)
-  and scored 0 at once when it comes again: it would take the same time and a worker again.
+- An (answer, ground truth) pair whose comparison used its whole CPU budget is remembered (the last
+  `QUARANTINE_SIZE`) and scored 0 at once when it comes again: it would take the same time and a
+  worker again. The same answer against another ground truth is compared afresh: what overran may
+  have been that ground truth's side, and a correct answer must not lose its reward everywhere.
 
 POSIX only (fork, Unix sockets, select on sockets), like the training stack it serves.
 """
@@ -48,7 +50,7 @@ class GraderStats:
 
     symbolic_calls: int = 0  # comparisons sent to a worker
     timeouts: int = 0  # of those, killed for overrunning their time budget (scored 0)
-    quarantined: int = 0  # answers scored 0 at once because they timed out before
+    quarantined: int = 0  # (answer, ground truth) pairs scored 0 at once because they timed out before
     worker_failures: int = 0  # comparisons scored 0 because a worker died or did not start
     worker_starts: int = 0  # workers forked
     server_starts: int = 0  # fork servers started (one, unless one died)
@@ -220,7 +222,7 @@ class WorkerPool:
         self._workers: list[SymbolicWorker] = []  # idle or busy
         self._idle: list[SymbolicWorker] = []
         self._waiting: collections.deque = collections.deque()
-        self._quarantine: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._quarantine: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
 
     def start(self) -> None:
         """Start the server and the workers now (idempotent); they warm up in the background."""
@@ -241,9 +243,10 @@ class WorkerPool:
         return all(worker.wait_ready() for worker in workers)
 
     def compare(self, given: str, ground_truth: str, timeout_s: float) -> bool:
+        pair = (given, ground_truth)
         with self._condition:
-            if given in self._quarantine:
-                self._quarantine.move_to_end(given)
+            if pair in self._quarantine:
+                self._quarantine.move_to_end(pair)
                 _count(quarantined=1)
                 return False
         worker = self._acquire()
@@ -252,7 +255,7 @@ class WorkerPool:
             result = worker.compare(given, ground_truth, timeout_s)
         finally:
             if not isinstance(result, bool):
-                worker = self._replace(worker, given if result is TIMEOUT else None)
+                worker = self._replace(worker, pair if result is TIMEOUT else None)
             _count(symbolic_calls=1, timeouts=result is TIMEOUT or result is STARVED,
                    worker_failures=result is FAILED)
             with self._condition:
@@ -279,11 +282,11 @@ class WorkerPool:
             worker = self._idle.pop()
         return self._replace(worker, None) if worker.exited() else worker
 
-    def _replace(self, worker: SymbolicWorker, timed_out_answer: str | None) -> SymbolicWorker:
+    def _replace(self, worker: SymbolicWorker, timed_out_pair: tuple[str, str] | None) -> SymbolicWorker:
         worker.close()
         with self._condition:
-            if timed_out_answer is not None:
-                self._quarantine[timed_out_answer] = None
+            if timed_out_pair is not None:
+                self._quarantine[timed_out_pair] = None
                 if len(self._quarantine) > QUARANTINE_SIZE:
                     self._quarantine.popitem(last=False)
             replacement = self._fork()
