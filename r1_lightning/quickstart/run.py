@@ -6,7 +6,9 @@
    accuracy before the first update and after the last;
 4. prints before/after accuracy and where logs, checkpoints and the PNG plot are.
 
-`r1-lightning quickstart --ckpt_path last` resumes an interrupted run (whichever phase it was in).
+`r1-lightning quickstart --ckpt_path last` resumes an interrupted run (whichever phase it was in);
+`--seed N` draws another task, data order and sampling (a rerun with the same seed on the same CPU
+repeats the run number for number).
 """
 
 from __future__ import annotations
