@@ -32,6 +32,13 @@ class AlwaysSlips(random.Random):
         return 0.0
 
 
+class NeverSlips(random.Random):
+    """An rng whose every draw is 0.99: the sloppy teacher keeps every carry (it slips below 0.7)."""
+
+    def random(self) -> float:
+        return 0.99
+
+
 def operands(question: str) -> tuple[int, int]:
     a, b = re.findall(r"\d+", question)
     return int(a), int(b)
@@ -83,14 +90,15 @@ def test_make_trace_refuses_a_wrong_answer_and_a_slip_without_rng():
         make_trace("What is 47 plus 85?", "132")
 
 
-def test_the_sloppy_teacher_forgets_inner_carries_only():
+def test_the_sloppy_teacher_forgets_every_carry_the_leading_digit_included():
     assert make_trace("What is 47 + 85?", "132", AlwaysSlips(), 0.7) == (
-        " 7+5=12, 4+8=12 </think> <answer> 122 </answer>"
+        " 7+5=12, 4+8=12 </think> <answer> 22 </answer>"
     )
-    # The carry out of the last column is the sum's leading digit: it is never forgotten.
-    assert make_trace("What is 95 + 17?", "112", AlwaysSlips(), 0.7) == (
-        " 5+7=12, 9+1=10 </think> <answer> 102 </answer>"
+    # The carry out of the last column is the sum's leading digit: forgetting it drops that digit.
+    assert make_trace("What is 91 + 17?", "108", AlwaysSlips(), 0.7) == (
+        " 1+7=8, 9+1=10 </think> <answer> 08 </answer>"
     )
+    assert make_trace("What is 47 + 85?", "132", NeverSlips(), 0.7) == make_trace("What is 47 + 85?", "132")
     # Without a carry there is nothing to forget.
     assert make_trace("What is 34 + 44?", "78", AlwaysSlips(), 0.7) == make_trace("What is 34 + 44?", "78")
 
@@ -134,11 +142,13 @@ def test_write_task_files_fields_sizes_and_held_out_val(tmp_path):
 
 
 def test_the_sft_teacher_is_wrong_on_the_expected_share_of_problems(tmp_path):
-    # Units digits are uniform, so 45 of 100 digit pairs carry; the teacher forgets 70% of those:
-    # it is right on 1 - 0.45 * 0.7 = 68.5% of the problems.
+    # The teacher is right when it keeps every carry there is (each kept with probability 0.3).
+    # Units digits are uniform (45 of 100 pairs carry); tens digits 1-9 (45 of 81 pairs reach 10,
+    # 53 of 81 reach 9, which carries with a units carry added):
+    #   0.55 * (36/81 + 45/81 * 0.3) + 0.45 * 0.3 * (28/81 + 53/81 * 0.3) = 0.409
     sft = read_jsonl(write_task_files(tmp_path, n_train=10, n_val=10, n_sft=4000, seed=0)["sft"])
     accuracy = sum(r1_zero_reward_fn(row["response"], row["ground_truth"])["reward"] for row in sft) / len(sft)
-    assert accuracy == pytest.approx(0.685, abs=0.03)
+    assert accuracy == pytest.approx(0.409, abs=0.03)
 
 
 def test_write_task_files_is_deterministic_given_the_seed(tmp_path):

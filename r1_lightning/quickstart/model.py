@@ -14,7 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from r1_lightning.quickstart.tokenizer import build_tokenizer
 
-# 0.55M parameters. Two layers learn two-digit column addition in ~300 SFT steps of batch 32; a
+# 0.55M parameters. Two layers learn two-digit column addition in ~500-1,000 SFT steps of batch 32
+# (400 left one-digit sums wrong, and GRPO then had the arithmetic to fix, not just the carries); a
 # four-layer model costs ~1.7x as much per step on the CPU.
 # Llama rather than Qwen2: for a `qwen2` folder, transformers 5's AutoTokenizer loads Qwen2Tokenizer,
 # which replaces this tokenizer's pre-tokenizer and decoder with Qwen's byte-level ones.

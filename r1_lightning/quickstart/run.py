@@ -6,7 +6,9 @@
    accuracy before the first update and after the last;
 4. prints before/after accuracy and where logs, checkpoints and the PNG plot are.
 
-`r1-lightning quickstart --ckpt_path last` resumes an interrupted run (whichever phase it was in).
+`r1-lightning quickstart --ckpt_path last` resumes an interrupted run (whichever phase it was in);
+`--seed N` draws another task, data order and sampling (a rerun with the same seed on the same CPU
+repeats the run number for number).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from r1_lightning.quickstart.task import write_task_files
 
+# The shipped `data/quickstart/` files are these with the default seed (`--seed 0`).
 TASK_SIZES = {"n_train": 4000, "n_val": 200, "n_sft": 4000, "seed": 0}
 
 
@@ -61,6 +64,23 @@ def quiet_hf_progress_bars():
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def repeatable_arithmetic(threads: int):
+    """A fixed torch thread count and deterministic kernels, so a rerun on the same CPU repeats the
+    run number for number (a different thread count may split reductions differently); the caller's
+    settings come back afterwards."""
+    import torch
+
+    was_threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(was_threads)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
 def run_quickstart(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="r1-lightning quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,24 +89,23 @@ def run_quickstart(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ckpt_path", default=None, choices=[None, "last"], help="'last' resumes an interrupted run")
     parser.add_argument("--sft-steps", type=int, default=None, help="override the SFT config's max_steps")
     parser.add_argument("--grpo-steps", type=int, default=None, help="override the GRPO config's max_steps")
+    parser.add_argument("--seed", type=int, default=TASK_SIZES["seed"],
+                        help="seed of the generated task, the data order and the sampling in both phases (default 0)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the model is so small that more threads mostly add "
                              "synchronization, and one thread never fights other processes for the cores)")
     args = parser.parse_args(argv)
-    with quiet_hf_progress_bars():
+    with quiet_hf_progress_bars(), repeatable_arithmetic(args.threads):
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> dict:
-    import torch
-
-    torch.set_num_threads(args.threads)
-
     from r1_lightning.cli import build_cli
 
     start = time.perf_counter()
     configs, out = find_configs_dir(args.configs), Path(args.output)
-    data = write_task_files(out / "data", **TASK_SIZES)
+    data = write_task_files(out / "data", **{**TASK_SIZES, "seed": args.seed})
+    seeded = ["--seed_everything", str(args.seed)]  # the data order and the sampling of both phases
     sft_dir, grpo_dir = out / "sft", out / "grpo"
     sft_export = sft_dir / "checkpoints" / "last_hf"
     sft_done = sft_dir / "DONE"
@@ -98,7 +117,7 @@ def _run(args: argparse.Namespace) -> dict:
             extra += ["--trainer.max_steps", str(args.sft_steps)]
         if args.ckpt_path and (sft_dir / "checkpoints" / "last.ckpt").exists():
             extra += ["--ckpt_path", "last"]
-        build_cli(phase_args(configs / "quickstart_sft.yaml", sft_dir, extra))
+        build_cli(phase_args(configs / "quickstart_sft.yaml", sft_dir, [*seeded, *extra]))
         sft_done.write_text("the SFT warm-up finished; its export is checkpoints/last_hf\n")
 
     extra = ["--model.init_args.model_name_or_path", str(sft_export),
@@ -108,7 +127,7 @@ def _run(args: argparse.Namespace) -> dict:
         extra += ["--trainer.max_steps", str(args.grpo_steps)]
     if args.ckpt_path and (grpo_dir / "checkpoints" / "last.ckpt").exists():
         extra += ["--ckpt_path", "last"]
-    build_cli(phase_args(configs / "quickstart.yaml", grpo_dir, extra))
+    build_cli(phase_args(configs / "quickstart.yaml", grpo_dir, [*seeded, *extra]))
 
     from r1_lightning.plotting import plot_curves, read_run
 
@@ -122,6 +141,7 @@ def _run(args: argparse.Namespace) -> dict:
         "format_rate_after_grpo": after["format_rate"],
         "held_out_examples": after["n"],
         "grpo_steps": max(summaries),
+        "seed": args.seed,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "logs": str(grpo_dir / "logs"),
         "checkpoints": str(grpo_dir / "checkpoints"),

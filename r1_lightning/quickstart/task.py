@@ -8,12 +8,15 @@ units up, carrying as a person does on paper, then states the sum:
 (the prompt ends in `Assistant: <think>`, so the response is what follows it). Every step is a
 one-digit sum, and the answer is the column digits read back.
 
-The SFT traces come from a *sloppy teacher* who forgets the carry with probability `carry_slip`
-(0.7 in the quickstart): its trace stays consistent (`4+8=12`, so the sum reads `122`) but the
-answer is wrong. Imitation learns the slip along with the method, so the SFT warm-up stops near the
-no-carry share of the problems (~55% greedy accuracy); GRPO, rewarded only when the verified answer
-is right, learns to always carry (~90%+). That gap is what the quickstart demonstrates: RL on a
-verifiable reward going past the demonstrations it was warmed up on.
+The SFT traces come from a *sloppy teacher* who forgets each carry with probability `carry_slip`
+(0.7 in the quickstart), the final one (the sum's leading digit) included: its trace stays
+consistent (`7+5=12, 4+8=12`, so the sum reads `122`, or `22` if the leading 1 is forgotten too)
+but the answer is wrong. The teacher is right on ~41% of the problems, and imitation learns the
+slip along with the method: greedy decoding follows the majority and forgets every carry, so the
+SFT warm-up stops near the share of problems without any carry (~24%). GRPO, rewarded only when the
+verified answer is right, learns to always carry (~90%+): most of the final accuracy is RL on a
+verifiable reward going past the demonstrations it was warmed up on
+(`benchmarks/results/quickstart_seeds.md` has both over 8 seeds).
 
 Operands always have the same number of digits: a fixed layout lets a tiny model find "the units
 digit of the second number" quickly (mixed 2- and 3-digit operands did not train in the CPU budget).
@@ -54,9 +57,9 @@ def parse_question(question: str) -> tuple[int, int]:
 def make_trace(question: str, answer: str, rng: random.Random | None = None, carry_slip: float = 0.0) -> str:
     """The response to `question`: column sums from the units up, then the answer in tags.
 
-    With `carry_slip > 0` (and an `rng`), each carry into a next column is forgotten with that
-    probability and the trace ends in the teacher's wrong sum; with `carry_slip == 0` it ends in
-    `answer` (checked).
+    With `carry_slip > 0` (and an `rng`), each carry (into the next column, or out of the last one as
+    the leading digit) is forgotten with that probability and the trace ends in the teacher's wrong
+    sum; with `carry_slip == 0` it ends in `answer` (checked).
     """
     if carry_slip > 0 and rng is None:
         raise ValueError("a sloppy trace (carry_slip > 0) needs an rng")
@@ -71,7 +74,7 @@ def make_trace(question: str, answer: str, rng: random.Random | None = None, car
         steps.append("+".join(map(str, terms)) + f"={column_sum}")
         sum_digits.append(column_sum % 10)
         carry = column_sum // 10
-        slips = carry_slip > 0 and column + 1 < n_columns and carry and rng.random() < carry_slip
+        slips = carry_slip > 0 and carry and rng.random() < carry_slip
         if slips:
             carry = 0  # the next column never sees it
     if carry:
