@@ -31,3 +31,6 @@ def test_grader_fuzz_benchmark_runs_and_reports(tmp_path):
     assert report["honest"]["calls"] > 0 and report["honest"]["starved"] == 0
     assert report["honest"]["idle_rewarded"] == report["honest"]["of"]  # equal rewrites are equal
     assert {"python", "sympy", "math_verify", "commit", "cpu_cores"} <= set(report["environment"])
+    # Equal forms of the fixture's ground truths (plain-text pi and sqrt, double inequalities): none refused.
+    assert set(report["false_negatives"]) == {"plain_pi", "plain_sqrt", "double_inequality"}
+    assert all(entry["of"] > 0 and entry["refused"] == 0 for entry in report["false_negatives"].values())
