@@ -33,7 +33,7 @@ def short_run(tmp_path_factory) -> tuple[Path, dict]:
     threads = torch.get_num_threads()  # the quickstart sets its own; give the other tests theirs back
     try:
         result = run_quickstart(["--output", str(out), "--configs", str(ROOT / "configs"),
-                                 "--grpo-steps", str(SHORT_GRPO_STEPS)])
+                                 "--grpo_steps", str(SHORT_GRPO_STEPS)])
     finally:
         torch.set_num_threads(threads)
     return out, result

@@ -6,7 +6,8 @@ here too, where configs name it (`r1_lightning.callbacks.MathEvalCallback`).
 
 from r1_lightning.callbacks.checkpoint import HFExportCheckpoint
 from r1_lightning.callbacks.generations import GenerationLogger
+from r1_lightning.callbacks.progress import StepProgressBar
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
 from r1_lightning.evaluation import MathEvalCallback
 
-__all__ = ["GenerationLogger", "HFExportCheckpoint", "MathEvalCallback", "RolloutWeightSync"]
+__all__ = ["GenerationLogger", "HFExportCheckpoint", "MathEvalCallback", "RolloutWeightSync", "StepProgressBar"]

@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+from r1_lightning.cli import build_cli
+from r1_lightning.cli_errors import SubcommandParser
 from r1_lightning.quickstart.task import write_task_files
 
 TASK_SIZES = {"n_train": 4000, "n_val": 200, "n_sft": 4000, "seed": 0}
@@ -62,13 +64,12 @@ def quiet_hf_progress_bars():
 
 
 def run_quickstart(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="r1-lightning quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = SubcommandParser(prog="r1-lightning quickstart", description=__doc__)
     parser.add_argument("--output", default="runs/quickstart", help="folder for data, logs, checkpoints, plot")
     parser.add_argument("--configs", default=None, help="folder holding quickstart.yaml and quickstart_sft.yaml")
     parser.add_argument("--ckpt_path", default=None, choices=[None, "last"], help="'last' resumes an interrupted run")
-    parser.add_argument("--sft-steps", type=int, default=None, help="override the SFT config's max_steps")
-    parser.add_argument("--grpo-steps", type=int, default=None, help="override the GRPO config's max_steps")
+    parser.add_argument("--sft_steps", type=int, default=None, help="override the SFT config's max_steps")
+    parser.add_argument("--grpo_steps", type=int, default=None, help="override the GRPO config's max_steps")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the model is so small that more threads mostly add "
                              "synchronization, and one thread never fights other processes for the cores)")
@@ -81,8 +82,6 @@ def _run(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-
-    from r1_lightning.cli import build_cli
 
     start = time.perf_counter()
     configs, out = find_configs_dir(args.configs), Path(args.output)
