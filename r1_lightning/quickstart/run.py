@@ -63,7 +63,7 @@ def quiet_hf_progress_bars():
             hf_logging.enable_progress_bar()
 
 
-def run_quickstart(argv: list[str] | None = None) -> dict:
+def build_parser() -> SubcommandParser:
     parser = SubcommandParser(prog="r1-lightning quickstart", description=__doc__)
     parser.add_argument("--output", default="runs/quickstart", help="folder for data, logs, checkpoints, plot")
     parser.add_argument("--configs", default=None, help="folder holding quickstart.yaml and quickstart_sft.yaml")
@@ -73,7 +73,11 @@ def run_quickstart(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the model is so small that more threads mostly add "
                              "synchronization, and one thread never fights other processes for the cores)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_quickstart(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     with quiet_hf_progress_bars():
         return _run(args)
 
