@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import io
 import json
 import shlex
@@ -126,9 +127,20 @@ def updates_per_grpo_step(config: dict) -> int | None:
     return init_args["epochs_per_rollout_batch"] * (init_args["rollout_batch_size"] // init_args["train_batch_size"])
 
 
+def check_no_misspelled_sweep_option(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
+    """Arguments the sweep does not know go to every run's `fit`; one that is a near miss of the
+    sweep's own (`--grpo-steps`, `--learning_rate`) is a typo, refused before any run parses."""
+    own = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    for flag in (a.split("=", 1)[0] for a in overrides if a.startswith("--") and "." not in a):
+        if flag not in own and (close := difflib.get_close_matches(flag, own, n=1, cutoff=0.8)):
+            raise UsageError(f"{flag}: no such option of `r1-lightning sweep` (did you mean {close[0]}?)")
+
+
 def run_sweep(argv: list[str] | None = None) -> list[dict]:
-    args, overrides = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
     overrides = [a for a in overrides if a != "--"]
+    check_no_misspelled_sweep_option(parser, overrides)
     runs = plan_runs(args, overrides)
     for run in runs:
         config = resolved_config(run["fit_args"])
