@@ -67,7 +67,7 @@ def build_parser() -> SubcommandParser:
     parser = SubcommandParser(prog="r1-lightning quickstart", description=__doc__)
     parser.add_argument("--output", default="runs/quickstart", help="folder for data, logs, checkpoints, plot")
     parser.add_argument("--configs", default=None, help="folder holding quickstart.yaml and quickstart_sft.yaml")
-    parser.add_argument("--ckpt_path", default=None, choices=[None, "last"], help="'last' resumes an interrupted run")
+    parser.add_argument("--ckpt_path", default=None, choices=["last"], help="'last' resumes an interrupted run")
     parser.add_argument("--sft_steps", type=int, default=None, help="override the SFT config's max_steps")
     parser.add_argument("--grpo_steps", type=int, default=None, help="override the GRPO config's max_steps")
     parser.add_argument("--threads", type=int, default=1,
