@@ -204,7 +204,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> R1LightningCLI
 
 
 def _exit_with(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message
     sys.exit(2)
 
 
