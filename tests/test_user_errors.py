@@ -36,6 +36,16 @@ def no_lightning_logger_package(monkeypatch, logger: str) -> None:
                     monkeypatch.setattr(module, flag, False)
 
 
+def vllm_without_a_gpu(monkeypatch) -> None:
+    """vLLM importable (a stand-in: the engine checks for a GPU before it builds anything of vLLM's)."""
+    import types
+
+    vllm, envs = types.ModuleType("vllm"), types.ModuleType("vllm.envs")
+    vllm.__version__, vllm.envs = "0.26.0", envs
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.envs", envs)
+
+
 def model_without_weights(tmp_path, tiny_model_dir) -> str:
     folder = tmp_path / "no_weights"
     shutil.copytree(tiny_model_dir, folder)
@@ -110,6 +120,10 @@ CASES = [
     ("no_tensorboard", lambda t, m: [*QUICKSTART, "--model.init_args.model_name_or_path", m, "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger"],
      lambda mp: no_lightning_logger_package(mp, "tensorboard"),
      "--trainer.logger: needs tensorboard, which is not installed: pip install -e \".[tensorboard]\""),
+    pytest.param("vllm_without_gpu", lambda t, m: [*GRPO, "--model.init_args.model_name_or_path", m],
+                 vllm_without_a_gpu, "VLLMEngine needs a CUDA GPU and none is visible: without one, generate with "
+                 "the policy itself (--model.init_args.engine r1_lightning.rollout.HFEngine)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     pytest.param("gpu_accelerator_without_gpu", lambda t, m: [*QUICKSTART, "--model.init_args.model_name_or_path", m,
                                                               "--trainer.accelerator", "gpu"], None,
                  "--trainer.accelerator: No supported gpu backend found! This machine has no CUDA GPU",
