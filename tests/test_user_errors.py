@@ -116,8 +116,8 @@ CASES = [
      None, "--model.init_args.reward_fn: reward function 'no_such_package.rewards.fn' could not be imported"),
     ("no_vllm", lambda t, m: [*GRPO, "--model.init_args.model_name_or_path", m],
      lambda mp: no_package(mp, "vllm"),
-     f"grpo.yaml:{ENGINE_LINE}: model.init_args.engine: needs vllm, which is not installed: "
-     f"pip install -e \".[vllm]\""),
+     (f"grpo.yaml:{ENGINE_LINE}: model.init_args.engine: needs vllm, which is not installed: "
+      f"pip install -e \".[vllm]\"")),
     ("no_wandb", lambda t, m: [*QUICKSTART, "--model.init_args.model_name_or_path", m, "--trainer.logger", "lightning.pytorch.loggers.WandbLogger"],
      lambda mp: no_lightning_logger_package(mp, "wandb"), "--trainer.logger: needs wandb, which is not installed"),
     ("no_tensorboard", lambda t, m: [*QUICKSTART, "--model.init_args.model_name_or_path", m, "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger"],
