@@ -1,15 +1,17 @@
-"""`r1-lightning`: LightningCLI for every phase.
+"""LightningCLI for every training phase: `r1-lightning fit` and `r1-lightning validate`.
 
     r1-lightning fit --config configs/grpo.yaml
     r1-lightning fit --config configs/sft.yaml --model.init_args.learning_rate 2e-5
     r1-lightning validate --config configs/eval.yaml
     r1-lightning fit --config configs/grpo.yaml --print_config
-    r1-lightning quickstart            # the offline CPU demo: SFT warm-up, then GRPO
-    r1-lightning sweep --config configs/grpo.yaml configs/ablations/*.yaml   # one run per overlay
 
 Models and data modules are chosen by `class_path` (subclass mode), so a config names the phase:
 `model.class_path: r1_lightning.modules.GRPOModule`, `data.class_path: r1_lightning.data.PromptDataModule`.
 `trainer.default_root_dir` is the run directory: logs, evaluations and checkpoints go under it.
+
+The `r1-lightning` command itself (these two and `quickstart`, `sweep`) is `r1_lightning/__main__.py`,
+which imports this module; this module imports nothing that runs it, so the subcommands built on
+`fit` (the quickstart, a sweep) call `build_cli` from below.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import importlib
 import inspect
 import io
 import os
+import runpy
 import signal
 import sys
 from argparse import ArgumentError
+from collections.abc import Callable
 from typing import NoReturn
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 # Imported so that short class names in configs resolve (jsonargparse finds imported subclasses).
@@ -34,7 +38,8 @@ import r1_lightning.callbacks
 import r1_lightning.data
 import r1_lightning.rollout  # noqa: F401
 from r1_lightning.callbacks.checkpoint import is_checkpoint
-from r1_lightning.cli_errors import describe_failure, describe_parse_error
+from r1_lightning.callbacks.progress import StepProgressBar
+from r1_lightning.cli_errors import UsageError, describe_failure, describe_parse_error
 from r1_lightning.distributed import compile_under_fsdp2_error
 from r1_lightning.models import compile_backend
 from r1_lightning.modules import PolicyModule
@@ -123,10 +128,14 @@ class R1LightningCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         # Loggers need their save_dir (CSVLogger's is required), which comes from the run directory:
         # parse, fill it in, then validate as LightningCLI would have.
-        if isinstance(args, (dict, Namespace)):
-            config = parser.parse_object(args, _skip_validation=True)
-        else:
-            config = parser.parse_args(args, _skip_validation=True)
+        try:
+            if isinstance(args, (dict, Namespace)):
+                config = parser.parse_object(args, _skip_validation=True)
+            else:
+                config = parser.parse_args(args, _skip_validation=True)
+        except ArgumentError as error:
+            error.known_options = self._option_names(args)  # for a "did you mean" on an unknown option
+            raise
         trainer_config = _subcommand_config(config).get("trainer")
         if trainer_config is not None:
             fill_run_directory(trainer_config)
@@ -149,6 +158,21 @@ class R1LightningCLI(LightningCLI):
         if backend and _class_name(config.get("trainer", {}).get("strategy")) == "ModelParallelStrategy":
             self.parser.error(compile_under_fsdp2_error(backend))  # PolicyModule.configure_model refuses it too
 
+    def _option_names(self, args) -> list[str]:
+        """The options (`--trainer.max_steps`, ...) of the subcommand `args` name (of the main parser
+        if they name none)."""
+        named = [self._subcommand_parsers[a] for a in (args or sys.argv[1:]) if a in self._subcommand_parsers]
+        return list((named[0] if named else self.parser)._option_string_actions)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # Progress in optimizer steps (global_step / max_steps), right after a resume too, unless the
+        # config brings its own bar or turns bars off.
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
     @staticmethod
     def _resolved_by_trainer(ckpt_path: str) -> bool:
         return ckpt_path in LIGHTNING_CKPT_NAMES or ckpt_path.startswith("registry:") or "://" in ckpt_path
@@ -160,18 +184,12 @@ class R1LightningCLI(LightningCLI):
 
 
 PROG = "r1-lightning"
-EPILOG = (
-    "r1-lightning quickstart: the offline CPU demo, no GPU, network or download (a few minutes on two "
-    "cores): SFT warm-up, then GRPO, of a small built-in model on a generated arithmetic task, with "
-    "held-out accuracy before and after; `r1-lightning quickstart --help` lists its options. "
-    "r1-lightning sweep: run a base config, each overlay (e.g. configs/ablations/*.yaml) and learning "
-    "rates in their own run folders, then plot them side by side; `r1-lightning sweep --help`."
-)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> R1LightningCLI:
     """The LightningCLI on `args` (default: the command line). Parse errors raise jsonargparse's
-    `ArgumentError` instead of exiting, for `main` to report in one line."""
+    `ArgumentError` instead of exiting, for `exit_on_user_error` to report in one line; an option is
+    never matched by a prefix of its name (`--trainer.max_step` is an error, not `max_steps`)."""
     return R1LightningCLI(
         model_class=PolicyModule,
         datamodule_class=L.LightningDataModule,
@@ -179,20 +197,35 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> R1LightningCLI
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": PROG, "exit_on_error": False, "epilog": EPILOG},
+        parser_kwargs={"prog": PROG, "exit_on_error": False, "allow_abbrev": False},
         args=None if args is None else [str(arg) for arg in args],
         run=run,
     )
 
 
-def _exit_with(message: str, argv: list[str]) -> NoReturn:
-    command = next((arg for arg in argv if arg in [*R1LightningCLI.subcommands(), "quickstart", "sweep"]), None)
-    help_command = f"{PROG} {command} --help" if command else f"{PROG} --help"
-    print(f"{PROG}: error: {message}\n  (`{help_command}` lists the options)", file=sys.stderr)
+def _exit_with(message: str) -> NoReturn:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message
     sys.exit(2)
 
 
-def _print_stacks_on_usr2() -> None:
+def exit_on_user_error(command: Callable[[], object], argv: list[str]) -> None:
+    """Run `command`; bad input on the command line `argv` (an option or config value the parser
+    rejects, a missing model or data file, a corrupt checkpoint, an optional package not installed)
+    exits with status 2 and one line on stderr that names it first. Anything else raises."""
+    try:
+        command()
+    except UsageError as error:
+        _exit_with(str(error))
+    except ArgumentError as error:
+        _exit_with(describe_parse_error(error, argv))
+    except Exception as error:
+        message = describe_failure(error, argv)
+        if message is None:
+            raise
+        _exit_with(message)
+
+
+def print_stacks_on_usr2() -> None:
     """A run that hangs (a collective some rank never joins) says where it waits: `kill -USR2 PID`
     prints every thread's stack to stderr, and the run goes on. Not SIGUSR1: Lightning's SLURM
     requeue takes it. Skipped where stderr is no file (a notebook, pytest's capture)."""
@@ -205,29 +238,13 @@ def _print_stacks_on_usr2() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The `r1-lightning` command. Bad input (an option or config value the parser rejects, a missing
-    model or data file, a corrupt checkpoint) exits with status 2 and one line that names it first."""
+    """`r1-lightning fit ...` / `r1-lightning validate ...` (`args` start with the subcommand)."""
     argv = sys.argv[1:] if args is None else [str(arg) for arg in args]
-    _print_stacks_on_usr2()
-    try:
-        if argv and argv[0] == "quickstart":
-            from r1_lightning.quickstart.run import run_quickstart
-
-            run_quickstart(argv[1:])
-        elif argv and argv[0] == "sweep":
-            from r1_lightning.sweep import run_sweep
-
-            run_sweep(argv[1:])
-        else:
-            build_cli(argv)
-    except ArgumentError as error:
-        _exit_with(describe_parse_error(error, argv), argv)
-    except Exception as error:
-        message = describe_failure(error, argv)
-        if message is None:
-            raise
-        _exit_with(message, argv)
+    print_stacks_on_usr2()
+    exit_on_user_error(lambda: build_cli(argv), argv)
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m r1_lightning.cli ...` is `r1-lightning ...` (every subcommand): run the package's
+    # command, which imports this module, rather than importing it from here.
+    runpy.run_module("r1_lightning", run_name="__main__", alter_sys=True)

@@ -10,6 +10,7 @@ on bad input. Both return `None` when they do not recognize the error, and the c
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
@@ -25,9 +26,30 @@ _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
 _NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
 _SUBCOMMAND_REJECTS = re.compile(r"Subcommand '([^']+)' does not accept option '([^']+)'")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)", re.IGNORECASE)
 _CLASS_REPR = re.compile(r"<class '(?:builtins\.)?([\w.]+)'>")
 
-# Data files the configs name but the repository may not redistribute, and what to do instead.
+class UsageError(Exception):
+    """Bad input the command reports in one line, as is (the message names the option and the fix)."""
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """argparse for the subcommands outside LightningCLI (quickstart, sweep), held to its rules: an
+    option is never matched by a prefix of its name, and a mistake raises `UsageError` (one line,
+    naming the closest option) instead of printing the usage text."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message: str):
+        unknown = _UNRECOGNIZED.match(message)
+        if unknown:
+            flag = unknown[1].split("=", 1)[0]
+            options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            message = f"{flag}: no such option of `{self.prog}`{did_you_mean(flag, options)}"
+        raise UsageError(message)
+
+
 def exception_chain(error: BaseException) -> list[BaseException]:
     """`error`, then what caused it, down to the root (`__cause__`, else an unsuppressed `__context__`)."""
     chain: list[BaseException] = []
@@ -102,7 +124,7 @@ def _yaml_syntax_error(argv: list[str]) -> str | None:
     return None
 
 
-def _did_you_mean(name: str, candidates: list[str]) -> str:
+def did_you_mean(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 
@@ -150,13 +172,18 @@ def describe_parse_error(error: BaseException, argv: list[str]) -> str:
             class_path, in_class = match[1], True
         elif match := _NOT_ACCEPTED.match(line):
             keys += (["init_args"] if in_class else []) + [match[1]]
-            suggestion = _did_you_mean(match[1], _init_parameters(class_path or ""))
+            suggestion = did_you_mean(match[1], _init_parameters(class_path or ""))
             problem = f"no such option of {class_path or 'this class'}{suggestion}"
         elif match := _SUBCOMMAND_REJECTS.match(line):
             keys = match[2].split(".")
             parsers = [c.subcommand_parser for c in exception_chain(error) if hasattr(c, "subcommand_parser")]
             options = list(parsers[0].get_defaults().keys()) if parsers else []
-            problem = f"no such option of `{match[1]}`{_did_you_mean(match[2], options)}"
+            problem = f"no such option of `{match[1]}`{did_you_mean(match[2], options)}"
+        elif match := _UNRECOGNIZED.match(line):
+            flag = match[1].split("=", 1)[0]
+            keys = [flag.lstrip("-")]
+            options = next((c.known_options for c in exception_chain(error) if hasattr(c, "known_options")), [])
+            problem = f"no such option{did_you_mean(flag, options)}"
     root = exception_chain(error)[-1]
     if isinstance(root, yaml.YAMLError) and (syntax := _yaml_syntax_error(argv)):
         return syntax
@@ -166,12 +193,76 @@ def describe_parse_error(error: BaseException, argv: list[str]) -> str:
     if problem is None:
         problem = _expected(_first_line(root))
     option = ".".join(keys)
-    if not option:
-        return problem
+    return _located(option, problem, argv) if option else problem
+
+
+def _located(option: str, problem: str, argv: list[str]) -> str:
+    """`problem` led by where `option` was set: `--flag: problem`, `file:line: option: problem`, or
+    `option: problem` when neither the command line nor a config file sets it (a default)."""
     where = locate_option(option, argv)
     if where is None:
         return f"{option}: {problem}"
     return f"{where}: {problem}" if where.startswith("--") else f"{where}: {option}: {problem}"
+
+
+def locate_value(message: str, argv: list[str]) -> str | None:
+    """Where a value that `message` quotes ('...') was set: `--flag`, or `file:line: key` in the
+    last config file that sets it. For errors raised by a constructor, which name the value they
+    refused but not the option it came from."""
+    quoted = set(re.findall(r"'([^']+)'", message))
+    for index, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        value = value if equals else (argv[index + 1] if index + 1 < len(argv) else "")
+        if name.startswith("--") and value in quoted:
+            return name
+    for path in reversed(flag_values(argv, "--config", "-c")):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for number, line in enumerate(lines, start=1):
+            key, colon, value = line.strip().removeprefix("- ").partition(":")
+            if colon and value.strip().strip("'\"") in quoted:
+                return f"{path}:{number}: {key}"
+    return None
+
+
+# Optional packages: the option that needs each, the extra that installs it, and what to do without it.
+OPTIONAL_PACKAGES = {
+    "vllm": ("model.init_args.engine", "vllm",
+             ("on a CUDA machine; without vLLM, generate with the policy itself: "
+              "--model.init_args.engine r1_lightning.rollout.HFEngine")),
+    "wandb": ("trainer.logger", "wandb", "or log to CSV only: leave WandbLogger out of trainer.logger"),
+    "tensorboard": ("trainer.logger", "tensorboard",
+                    "or log to CSV only: leave TensorBoardLogger out of trainer.logger"),
+}
+_OPTION_ADVICE = re.compile(r"--(model|data|trainer)\.")  # a refusal that says which option to change
+
+
+def _missing_optional_package(chain: list[BaseException], argv: list[str]) -> str | None:
+    """`option: needs PACKAGE, not installed: pip install ...` when an optional package is missing."""
+    for cause in chain:
+        if not isinstance(cause, ImportError):
+            continue
+        names = [cause.name] if cause.name else re.findall(r"\w+", str(cause))
+        package = next((name for name in names if name in OPTIONAL_PACKAGES), None)
+        if package is not None:
+            option, extra, instead = OPTIONAL_PACKAGES[package]
+            return _located(option, f"needs {package}, which is not installed: pip install -e \".[{extra}]\" "
+                                     f"({instead})", argv)
+    return None
+
+
+def _raised_by(error: BaseException, *package: str) -> bool:
+    """Whether the innermost frame of `error`'s traceback is in the installed package `package`
+    (e.g. `("transformers",)`, `("r1_lightning",)`)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    parts = Path(frames[-1].filename).parts if frames else ()
+    return any(parts[i:i + len(package)] == package for i in range(len(parts)))
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _checkpoint_unreadable(error: BaseException) -> bool:
@@ -194,16 +285,37 @@ def _raised_while_instantiating(error: BaseException) -> bool:
 
 
 def describe_failure(error: BaseException, argv: list[str]) -> str | None:
-    """One line for a run that stopped on bad input (a corrupt checkpoint, a missing model or data
-    file (`ModelNotFoundError` is a `FileNotFoundError`), a malformed data line, options a constructor
-    rejected); None for anything else, which deserves its traceback."""
+    """One line for a run that stopped on bad input; None for anything else, which deserves its
+    traceback. Bad input is: a corrupt checkpoint; an optional package the config needs and is not
+    installed; a missing model or data file (`ModelNotFoundError` is a `FileNotFoundError`), a model
+    folder without weights, a malformed data line; options a constructor rejected (its `ValueError`,
+    which jsonargparse wraps); Lightning's `MisconfigurationException` (a GPU asked for on a machine
+    without one); and our own refusals that say which option to change (`--model.init_args...`)."""
     chain = exception_chain(error)
     if any(_checkpoint_unreadable(cause) for cause in chain):
         ckpt = (flag_values(argv, "--ckpt_path") or ["given as ckpt_path"])[-1]
         return f"checkpoint {ckpt} is corrupt or not a Lightning checkpoint"
+    if message := _missing_optional_package(chain, argv):
+        return message
     root = chain[-1]
     if isinstance(root, (FileNotFoundError, DataFormatError)):
         return str(root)
-    if isinstance(root, (ValueError, OSError)) and _raised_while_instantiating(error):
-        return str(root).strip().replace("\n", " ")
+    for cause in chain:
+        if isinstance(cause, OSError) and _raised_by(cause, "transformers") and "no file named" in str(cause):
+            return _located("model.init_args.model_name_or_path", f"{_one_line(cause)} (a model folder needs "
+                            f"its weights: a folder written by save_pretrained, such as a run's "
+                            f"checkpoints/last_hf)", argv)
+        if type(cause).__name__ == "MisconfigurationException":
+            if "gpu backend" in str(cause).lower():
+                return _located("trainer.accelerator", f"{_one_line(cause)} This machine has no CUDA GPU: "
+                                f"--trainer.accelerator cpu", argv)
+            return _one_line(cause)
+        if _raised_by(cause, "r1_lightning") and _OPTION_ADVICE.search(str(cause)):
+            return _one_line(cause)
+    if _raised_while_instantiating(error):
+        refusal = next((c for c in chain if isinstance(c, (ValueError, OSError)) and not _raised_by(c, "jsonargparse")),
+                       None)
+        if refusal is not None:
+            where = locate_value(str(refusal), argv)
+            return f"{where}: {_one_line(refusal)}" if where else _one_line(refusal)
     return None

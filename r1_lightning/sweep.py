@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import io
 import json
 import shlex
@@ -29,12 +30,14 @@ import subprocess
 import sys
 import time
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
+
+from r1_lightning.cli_errors import SubcommandParser, UsageError, describe_parse_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="r1-lightning sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = SubcommandParser(prog="r1-lightning sweep", description=__doc__)
     parser.add_argument("--config", nargs="+", required=True, metavar="YAML",
                         help="the base config, then overlays: one run per overlay")
     parser.add_argument("--learning_rates", nargs="+", type=float, default=[], metavar="LR",
@@ -53,16 +56,16 @@ def plan_runs(args: argparse.Namespace, overrides: list[str]) -> list[dict]:
     base, overlays = Path(args.config[0]), [Path(p) for p in args.config[1:]]
     for path in [base, *overlays]:
         if not path.is_file():
-            raise SystemExit(f"r1-lightning sweep: --config {path}: no such file")
+            raise UsageError(f"--config {path}: no such file")
     variants: list[tuple[str, list[str]]] = [] if args.skip_base else [(base.stem, [])]
     variants += [(overlay.stem, ["--config", str(overlay)]) for overlay in overlays]
     variants += [(f"lr_{lr:g}", ["--model.init_args.learning_rate", repr(lr)]) for lr in args.learning_rates]
     names = [name for name, _ in variants]
     if not names:
-        raise SystemExit("r1-lightning sweep: nothing to run: give overlays or --learning_rates, or drop --skip_base")
+        raise UsageError("nothing to run: give overlays or --learning_rates, or drop --skip_base")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise SystemExit(f"r1-lightning sweep: two runs would share the folder name(s) {repeated}: rename an overlay")
+        raise UsageError(f"two runs would share the folder name(s) {repeated}: rename an overlay")
     runs = []
     for name, variant in variants:
         run_dir = Path(args.output) / name
@@ -77,17 +80,18 @@ def resolved_config(fit_args: list[str]) -> dict:
     (`--print_config`, in this process). A run that does not parse stops the sweep before any runs."""
     import yaml
 
-    from r1_lightning.cli import main
+    from r1_lightning.cli import build_cli
 
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we mean to pass both
-            main(fit_args + ["--print_config"])
-    except SystemExit as exit_info:
+            build_cli(fit_args + ["--print_config"])
+    except SystemExit as exit_info:  # --print_config exits after printing
         if exit_info.code not in (0, None):
-            raise SystemExit(f"r1-lightning sweep: this run's arguments do not parse (error above): "
-                             f"{shlex.join(fit_args)}") from None
+            raise
+    except ArgumentError as error:
+        raise UsageError(f"{describe_parse_error(error, fit_args)} (in the run {shlex.join(fit_args)})") from None
     return yaml.safe_load(printed.getvalue())
 
 
@@ -108,8 +112,8 @@ def check_separate_folders(runs: list[dict]) -> None:
     for run in runs:
         for folder in run["folders"]:
             if folder in owner and owner[folder] != run["name"]:
-                raise SystemExit(
-                    f"r1-lightning sweep: runs {owner[folder]} and {run['name']} would both write to {folder} "
+                raise UsageError(
+                    f"runs {owner[folder]} and {run['name']} would both write to {folder} "
                     f"(set in the configs): give each its own, e.g. --trainer.logger.init_args.save_dir {{run_dir}}"
                 )
             owner[folder] = run["name"]
@@ -123,9 +127,20 @@ def updates_per_grpo_step(config: dict) -> int | None:
     return init_args["epochs_per_rollout_batch"] * (init_args["rollout_batch_size"] // init_args["train_batch_size"])
 
 
+def check_no_misspelled_sweep_option(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
+    """Arguments the sweep does not know go to every run's `fit`; one that is a near miss of the
+    sweep's own (`--grpo-steps`, `--learning_rate`) is a typo, refused before any run parses."""
+    own = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    for flag in (a.split("=", 1)[0] for a in overrides if a.startswith("--") and "." not in a):
+        if flag not in own and (close := difflib.get_close_matches(flag, own, n=1, cutoff=0.8)):
+            raise UsageError(f"{flag}: no such option of `r1-lightning sweep` (did you mean {close[0]}?)")
+
+
 def run_sweep(argv: list[str] | None = None) -> list[dict]:
-    args, overrides = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
     overrides = [a for a in overrides if a != "--"]
+    check_no_misspelled_sweep_option(parser, overrides)
     runs = plan_runs(args, overrides)
     for run in runs:
         config = resolved_config(run["fit_args"])
@@ -133,7 +148,7 @@ def run_sweep(argv: list[str] | None = None) -> list[dict]:
         run["updates_per_grpo_step"] = updates_per_grpo_step(config)
         if args.grpo_steps is not None:
             if run["updates_per_grpo_step"] is None:
-                raise SystemExit(f"r1-lightning sweep: --grpo_steps needs GRPO configs; {run['name']} has no "
+                raise UsageError(f"--grpo_steps needs GRPO configs; {run['name']} has no "
                                  f"model.init_args.rollout_batch_size")
             run["fit_args"] += ["--trainer.max_steps", str(args.grpo_steps * run["updates_per_grpo_step"])]
         run["command"] = shlex.join(["r1-lightning", *run["fit_args"]])

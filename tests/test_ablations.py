@@ -29,6 +29,7 @@ from ablation_helpers import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
+from r1_lightning.__main__ import main as command
 from r1_lightning.cli import main
 from r1_lightning.data import PromptDataModule
 from r1_lightning.functional import compute_group_normalized_rewards
@@ -284,13 +285,15 @@ def test_sweep_plans_a_folder_per_run_and_scales_max_steps(tmp_path):
     ([overlay("nope")], "nope.yaml: no such file"),
     ([GRPO_YAML], "share the folder name"),  # the base and an overlay both called grpo
     ([overlay("baselines"), "--trainer.logger.init_args.save_dir", "one_folder"], "would both write to one_folder"),
-    ([overlay("baselines"), "--model.init_args.learning_rat", "1"], "do not parse"),
+    ([overlay("baselines"), "--model.init_args.learning_rat", "1"], "did you mean learning_rate"),
     (["--skip_base"], "nothing to run"),
 ])
 def test_sweep_refuses_bad_plans_in_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        run_sweep(["--config", GRPO_YAML, *args, "--output", str(tmp_path), "--dry_run"])
-    assert message in str(exit_info.value.code)
+        command(["sweep", "--config", GRPO_YAML, *args, "--output", str(tmp_path), "--dry_run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err
 
 
 def test_sweep_runs_each_learning_rate_in_its_own_folder(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):

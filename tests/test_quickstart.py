@@ -36,7 +36,7 @@ def short_run(tmp_path_factory) -> tuple[Path, dict]:
     threads = torch.get_num_threads()  # the quickstart sets its own; give the other tests theirs back
     try:
         result = run_quickstart(["--output", str(out), "--configs", str(ROOT / "configs"),
-                                 "--grpo-steps", str(SHORT_GRPO_STEPS)])
+                                 "--grpo_steps", str(SHORT_GRPO_STEPS)])
     finally:
         torch.set_num_threads(threads)
     return out, result
@@ -77,7 +77,7 @@ def test_the_seed_reaches_the_task_and_both_phases(monkeypatch, tmp_path):
     monkeypatch.setenv("R1_LIGHTNING_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     result = run_quickstart(["--output", str(out), "--configs", str(ROOT / "configs"), "--seed", "3",
-                             "--sft-steps", "1", "--grpo-steps", "1"])
+                             "--sft_steps", "1", "--grpo_steps", "1"])
     assert result["seed"] == 3
     expected = write_task_files(tmp_path / "seed3", **{**sizes, "seed": 3})
     unseeded = write_task_files(tmp_path / "seed0", **sizes)

@@ -19,6 +19,8 @@ import json
 import time
 from pathlib import Path
 
+from r1_lightning.cli import build_cli
+from r1_lightning.cli_errors import SubcommandParser
 from r1_lightning.quickstart.task import write_task_files
 
 # The shipped `data/quickstart/` files are these with the default seed (`--seed 0`).
@@ -81,27 +83,28 @@ def repeatable_arithmetic(threads: int):
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def run_quickstart(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="r1-lightning quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> SubcommandParser:
+    parser = SubcommandParser(prog="r1-lightning quickstart", description=__doc__)
     parser.add_argument("--output", default="runs/quickstart", help="folder for data, logs, checkpoints, plot")
     parser.add_argument("--configs", default=None, help="folder holding quickstart.yaml and quickstart_sft.yaml")
-    parser.add_argument("--ckpt_path", default=None, choices=[None, "last"], help="'last' resumes an interrupted run")
-    parser.add_argument("--sft-steps", type=int, default=None, help="override the SFT config's max_steps")
-    parser.add_argument("--grpo-steps", type=int, default=None, help="override the GRPO config's max_steps")
+    parser.add_argument("--ckpt_path", default=None, choices=["last"], help="'last' resumes an interrupted run")
+    parser.add_argument("--sft_steps", type=int, default=None, help="override the SFT config's max_steps")
+    parser.add_argument("--grpo_steps", type=int, default=None, help="override the GRPO config's max_steps")
     parser.add_argument("--seed", type=int, default=TASK_SIZES["seed"],
                         help="seed of the generated task, the data order and the sampling in both phases (default 0)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the model is so small that more threads mostly add "
                              "synchronization, and one thread never fights other processes for the cores)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_quickstart(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     with quiet_hf_progress_bars(), repeatable_arithmetic(args.threads):
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from r1_lightning.cli import build_cli
-
     start = time.perf_counter()
     configs, out = find_configs_dir(args.configs), Path(args.output)
     data = write_task_files(out / "data", **{**TASK_SIZES, "seed": args.seed})
