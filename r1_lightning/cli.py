@@ -38,6 +38,7 @@ from r1_lightning.cli_errors import describe_failure, describe_parse_error
 from r1_lightning.distributed import compile_under_fsdp2_error
 from r1_lightning.models import compile_backend
 from r1_lightning.modules import PolicyModule
+from r1_lightning.stopping import stop_on_signals
 
 
 def wandb_offline_without_key(logger_config) -> bool:
@@ -204,6 +205,7 @@ def _print_stacks_on_usr2() -> None:
         pass
 
 
+@stop_on_signals()  # SIGTERM and SIGINT stop even a step in flight, safely (r1_lightning.stopping)
 def main(args: list[str] | None = None) -> None:
     """The `r1-lightning` command. Bad input (an option or config value the parser rejects, a missing
     model or data file, a corrupt checkpoint) exits with status 2 and one line that names it first."""
