@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,26 +70,36 @@ def run_and_signal(args: list, marker: Path, signum: int, log: Path) -> tuple[in
                 process.wait()
 
 
-@pytest.mark.parametrize("signum, said", [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGINT, "KeyboardInterrupt")],
-                         ids=["SIGTERM", "SIGINT"])
+ASYNC = ["--model.init_args.engine.init_args.own_weights", "true", "--model.init_args.async_rollouts", "true"]
+
+
+@pytest.mark.parametrize("signum, said, mode", [(signal.SIGTERM, "stopped by SIGTERM", []),
+                                                (signal.SIGINT, "KeyboardInterrupt", []),
+                                                (signal.SIGTERM, "stopped by SIGTERM", ASYNC)],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-async"])
 def test_a_signal_stops_a_step_that_would_not_end_and_the_resumed_run_is_exact(
-    tiny_model_dir, toy_task_dir, tmp_path, signum, said
+    tiny_model_dir, toy_task_dir, tmp_path, signum, said, mode
 ):
+    """Step 1 generates for hours (in the async run, on the background thread, the batch of step 2
+    while step 1 trains; the checkpoint after step 1 waits for it). The signal ends the run within
+    seconds, with last.ckpt still the one written after step 0 (the async run's holds step 1's batch)."""
     straight, stopped, marker = tmp_path / "straight", tmp_path / "stopped", tmp_path / "long_step_started"
-    long_from_step_1 = ["--trainer.callbacks+=test_signals.LongGenerationFrom", "--trainer.callbacks.step", 1,
+    long_from_step_1 = [*mode, "--trainer.callbacks+=test_signals.LongGenerationFrom", "--trainer.callbacks.step", 1,
                         "--trainer.callbacks.marker", marker]
     code, seconds = run_and_signal(tiny_grpo_args(tiny_model_dir, toy_task_dir, stopped, max_steps=3,
                                                   extra=long_from_step_1), marker, signum, tmp_path / "log")
     output = (tmp_path / "log").read_text()
+    print(f"stopped {seconds:.1f} s after {signal.Signals(signum).name}")
     assert seconds < STOP_WITHIN_S, output
     assert code == 128 + signum, output
     last = stopped / "ckpt" / "last.ckpt"
-    assert f"{said} at step 1: {last} (step 1) is already as new; not written; resume with --ckpt_path last" in output
+    kept = "the batch being sampled was abandoned" if mode else f"{last} \\(step 1\\) is already as new"
+    assert re.search(f"{said} at step [12]: .*{kept}.*; resume with --ckpt_path last", output), output
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 1  # loads: intact
     assert not list(stopped.glob("ckpt/*.partial"))
 
-    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, stopped, max_steps=3, extra=["--ckpt_path", "last"]))
-    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=3))
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, stopped, max_steps=3, extra=[*mode, "--ckpt_path", "last"]))
+    run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, straight, max_steps=3, extra=mode))
     expected = metric_rows(straight)
     assert {step for step, name in expected if name == "train/loss"} == {0, 1, 2}
     assert metric_rows(stopped) == expected

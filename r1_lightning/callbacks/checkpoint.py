@@ -80,7 +80,12 @@ class HFExportCheckpoint(ModelCheckpoint):
     save at the end of the last finished batch would have written, which Lightning resumes
     exactly (the interrupted batch is trained again from its start, with the same sampling seed).
     A failure after an update inside a batch (a step with several updates) cannot be rolled back;
-    nothing is saved then.
+    nothing is saved then. Nor is anything saved when another callback reports that the state in
+    memory would not resume exactly (`incomplete_state`: async rollouts lost the batch sampled ahead).
+
+    A stop signal (SIGTERM, SIGINT, SLURM's requeue signal: `r1_lightning.stopping`) is such a
+    failure: the generation and grading loops abandon the step in flight (`StopRequested`, before
+    its update), and the warning always ends with how to resume when a `last.ckpt` exists.
     """
 
     def __init__(self, *args, export_hf: bool = True, **kwargs):
