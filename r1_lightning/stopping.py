@@ -4,10 +4,15 @@ Lightning answers SIGTERM by setting a flag that its loops read between training
 step that takes minutes (rollouts of long answers, on a CPU) runs to its end first. Here the signal
 handler only records the request (`request_stop`); the loops that can run long check it at points
 where stopping loses nothing but the step in flight (`raise_if_stop_requested`): the HF engine
-between two decoded tokens, the grader while it waits for a symbolic worker. There they raise
+between two decoded tokens, grading between two answers and while it waits for a symbolic worker,
+on any thread (async rollouts sample on a background thread). vLLM's generation is not checked
+token by token: it finishes the batch in flight, and the grading after it stops. There they raise
 `StopRequested`, which unwinds the step before its update; the checkpoint callback then keeps
 `last.ckpt` at the last complete step (`HFExportCheckpoint.on_exception`) and the process exits
 with 128 + the signal's number, as if the signal had ended it (143 for SIGTERM, 130 for SIGINT).
+
+The `r1-lightning` command installs the handlers (`stop_on_signals`); from Python, run
+`with stop_on_signals(): trainer.fit(...)` for the same behaviour.
 
 `StopRequested` is Lightning's `SIGTERMException`, a `SystemExit`: Lightning handles it as its
 own stop, and no `except Exception` on the way (a reward function's "any error scores 0") can
