@@ -237,7 +237,8 @@ class HFExportCheckpoint(ModelCheckpoint):
 
 
 def _describe(exception: BaseException) -> str:
-    """"KeyboardInterrupt", "SIGTERM" (Lightning's stop between steps, or ours inside one)."""
+    """How the failure warning names `exception`: "stopped by SIGTERM" for Lightning's stop between
+    steps and ours inside one ("stopped by SIGINT", ...), else the exception's class name."""
     if isinstance(exception, StopRequested):
         return str(exception)
     if isinstance(exception, SIGTERMException):

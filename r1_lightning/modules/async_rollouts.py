@@ -172,8 +172,8 @@ class RolloutsAhead:
     def settle(self, timeout_s: float = SETTLE_SECONDS) -> str | None:
         """On a failure: give the generation in flight `timeout_s` to finish (the failure's
         checkpoint may save it), then forget it; its daemon thread ends with the process. Returns
-        why the batch sampled ahead is lost (it failed, or a stop signal abandoned it, or it did not
-        finish in time), or None: the state in memory then cannot be resumed exactly."""
+        why the batch sampled ahead is lost (it failed, a stop signal abandoned it, or it did not
+        finish in time), after which the state in memory would not resume exactly; else None."""
         if self._ahead is None:
             return None
         concurrent.futures.wait([self._ahead], timeout=timeout_s)
