@@ -107,7 +107,7 @@ class RolloutModule(PolicyModule):
         from r1_lightning.rewards import start_grader
 
         start_grader()
-        allow_mid_step_stops(self.trainer.world_size == 1)  # several ranks stop together, between steps
+        allow_mid_step_stops(self.trainer_ranks().world_size == 1)  # several ranks stop together, between steps
 
     def grade(self, batch: dict, completions: list[Completion]) -> tuple[list[dict], dict[str, float]]:
         """Grade each completion against its prompt's ground truth (one record per completion) and
