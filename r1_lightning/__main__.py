@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from r1_lightning.cli import PROG, build_cli, exit_on_user_error, print_stacks_on_usr2
 from r1_lightning.cli_errors import UsageError, did_you_mean
 from r1_lightning.quickstart.run import run_quickstart
+from r1_lightning.stopping import stop_on_signals
 from r1_lightning.sweep import run_sweep
 
 
@@ -50,6 +51,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+@stop_on_signals()  # SIGTERM and SIGINT stop even a step in flight, safely (r1_lightning.stopping)
 def main(args: list[str] | None = None) -> None:
     """Run the subcommand `args[0]` on the rest of `args` (default: the command line). Bad input
     exits with status 2 and one line on stderr (`r1_lightning.cli.exit_on_user_error`)."""

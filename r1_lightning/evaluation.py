@@ -17,16 +17,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from r1_lightning.rollout import Completion
+from r1_lightning.stopping import raise_if_stop_requested
 
 log = logging.getLogger(__name__)
 
 
 def grade_completions(batch: dict, completions: Sequence[Completion], reward_fn: Callable) -> list[dict]:
     """One record per (example, sample): question, response, ground truth, rewards, length, and
-    the example's level/subject when the batch has them. `completions` is prompt-major."""
+    the example's level/subject when the batch has them. `completions` is prompt-major. A stop
+    signal ends it between two answers (`StopRequested`)."""
     n = len(completions) // max(1, len(batch["prompt"]))
     records = []
     for j, completion in enumerate(completions):
+        raise_if_stop_requested()
         i = completion.prompt_index
         rewards = reward_fn(completion.text, batch["ground_truth"][i])
         record = {

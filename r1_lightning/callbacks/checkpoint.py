@@ -14,8 +14,10 @@ from weakref import proxy
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from r1_lightning.distributed import full_state_dict, is_sharded, local_tensor
+from r1_lightning.stopping import StopRequested, stop_on_slurm_requeue
 
 
 class NonFiniteWeightsError(RuntimeError):
@@ -78,7 +80,12 @@ class HFExportCheckpoint(ModelCheckpoint):
     save at the end of the last finished batch would have written, which Lightning resumes
     exactly (the interrupted batch is trained again from its start, with the same sampling seed).
     A failure after an update inside a batch (a step with several updates) cannot be rolled back;
-    nothing is saved then.
+    nothing is saved then. Nor is anything saved when another callback reports that the state in
+    memory would not resume exactly (`incomplete_state`: async rollouts lost the batch sampled ahead).
+
+    A stop signal (SIGTERM, SIGINT, SLURM's requeue signal: `r1_lightning.stopping`) is such a
+    failure: the generation and grading loops abandon the step in flight (`StopRequested`, before
+    its update), and the warning always ends with how to resume when a `last.ckpt` exists.
     """
 
     def __init__(self, *args, export_hf: bool = True, **kwargs):
@@ -88,6 +95,9 @@ class HFExportCheckpoint(ModelCheckpoint):
         # (global step, epoch, fit-loop state) at the end of the last training batch
         self._batch_end_state: tuple[int, int, dict] | None = None
         self._saving_batch_end_state = False
+        # why the state in memory cannot be resumed exactly, set by another callback's on_exception
+        # (which Lightning runs before the checkpoint callbacks), e.g. `SettleRolloutsOnFailure`
+        self.incomplete_state: str | None = None
 
     # ----------------------------------------------------------------------------- saving
     def _atomic_save(self, trainer, filepath: str) -> None:
@@ -145,6 +155,8 @@ class HFExportCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self._training_started = True
+        self.incomplete_state = None
+        stop_on_slurm_requeue(trainer)  # after Lightning installed its requeue handler
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         state = copy.deepcopy(trainer.fit_loop.state_dict())
@@ -180,35 +192,55 @@ class HFExportCheckpoint(ModelCheckpoint):
         filepath = self.last_model_path or self.format_checkpoint_name(
             self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST
         )
-        step = trainer.global_step
-        what = f"{type(exception).__name__} at step {step}"
-        source = self._complete_state(trainer)
-        if source is None:
-            rank_zero_warn(f"{what}: {filepath} not written: it stopped in the middle of a step, after an update")
-            return
+        what = f"{_describe(exception)} at step {trainer.global_step}"
+        kept = self._why_not_saved(trainer, filepath)
+        if kept is None:
+            kept = self._save_last(trainer, filepath)
+        if kept is not None:
+            resume = "; resume with --ckpt_path last" if os.path.exists(filepath) else ""
+            rank_zero_warn(f"{what}: {kept}{resume}")
+
+    def _why_not_saved(self, trainer, filepath: str) -> str | None:
+        """Why a failure must leave `filepath` as it is, or None: the state in memory is complete
+        and newer than the one on disk."""
+        if self._complete_state(trainer) is None:
+            return f"{filepath} not written: it stopped in the middle of a step, after an update"
+        if self.incomplete_state is not None:
+            return f"{filepath} not written: {self.incomplete_state}"
         if os.path.exists(filepath):
             try:
                 on_disk = saved_global_step(filepath)
             except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:
                 # unreadable here is not proof that it is bad: keep it
-                rank_zero_warn(f"{what}: {filepath} not replaced: could not read its step ({error})")
-                return
-            if on_disk >= step:
-                rank_zero_warn(f"{what}: {filepath} (step {on_disk}) is already as new; not written")
-                return
-        elif step == 0:
-            return  # no update yet: nothing to resume
+                return f"{filepath} not replaced: could not read its step ({error})"
+            if on_disk >= trainer.global_step:
+                return f"{filepath} (step {on_disk}) is already as new; not written"
+        elif trainer.global_step == 0:
+            return "no step completed: nothing to resume"
+        return None
+
+    def _save_last(self, trainer, filepath: str) -> str | None:
+        """Write the complete state to `filepath` (`_complete_state`); returns what to warn about."""
         # set before saving, as Lightning does: the path is part of the saved state, and a resumed
         # run then keeps writing last.ckpt instead of a new last-v1.ckpt
         previous, self.last_model_path = self.last_model_path, filepath
-        self._saving_batch_end_state = source == "batch end"
+        self._saving_batch_end_state = self._complete_state(trainer) == "batch end"
         try:
             self._save_checkpoint(trainer, filepath)
         except NonFiniteWeightsError as error:
             self.last_model_path = previous
-            rank_zero_warn(f"{what}: {error}")
-            return
+            return str(error)
         finally:
             self._saving_batch_end_state = False
         exported = f" and {hf_folder_for(filepath).name}/" if self.export_hf else ""
-        rank_zero_warn(f"{what}: saved {filepath}{exported} (step {step}); resume with --ckpt_path last")
+        return f"saved {filepath}{exported} (step {trainer.global_step})"
+
+
+def _describe(exception: BaseException) -> str:
+    """How the failure warning names `exception`: "stopped by SIGTERM" for Lightning's stop between
+    steps and ours inside one ("stopped by SIGINT", ...), else the exception's class name."""
+    if isinstance(exception, StopRequested):
+        return str(exception)
+    if isinstance(exception, SIGTERMException):
+        return "stopped by SIGTERM"
+    return type(exception).__name__

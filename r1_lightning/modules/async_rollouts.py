@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
+from r1_lightning.callbacks.checkpoint import HFExportCheckpoint
 from r1_lightning.rollout import Completion
 
 # How long a failure waits for the generation in flight before leaving it to its daemon thread: long
@@ -87,8 +87,8 @@ def _run_in_background(sample: Callable[[], SampledBatch]) -> concurrent.futures
     def run() -> None:
         try:
             future.set_result(sample())
-        except Exception as error:  # noqa: BLE001 - raised again where the result is taken
-            future.set_exception(error)
+        except BaseException as error:  # noqa: BLE001 - raised again where the result is taken (also
+            future.set_exception(error)  # StopRequested, a SystemExit: a waiter must never wait forever)
 
     threading.Thread(target=run, name="r1-lightning-rollout", daemon=True).start()
     return future
@@ -153,8 +153,9 @@ class RolloutsAhead:
 
     def _take(self, step: int, batch: dict) -> SampledBatch | None:
         self.wait()
-        ahead, self._ahead = self._ahead, None
-        sampled = ahead.result() if ahead is not None else None  # a failed sampling raises here
+        # a failed sampling raises here, and stays in `_ahead` for `settle` to see the batch lost
+        sampled = self._ahead.result() if self._ahead is not None else None
+        self._ahead = None
         if sampled is None or sampled.global_step != step or sampled.batch != batch:
             return None
         return sampled
@@ -168,15 +169,22 @@ class RolloutsAhead:
             concurrent.futures.wait([self._ahead])
             self._waited_seconds += time.perf_counter() - start
 
-    def settle(self, timeout_s: float = SETTLE_SECONDS) -> None:
+    def settle(self, timeout_s: float = SETTLE_SECONDS) -> str | None:
         """On a failure: give the generation in flight `timeout_s` to finish (the failure's
-        checkpoint may save it), then forget it; its daemon thread ends with the process."""
-        if self._ahead is not None and not self._ahead.done():
-            concurrent.futures.wait([self._ahead], timeout=timeout_s)
-            if not self._ahead.done():
-                rank_zero_warn(f"async rollouts: the batch being sampled did not finish within {timeout_s:.0f} s "
-                               "of the failure; it is not saved (a resumed run samples it again)")
-                self._ahead = None
+        checkpoint may save it), then forget it; its daemon thread ends with the process. Returns
+        why the batch sampled ahead is lost (it failed, a stop signal abandoned it, or it did not
+        finish in time), after which the state in memory would not resume exactly; else None."""
+        if self._ahead is None:
+            return None
+        concurrent.futures.wait([self._ahead], timeout=timeout_s)
+        if not self._ahead.done():
+            self._ahead = None
+            return f"the batch being sampled did not finish within {timeout_s:.0f} s"
+        error = self._ahead.exception()
+        if error is not None:
+            self._ahead = None
+            return f"the batch being sampled was abandoned ({type(error).__name__}: {error})"
+        return None
 
     def clear(self) -> None:
         """At the end of fitting: wait for the engine, drop the batches (none is trained any more)."""
@@ -190,9 +198,9 @@ class RolloutsAhead:
         if self.current is not None and self.current.global_step == global_step:
             return self.current.state_dict()
         self.wait()
-        if self._ahead is None or not self._ahead.done() or self._ahead.exception() is not None:
+        if self._ahead is None or not self._ahead.done():
             return None
-        sampled = self._ahead.result()
+        sampled = self._ahead.result()  # a failed (or stopped) sampling fails the save: it would not resume exactly
         return sampled.state_dict() if sampled.global_step == global_step else None
 
     def load(self, state: dict | None) -> None:
@@ -203,8 +211,15 @@ class RolloutsAhead:
 
 class SettleRolloutsOnFailure(L.Callback):
     """Lets the batch being sampled finish, or forgets it, when fitting fails (`RolloutsAhead.settle`),
-    before the checkpoint callbacks (which Lightning runs last) save the state."""
+    before the checkpoint callbacks (which Lightning runs last) save the state. A lost batch makes
+    the state in memory one that a resumed run would not continue exactly (it would sample that
+    batch again, with newer weights): the checkpoint callbacks then keep the `last.ckpt` on disk."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if pl_module.rollouts_ahead is not None:
-            pl_module.rollouts_ahead.settle()
+        if pl_module.rollouts_ahead is None:
+            return
+        lost = pl_module.rollouts_ahead.settle()
+        if lost is not None:
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, HFExportCheckpoint):
+                    callback.incomplete_state = lost

@@ -17,6 +17,7 @@ from r1_lightning.modules.async_rollouts import RolloutsAhead, SettleRolloutsOnF
 from r1_lightning.modules.base import PolicyModule
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, WeightSyncError
 from r1_lightning.rollout.base import TrainerRanks
+from r1_lightning.stopping import allow_mid_step_stops
 
 RANK_SEED_STRIDE = 1_000_000_007  # far beyond any step count, so no two (rank, step) share a seed
 
@@ -106,6 +107,7 @@ class RolloutModule(PolicyModule):
         from r1_lightning.rewards import start_grader
 
         start_grader()
+        allow_mid_step_stops(self.trainer_ranks().world_size == 1)  # several ranks stop together, between steps
 
     def grade(self, batch: dict, completions: list[Completion]) -> tuple[list[dict], dict[str, float]]:
         """Grade each completion against its prompt's ground truth (one record per completion) and

@@ -14,6 +14,8 @@
 - Counted: `grader_stats()` reports comparisons, timeouts, pairs refused because they timed out
   before, and worker failures; `grader_timeouts()` is the number of comparisons scored 0 without a
   verdict (the sum of the last three), monotonically increasing, for logging.
+- Stoppable: a caller waiting for a worker or a verdict raises `StopRequested` within
+  `POLL_SECONDS` of a stop signal (`r1_lightning.stopping`); the worker it was using is replaced.
 - An (answer, ground truth) pair whose comparison used its whole CPU budget is remembered (the last
   `QUARANTINE_SIZE`) and scored 0 at once when it comes again: it would take the same time and a
   worker again. The same answer against another ground truth is compared afresh: what overran may
@@ -35,6 +37,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from r1_lightning.stopping import POLL_SECONDS, StopRequested, raise_if_stop_requested
 
 NUM_WORKERS = 2  # started by start_grader(); more are forked while callers wait, up to MAX_WORKERS
 MAX_WORKERS = 16
@@ -89,6 +93,7 @@ def _cpu_seconds(pid: int) -> float | None:
 # What a comparison ends in, besides True/False: it overran its CPU budget, it ran out of wall
 # time while starved of CPU (not its own fault, so not quarantined), or the worker failed.
 TIMEOUT, STARVED, FAILED = (object() for _ in range(3))
+STOPPED = object()  # abandoned for a stop signal: not a comparison, counted nowhere
 
 
 class ForkServer:
@@ -122,8 +127,10 @@ class ForkServer:
 
     def close(self) -> None:
         self._control.close()  # the server exits on end of file; its idle workers on theirs
+        # A server still warming up (seconds on a busy machine) reads the end of file only once
+        # warm; it holds nothing worth waiting for, so a process that ends (a stop signal) ends now.
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
@@ -187,8 +194,11 @@ class SymbolicWorker:
         """The next line, TIMEOUT if none arrives before `deadline`, None if the worker exited."""
         while b"\n" not in self._unread:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._connection], [], [], remaining)[0]:
+            if remaining <= 0:
                 return TIMEOUT
+            if not select.select([self._connection], [], [], min(remaining, POLL_SECONDS))[0]:
+                raise_if_stop_requested()
+                continue
             try:
                 chunk = self._connection.recv(65536)
             except OSError:
@@ -253,11 +263,15 @@ class WorkerPool:
         result = FAILED
         try:
             result = worker.compare(given, ground_truth, timeout_s)
+        except StopRequested:
+            result = STOPPED  # the worker may be busy with the request: replaced below
+            raise
         finally:
             if not isinstance(result, bool):
                 worker = self._replace(worker, pair if result is TIMEOUT else None)
-            _count(symbolic_calls=1, timeouts=result is TIMEOUT or result is STARVED,
-                   worker_failures=result is FAILED)
+            if result is not STOPPED:
+                _count(symbolic_calls=1, timeouts=result is TIMEOUT or result is STARVED,
+                       worker_failures=result is FAILED)
             with self._condition:
                 self._idle.append(worker)
                 self._condition.notify_all()
@@ -269,14 +283,20 @@ class WorkerPool:
         ticket = object()
         with self._condition:
             self._waiting.append(ticket)
-            while True:
-                if self._waiting[0] is ticket:
-                    if not self._idle and len(self._workers) < self._max_size:
-                        self._workers.append(self._fork())
-                        self._idle.append(self._workers[-1])
-                    if self._idle:
-                        break
-                self._condition.wait()
+            try:
+                while True:
+                    if self._waiting[0] is ticket:
+                        if not self._idle and len(self._workers) < self._max_size:
+                            self._workers.append(self._fork())
+                            self._idle.append(self._workers[-1])
+                        if self._idle:
+                            break
+                    self._condition.wait(POLL_SECONDS)
+                    raise_if_stop_requested()
+            except StopRequested:
+                self._waiting.remove(ticket)
+                self._condition.notify_all()  # the next in line may be first now
+                raise
             self._waiting.popleft()
             self._condition.notify_all()  # the next in line may take another idle worker
             worker = self._idle.pop()

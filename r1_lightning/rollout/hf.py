@@ -30,6 +30,7 @@ from transformers.generation import (
 )
 
 from r1_lightning.rollout.base import Completion, SamplingConfig, TrainerRanks
+from r1_lightning.stopping import raise_if_stop_requested
 
 
 class HFEngine:
@@ -128,6 +129,7 @@ class HFEngine:
         if sampling.min_tokens > 0:
             processors.append(_SuppressTokensBeforeLength(eos_ids, prompt_width, sampling.min_tokens))
         stop_criterion = None
+        stopping = [_RaiseIfStopRequested()]
         if sampling.stop:
             stop_criterion = _StopStringsAfterMinTokens(
                 self._stop_string_criteria(tuple(sampling.stop)),
@@ -142,7 +144,7 @@ class HFEngine:
             attention_mask=attention_mask,
             generation_config=_generation_config(sampling, rows_per_prompt, eos_ids, pad_id),
             logits_processor=LogitsProcessorList(processors),
-            stopping_criteria=StoppingCriteriaList([stop_criterion] if stop_criterion else []),
+            stopping_criteria=StoppingCriteriaList(stopping + ([stop_criterion] if stop_criterion else [])),
         )
         generated = sequences[:, prompt_width:]
         stop_string_end = stop_criterion.finished_at.tolist() if stop_criterion else None
@@ -308,6 +310,15 @@ class _StopStringsAfterMinTokens(StoppingCriteria):
         # torch.where, not a masked assignment: no GPU->CPU sync inside the decoding loop
         self.finished_at = torch.where(newly_done, num_generated - 1, self.finished_at)
         return done
+
+
+class _RaiseIfStopRequested(StoppingCriteria):
+    """Raises `StopRequested` between two decoding steps once a stop signal arrived (`r1_lightning.stopping`):
+    a long generation is abandoned within one token instead of finishing first."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        raise_if_stop_requested()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 # -- post-processing ----------------------------------------------------------------------------------
