@@ -27,6 +27,7 @@ from ablation_helpers import (
     reference_grpo_step,
     rollout_texts,
 )
+from grpo_options import grpo_options
 from lightning.pytorch.loggers import CSVLogger
 
 from r1_lightning.cli import main
@@ -44,7 +45,7 @@ def fit_fixed_rollouts(model_dir, task_dir, out_dir, max_steps, engine=None, **m
               "reward_fn": "ablation_helpers.leading_digit_reward", "learning_rate": 1e-2, "seed": 0}
     kwargs.update(module_kwargs)
     engine = engine or FixedEngine()
-    module = GRPOModule(model_dir, engine=engine, **kwargs)
+    module = GRPOModule(model_dir, **grpo_options(engine=engine, **kwargs))
     data = PromptDataModule(str(task_dir / "train.jsonl"), batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"],
                             seed=kwargs["seed"])
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=CSVLogger(out_dir, name="logs"),
@@ -158,8 +159,8 @@ def tiny_overrides(model_dir, task_dir) -> list[str]:
     args = [
         "--model.init_args.model_name_or_path", model_dir,
         "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
-        "--model.init_args.rollout_batch_size", 8, "--model.init_args.group_size", 4,
-        "--model.init_args.train_batch_size", 8, "--model.init_args.gradient_accumulation_steps", 2,
+        "--model.init_args.batching.rollout_batch_size", 8, "--model.init_args.batching.group_size", 4,
+        "--model.init_args.batching.train_batch_size", 8, "--model.init_args.batching.gradient_accumulation_steps", 2,
         "--model.init_args.sampling_max_tokens", 12, "--model.init_args.eval_max_tokens", 12,
         "--model.init_args.gradient_checkpointing", "false",
         "--model.init_args.compile", "false",  # the config's inductor: a C++ compile per run on the CPU
@@ -234,11 +235,11 @@ def check_prompt(rows, generations):
 OVERLAY_RUNS = {  # overlay -> (extra CLI arguments, check of its logged metrics and generations)
     "learning_rate": ([], check_learning_rate),
     "baselines": (["--model.init_args.reward_fn", "ablation_helpers.constant_reward"], check_baselines),
-    "length_normalization": (["--model.init_args.gradient_accumulation_steps", "1",
-                              "--model.init_args.loss_normalize_constant", "100"], check_length_normalization),
+    "length_normalization": (["--model.init_args.batching.gradient_accumulation_steps", "1",
+                              "--model.init_args.loss.loss_normalize_constant", "100"], check_length_normalization),
     "std_normalization": ([], check_std_normalization),
-    "off_policy": (["--model.init_args.train_batch_size", "4", "--trainer.max_steps", "8"], check_off_policy),
-    "clipping": (["--model.init_args.train_batch_size", "4", "--trainer.max_steps", "8"], check_clipping),
+    "off_policy": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_off_policy),
+    "clipping": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_clipping),
     "prompt": (["--model.init_args.engine", "ablation_helpers.AdditionEngine"], check_prompt),
 }
 

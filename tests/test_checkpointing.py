@@ -134,7 +134,7 @@ def test_a_failure_after_an_update_inside_a_step_writes_nothing(tiny_model_dir, 
                                                                  sigint_restored):
     """Two updates per step: Ctrl-C after the first update of the second step has no complete
     state to save (the weights are neither step 2's nor step 3's)."""
-    extra = ["--model.init_args.train_batch_size", 4, "--trainer.callbacks.every_n_train_steps", 100,
+    extra = ["--model.init_args.batching.train_batch_size", 4, "--trainer.callbacks.every_n_train_steps", 100,
              "--trainer.callbacks+=test_checkpointing.InterruptAt", "--trainer.callbacks.step", 3]
     with pytest.warns(UserWarning, match="not written: it stopped in the middle of a step"), pytest.raises(SystemExit):
         run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=6, extra=extra))

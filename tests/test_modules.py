@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from ablation_helpers import record_update_gradients
+from grpo_options import grpo_options
 
 from r1_lightning.callbacks import HFExportCheckpoint, MathEvalCallback
 from r1_lightning.data import PromptDataModule
@@ -68,7 +69,7 @@ def fit_grpo(model_dir, task_dir, tmp_path, steps=1, callbacks=(), engine=None, 
     kwargs = {"rollout_batch_size": 8, "group_size": 4, "train_batch_size": 8, "gradient_accumulation_steps": 1,
               "reward_fn": "toy_rewards.digit_fraction_reward", "learning_rate": 1e-2, "seed": 0}
     kwargs.update(module_kwargs)
-    module = GRPOModule(model_dir, engine=engine or FixedEngine(), **kwargs)
+    module = GRPOModule(model_dir, **grpo_options(engine=engine or FixedEngine(), **kwargs))
     data = PromptDataModule(str(task_dir / "train.jsonl"), val_path=str(task_dir / "val.jsonl"), max_val_examples=4,
                             batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"])
     tiny_trainer(tmp_path, steps, callbacks).fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -317,7 +318,7 @@ def test_grpo_and_expert_iteration_share_the_sampling_settings(tiny_model_dir):
 
     settings = {"sampling_temperature": 0.7, "sampling_top_p": 0.9, "sampling_min_tokens": 2, "sampling_max_tokens": 30,
                 "eval_temperature": 0.5, "eval_max_tokens": 20, "stop": ["</a>"], "seed": 5}
-    for module in (GRPOModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings),
+    for module in (GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), group_size=4, **settings)),
                    ExpertIterationModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings)):
         step = module.step_sampling()
         assert (step.n, step.temperature, step.top_p, step.min_tokens, step.max_tokens, step.stop, step.seed) == (
@@ -330,7 +331,7 @@ def test_grpo_and_expert_iteration_share_the_sampling_settings(tiny_model_dir):
 
 def test_engine_logprob_options_are_checked(tiny_model_dir):
     with pytest.raises(ValueError, match="tis_cap needs the engine's log-probs"):
-        GRPOModule(tiny_model_dir, engine=FixedEngine(), tis_cap=2.0, engine_logprobs=False)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), tis_cap=2.0, engine_logprobs=False))
     with pytest.raises(ValueError, match="engine_logprob_check_prompts"):
         GRPOModule(tiny_model_dir, engine=FixedEngine(), engine_logprob_check_prompts=-1)
     shared = GRPOModule(tiny_model_dir, engine=FixedEngine(shares_policy_weights=True))
@@ -471,8 +472,8 @@ def test_each_step_logs_its_grader_timeouts_and_setup_starts_the_grader(tiny_mod
         def on_train_batch_end(self, trainer, *args):
             logged.append(float(trainer.callback_metrics["train/grader_timeouts"]))
 
-    module = GRPOModule(tiny_model_dir, engine=FixedEngine(), rollout_batch_size=8, group_size=4, train_batch_size=8,
-                        gradient_accumulation_steps=1, reward_fn="toy_rewards.digit_fraction_reward")
+    module = GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), rollout_batch_size=8, group_size=4, train_batch_size=8,
+                        gradient_accumulation_steps=1, reward_fn="toy_rewards.digit_fraction_reward"))
     module.reward_fn = timing_out_reward
     data = PromptDataModule(str(toy_task_dir / "train.jsonl"), batch_size=2)
     L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
