@@ -1,4 +1,4 @@
-"""One-step-off asynchronous rollouts (`GRPOModule(async_rollouts=True)`) with the HF engine on a
+"""One-step-off asynchronous rollouts (`GRPOModule(async_rollouts=AsyncRolloutConfig(enabled=True))`) with the HF engine on a
 background thread: with no lag they are the synchronous run exactly; with lag 1 each batch comes
 from the weights one update old, in the synchronous data order; Ctrl-C or a periodic checkpoint
 then resume equals the uninterrupted asynchronous run bit for bit."""
@@ -19,6 +19,8 @@ from test_cli import run_cli, tiny_grpo_args
 
 from r1_lightning.data import PromptDataModule, ResumableDataLoader
 from r1_lightning.modules import GRPOModule
+from r1_lightning.modules.async_rollouts import RolloutsAhead, SampledBatch
+from r1_lightning.modules.grpo_config import AsyncRolloutConfig
 from r1_lightning.rollout import HFEngine, VLLMEngine
 
 
@@ -174,13 +176,13 @@ def test_async_options_are_checked(tiny_model_dir):
                       engine_logprobs=False)).loss_config.tis_cap is None
     assert GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True,
                       tis_cap=5.0)).loss_config.tis_cap == 5.0
-    with pytest.raises(ValueError, match=r"async_warmup_steps \(3\) must be >= 0, and needs async_rollouts true"):
+    with pytest.raises(ValueError, match=r"async_rollouts: warmup_steps \(3\) must be >= 0, and needs enabled true"):
         GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_warmup_steps=3))
-    with pytest.raises(ValueError, match=r"async_warmup_steps \(-1\)"):
+    with pytest.raises(ValueError, match=r"warmup_steps \(-1\)"):
         GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, async_warmup_steps=-1))
     sequence = GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="sequence"))
     assert (sequence.loss_config.tis_cap, sequence.loss_config.tis_level) == (2.0, "sequence")
-    with pytest.raises(ValueError, match="GRPOModule: unknown tis_level 'tokens'"):
+    with pytest.raises(ValueError, match="unknown tis_level 'tokens'"):
         GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="tokens"))
 
 
@@ -215,3 +217,27 @@ def test_a_loader_that_cannot_peek_is_refused_not_run_synchronously(tiny_model_d
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(TypeError, match=r"train loader \(DataLoader\) cannot show its next batch: it needs `peek\(\)`"):
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+
+
+def test_with_several_updates_per_step_the_batch_sampled_ahead_is_the_next_grpo_steps():
+    """Two updates per GRPO step: the step at global step 0 samples ahead the batch of the step at
+    global step 2 (with that step's seed), not of update 1, and that step then trains on it. The
+    component sees the module only through the sampler, weight-sync and next-batch functions."""
+    sampled, peeked = [], []
+
+    def sampler(batch, global_step):
+        sampled.append((batch["id"], global_step))
+        return lambda: SampledBatch(batch, global_step, 0, [], [], torch.zeros(0), {})
+
+    def next_batch(global_step):
+        peeked.append(global_step)
+        return {"id": global_step // 2}  # GRPO step k's batch
+
+    ahead = RolloutsAhead(AsyncRolloutConfig(enabled=True), updates_per_rollout=2, sampler=sampler,
+                          sync_weights=lambda: None, next_batch=next_batch)
+    first = ahead.batch_for_step({"id": 0}, global_step=0)
+    ahead.wait()
+    assert first.global_step == 0 and peeked == [2] and sampled == [(0, 0), (1, 2)]
+    second = ahead.batch_for_step({"id": 1}, global_step=2)  # the one sampled ahead, not sampled again
+    assert (second.batch, second.global_step) == ({"id": 1}, 2) and sampled[:3] == [(0, 0), (1, 2), (2, 4)]
+    ahead.clear()

@@ -10,23 +10,24 @@ Lightning's global step (and so `trainer.max_steps`) counts optimizer updates, a
 step makes `epochs_per_rollout_batch * rollout_batch_size / train_batch_size` of them (1 with the
 CS336 defaults).
 
-How one GRPO step flows (the files to read, in order):
+How one GRPO step flows (12 files, in the order a step reaches them):
 
-     1. data/datamodules.py      `PromptDataModule` hands the step its questions (batch size: the
-                                 module's questions per step, set in `GRPOModule.setup`)
-     2. callbacks/weight_sync.py `RolloutWeightSync` pushes the policy's weights into the engine
-     3. modules/grpo.py          `training_step` -> `sampler` -> `_sample_groups` (this file)
-     4. rollout/hf.py            the engine samples `group_size` answers per question (or vLLM's)
-     5. rewards/reward_fns.py    `RolloutModule.grade` scores each answer (modules/rollout.py)
-     6. modules/grpo_batches.py  groups, DAPO's choice, rollout metrics, `pack_microbatches` ->
-                                 typed `Microbatch`es with their `loss_divisor`
-     7. functional/advantages.py `group_normalized_advantages`
-     8. functional/logprobs.py   `get_response_log_probs` of the policy on each microbatch
-     9. functional/policy_loss.py `grpo_microbatch_loss`: per-token loss -> aggregation -> / loss_divisor
-    10. modules/base.py          `backward_microbatch`, `optimizer_update` (clip, step, skip non-finite)
-    11. modules/grpo_config.py   the option groups the above read (`BatchConfig`, `DAPOConfig`, ...)
-    With `async_rollouts.enabled`, modules/async_rollouts.py samples the next step's batch while
-    this one trains.
+     1. data/datamodules.py       `PromptDataModule` hands the step its questions (its batch size is
+                                  this module's questions per step, set in `setup`)
+     2. callbacks/weight_sync.py  `RolloutWeightSync` has the engine load the policy's weights
+     3. modules/grpo.py           `training_step` -> `sampler` -> `_sample_groups` (this file)
+     4. rollout/hf.py             the engine samples `group_size` answers per question (or vLLM's)
+     5. modules/rollout.py        `RolloutModule.grade`, via
+     6. evaluation.py             `grade_completions`, calls the reward function of
+     7. rewards/reward_fns.py     (`r1_zero_reward_fn`, ...)
+     8. modules/grpo_batches.py   groups, DAPO's choice, rollout metrics, `pack_microbatches` ->
+                                  typed `Microbatch`es, each with its `loss_divisor`
+     9. functional/advantages.py  `group_normalized_advantages` (called before the packing)
+    10. functional/logprobs.py    `get_response_log_probs` of the policy on each microbatch
+    11. functional/policy_loss.py `grpo_microbatch_loss`: per-token loss -> aggregation -> / loss_divisor
+    12. modules/base.py           `backward_microbatch`, `optimizer_update` (clip, step; skip a non-finite one)
+    The options those read are the groups of modules/grpo_config.py; with `async_rollouts.enabled`,
+    modules/async_rollouts.py samples the next step's batch while this one trains.
 
 Under DDP the batch sizes are per rank: each rank samples whole groups for its own prompts, and an
 update equals one process's update on the ranks' batches together (see `grpo_batches.token_mean_divisors`).
