@@ -330,7 +330,7 @@ def test_comparison_plot_puts_runs_side_by_side_against_the_grpo_step(tmp_path):
     on_policy = write_run(tmp_path / "on", train + [{"step": 0, "val/answer_accuracy": 0.2},
                                                    {"step": 3, "val/answer_accuracy": 0.4}])
     # 8 updates per GRPO step: its evaluation after 3 GRPO steps is logged at optimizer step 24
-    off_hparams = "epochs_per_rollout_batch: 4\nrollout_batch_size: 256\ntrain_batch_size: 128\n"
+    off_hparams = "batching:\n  epochs_per_rollout_batch: 4\n  rollout_batch_size: 256\n  train_batch_size: 128\n"
     off_policy = write_run(tmp_path / "off", train + [{"step": 0, "val/answer_accuracy": 0.2},
                                                      {"step": 24, "val/answer_accuracy": 0.5}], hparams=off_hparams)
     write_run(off_policy, [{"step": 2, "train/reward_mean": 0.9}], version=1, hparams=off_hparams)  # a resumed launch

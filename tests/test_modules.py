@@ -70,10 +70,25 @@ def fit_grpo(model_dir, task_dir, tmp_path, steps=1, callbacks=(), engine=None, 
               "reward_fn": "toy_rewards.digit_fraction_reward", "learning_rate": 1e-2, "seed": 0}
     kwargs.update(module_kwargs)
     module = GRPOModule(model_dir, **grpo_options(engine=engine or FixedEngine(), **kwargs))
-    data = PromptDataModule(str(task_dir / "train.jsonl"), val_path=str(task_dir / "val.jsonl"), max_val_examples=4,
-                            batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"])
+    # no batch_size: GRPOModule sets it to its questions per step
+    data = PromptDataModule(str(task_dir / "train.jsonl"), val_path=str(task_dir / "val.jsonl"), max_val_examples=4)
     tiny_trainer(tmp_path, steps, callbacks).fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module
+
+
+def test_the_data_batch_size_is_the_modules_questions_per_step(tiny_model_dir, toy_task_dir, tmp_path):
+    """8 rollouts in groups of 4 are 2 questions a step (x 3 rounds of dynamic sampling: 6): the data
+    module left without a batch size gets it from the module; one set to another value is refused."""
+    module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path)
+    assert module.trainer.datamodule.batch_size == 2
+    module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, dynamic_sampling=True)
+    assert module.trainer.datamodule.batch_size == 6
+    module = GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), rollout_batch_size=8, group_size=4,
+                                                       train_batch_size=8, gradient_accumulation_steps=1))
+    data = PromptDataModule(str(toy_task_dir / "train.jsonl"), batch_size=3)
+    message = r"data.init_args.batch_size \(3\) must equal model.init_args.batching.rollout_batch_size / group_size = 2"
+    with pytest.raises(ValueError, match=message):
+        tiny_trainer(tmp_path).fit(module, datamodule=data)
 
 
 def params(module) -> dict[str, torch.Tensor]:
@@ -106,9 +121,9 @@ def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_
 
     def recording_pack(self, *args):
         microbatches = original_pack(self, *args)
-        sizes.append([len(mb["input_ids"]) for mb in microbatches])
+        sizes.append([len(mb.input_ids) for mb in microbatches])
         # a row ends with its response: its packed length is one past the last response position
-        row_lengths.append(sorted(int(row.nonzero().max()) + 1 for mb in microbatches for row in mb["response_mask"]))
+        row_lengths.append(sorted(int(row.nonzero().max()) + 1 for mb in microbatches for row in mb.response_mask))
         return microbatches
 
     monkeypatch.setattr(GRPOModule, "_pack_microbatches", recording_pack)
@@ -245,8 +260,8 @@ def test_sdpa_backends_hold_in_forward_and_in_the_checkpoint_recomputes(tiny_mod
 
 def test_old_log_probs_only_when_the_policy_moves_between_updates(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
     calls = []
-    original = GRPOModule._add_frozen_log_probs
-    monkeypatch.setattr(GRPOModule, "_add_frozen_log_probs", lambda self, mbs: (calls.append(len(mbs)), original(self, mbs)))
+    original = GRPOModule._with_frozen_log_probs
+    monkeypatch.setattr(GRPOModule, "_with_frozen_log_probs", lambda self, mbs: (calls.append(len(mbs)), original(self, mbs))[1])
     fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_type="grpo_clip")  # 1 update per rollout batch
     assert calls == []
     module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_type="grpo_clip", epochs_per_rollout_batch=2, steps=2)

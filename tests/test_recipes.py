@@ -113,9 +113,9 @@ def test_trl_script_runs_its_help_and_dry_run_without_trl():
     grpo = yaml.safe_load(GRPO.read_text())["model"]["init_args"]
     sft = yaml.safe_load(SFT.read_text())
     assert settings["grpo"]["max_completion_length"] == grpo["sampling_max_tokens"] == 384
-    assert settings["grpo"]["num_generations"] == grpo["group_size"]
+    assert settings["grpo"]["num_generations"] == grpo["batching"]["group_size"]
     g = settings["grpo"]
-    assert g["per_device_train_batch_size"] * g["gradient_accumulation_steps"] == grpo["rollout_batch_size"]
+    assert g["per_device_train_batch_size"] * g["gradient_accumulation_steps"] == grpo["batching"]["rollout_batch_size"]
     assert g["reward_fn"] == grpo["reward_fn"] and g["learning_rate"] == grpo["learning_rate"]
     s = settings["sft"]
     assert s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] == sft["data"]["init_args"]["batch_size"]
@@ -180,5 +180,5 @@ def test_gpu_runner_mfu_runs_parse_as_policy_update_arguments():
         assert (a.variant, a.r1_microbatch_max_tokens, a.logprob_chunk_size) == (
             "r1-packed", grpo["microbatch_max_tokens"], grpo["logprob_chunk_size"])
         assert (a.r1_loss_type, a.r1_loss_agg, a.gradient_checkpointing) == (
-            grpo["loss_type"], grpo["loss_agg"], grpo["gradient_checkpointing"])
+            grpo["loss"]["loss_type"], grpo["loss"]["loss_agg"], grpo["gradient_checkpointing"])
         assert a.r1_sdpa_backends == grpo["sdpa_backends"]

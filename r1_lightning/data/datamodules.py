@@ -30,6 +30,9 @@ from r1_lightning.seeding import seed_or_global
 
 Example = TypeVar("Example", PromptExample, SFTExample)
 
+# Prompts per validation batch when neither val_batch_size nor batch_size is set.
+DEFAULT_VAL_BATCH_SIZE = 32
+
 
 def _existing_file(path: str | os.PathLike[str] | None, option: str) -> Path | None:
     """Check a path option early (at construction) so a config typo names the option."""
@@ -154,9 +157,8 @@ class _ExampleDataModule(L.LightningDataModule, Generic[Example]):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_path is None:
             return []  # Lightning skips validation for an empty list of loaders
-        batch_size = self.val_batch_size or self.batch_size  # batch_size may have been set since __init__
-        if batch_size is None:
-            raise ValueError(f"{type(self).__name__}: set data.init_args.val_batch_size (or batch_size)")
+        # batch_size may have been set since __init__ (by GRPOModule)
+        batch_size = self.val_batch_size or self.batch_size or DEFAULT_VAL_BATCH_SIZE
         return DataLoader(self.val_examples(), batch_size=batch_size, shuffle=False, collate_fn=self._collate)
 
 
@@ -237,7 +239,8 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
         dataset: `"auto"` (tell by the fields), `"math"` or `"gsm8k"`.
         template: a built-in template name (`r1_zero`, `question_only`) or a `.prompt` file path.
         batch_size: prompts per train batch; None (the default): the module's, which GRPOModule sets
-            to its questions per step. val_batch_size: prompts per val batch (default batch_size).
+            to its questions per step. val_batch_size: prompts per val batch (default batch_size, or
+            `DEFAULT_VAL_BATCH_SIZE` without one, as for zero-shot evaluation).
         max_examples, max_val_examples: keep only the first N examples of each file.
         seed: seed of the per-epoch shuffle (None: `seed_everything`'s). shuffle: shuffle the training
             set each epoch.

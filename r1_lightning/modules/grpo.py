@@ -75,7 +75,7 @@ from r1_lightning.modules.grpo_batches import (
     token_mean_divisors,
     train_batch_token_counts,
 )
-from r1_lightning.modules.grpo_config import AsyncRolloutConfig, BatchConfig, DAPOConfig
+from r1_lightning.modules.grpo_config import AsyncRolloutConfig, BatchConfig, DAPOConfig, as_config
 from r1_lightning.modules.rollout import RolloutModule
 from r1_lightning.rollout import Completion, SamplingConfig
 
@@ -115,6 +115,7 @@ class GRPOModule(RolloutModule):
         dapo: `DAPOConfig`: overlong_filter, overlong_penalty, overlong_buffer, dynamic_sampling,
             dynamic_sampling_max_rounds.
         async_rollouts: `AsyncRolloutConfig`: enabled, rollout_lag, warmup_steps.
+    Each group may also be given as a mapping of its fields (as `hparams` holds it).
     The prompt template is the data module's (`data.init_args.template`: r1_zero | question_only).
     """
 
@@ -132,6 +133,8 @@ class GRPOModule(RolloutModule):
         **kwargs,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
+        batching, loss, dapo, async_rollouts = (as_config(BatchConfig, batching), as_config(PolicyLossConfig, loss),
+                                                as_config(DAPOConfig, dapo), as_config(AsyncRolloutConfig, async_rollouts))
         self.batching, self.dapo = batching, dapo
         self.set_group_size(batching.group_size)
         self.updates_per_rollout = batching.updates_per_rollout
@@ -148,6 +151,9 @@ class GRPOModule(RolloutModule):
         self.rollouts_ahead = self._rollouts_ahead(async_rollouts) if async_rollouts.enabled else None
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
+        # hparams (a checkpoint's, the loggers' hparams.yaml) hold each group as a config writes it, a
+        # plain mapping: `save_hyperparameters` reads this frame's arguments as they are when called
+        batching, loss, dapo, async_rollouts = map(dataclasses.asdict, (batching, loss, dapo, async_rollouts))
         self.save_hyperparameters(ignore=["engine"])
 
     def _filled_loss_config(self, loss: PolicyLossConfig, asynchronous: bool) -> PolicyLossConfig:

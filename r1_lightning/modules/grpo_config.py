@@ -13,6 +13,9 @@ dataclass), the loss's being `functional.PolicyLossConfig`:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
+
+Config = TypeVar("Config")
 
 
 @dataclass(frozen=True)
@@ -133,3 +136,9 @@ class AsyncRolloutConfig:
             raise ValueError(f"async_rollouts: rollout_lag must be 0 or 1, got {self.rollout_lag}")
         if self.warmup_steps < 0 or (self.warmup_steps and not self.enabled):
             raise ValueError(f"async_rollouts: warmup_steps ({self.warmup_steps}) must be >= 0, and needs enabled true")
+
+
+
+def as_config(config_class: type[Config], value: Config | dict) -> Config:
+    """`value`, or the `config_class` built from a mapping of its fields (a checkpoint's hparams)."""
+    return config_class(**value) if isinstance(value, dict) else value
