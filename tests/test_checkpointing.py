@@ -197,11 +197,11 @@ def test_too_many_non_finite_updates_in_a_row_stop_the_run(tiny_model_dir):
 
 
 def test_a_finite_update_resets_the_count_of_skipped_updates_in_a_row(tiny_model_dir):
-    """Skips at steps 0, 1, 3 and 4 are two runs of two, split by the finite update at step 2: a
+    """Skips at steps 1, 2, 4 and 5 are two runs of two, split by the finite update at step 3: a
     limit of 3 in a row never trips, though 4 updates were skipped."""
-    module = fit_scripted(tiny_model_dir, max_steps=6, nan_grad_at={0, 1, 3, 4}, max_consecutive_skipped_updates=3)
-    assert [s["train/skipped_updates"] for s in module.steps] == [1, 2, 2, 3, 4, 4]
-    assert module.consecutive_skipped_updates == 0  # step 5 was finite
+    module = fit_scripted(tiny_model_dir, max_steps=7, nan_grad_at={1, 2, 4, 5}, max_consecutive_skipped_updates=3)
+    assert [s["train/skipped_updates"] for s in module.steps] == [0, 1, 2, 2, 3, 4, 4]
+    assert module.consecutive_skipped_updates == 0  # step 6 was finite
 
 
 def test_learning_rate_1e6_stops_clearly_and_checkpoints_only_finite_weights(tiny_model_dir, toy_task_dir, tmp_path):
