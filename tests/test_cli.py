@@ -436,7 +436,6 @@ def test_usr2_prints_every_threads_stack_and_the_run_goes_on():
     script = """
 import os, signal, sys
 from r1_lightning import cli
-from grpo_options import grpo_options
 def hung_fit(argv):
     os.kill(os.getpid(), signal.SIGUSR2)
     print("still running", flush=True)
