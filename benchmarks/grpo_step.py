@@ -137,14 +137,13 @@ def derived_config(args, folder: Path, gsm8k: Path, workdir: Path) -> dict:
     data.update(train_path=str(gsm8k), val_path=str(gsm8k), dataset="gsm8k")
     if args.tiny:
         trainer.update(accelerator="cpu" if args.device == "cpu" else "auto")
-        init.update(engine={"class_path": "r1_lightning.rollout.HFEngine"}, rollout_batch_size=4, group_size=2,
-                    train_batch_size=4, gradient_accumulation_steps=2, sampling_max_tokens=16, dtype="float32",
+        init.update(engine={"class_path": "r1_lightning.rollout.HFEngine"}, sampling_max_tokens=16, dtype="float32",
                     compile=False)  # a smoke run: inductor's compile (a C++ compiler on the CPU) would dominate it
-        data.update(batch_size=2)
+        init["batching"].update(rollout_batch_size=4, group_size=2, train_batch_size=4, gradient_accumulation_steps=2)
     engine = init["engine"].setdefault("init_args", {})
     place(args, trainer, init, data, engine)
     if args.async_rollouts:
-        init["async_rollouts"] = True
+        init["async_rollouts"] = {**init.get("async_rollouts", {}), "enabled": True}
         if init["engine"]["class_path"].endswith("HFEngine"):
             engine["own_weights"] = True  # async rollouts need an engine with its own weights
     if args.engine_process or args.enforce_eager:
@@ -170,10 +169,9 @@ def place(args, trainer: dict, init: dict, data: dict, engine: dict) -> None:
             engine.update(process="in_process", gpu_memory_utilization=args.engine_memory or 0.35)
     if args.engine_memory and args.layout != "colocated":
         engine["gpu_memory_utilization"] = args.engine_memory
-    if args.rollout_batch_size:
-        n, group = args.rollout_batch_size, init["group_size"]
-        init.update(rollout_batch_size=n, train_batch_size=n, gradient_accumulation_steps=max(1, n // 2))
-        data["batch_size"] = n // group
+    if args.rollout_batch_size:  # the data module's batch size follows (GRPOModule sets it)
+        n = args.rollout_batch_size
+        init["batching"].update(rollout_batch_size=n, train_batch_size=n, gradient_accumulation_steps=max(1, n // 2))
 
 
 def read_metrics(log_dir: Path) -> dict[int, dict[str, float]]:
@@ -270,16 +268,17 @@ def main(argv: list[str] | None = None) -> dict:
         C.emit(result, args.out)
         raise SystemExit(f"r1-lightning fit failed (exit {returncode}); log: {workdir / 'fit.log'}")
     init = config["model"]["init_args"]
-    rows = breakdown(read_metrics(metrics_files[-1].parent), init.get("async_rollouts", False))
+    asynchronous = init.get("async_rollouts", {}).get("enabled", False)
+    rows = breakdown(read_metrics(metrics_files[-1].parent), asynchronous)
     timed = rows[args.warmup_steps:] or rows  # a fit cut short: every step it made
     for row in rows:  # rollouts of all ranks per second of step (the batch sizes are per rank)
-        row["samples_per_s"] = init["rollout_batch_size"] * args.devices / row["step_s"]
+        row["samples_per_s"] = init["batching"]["rollout_batch_size"] * args.devices / row["step_s"]
     keys = ("step_s", "wall_step_s", *(f"{part}_s" for part in (*PARTS, "rollout_wait")), "other_s", "samples_per_s",
             "train_tokens_per_s", "policy_gpu_peak_memory_gb", "engine_logprob_gap")
     result.update(
-        shape={k: init[k] for k in ("rollout_batch_size", "group_size", "sampling_max_tokens", "train_batch_size",
-                                    "gradient_accumulation_steps", "gradient_checkpointing", "logprob_chunk_size")},
-        engine=init["engine"], async_rollouts=init.get("async_rollouts", False), steps=rows,
+        shape={**init["batching"], **{k: init[k] for k in ("sampling_max_tokens", "gradient_checkpointing",
+                                                             "logprob_chunk_size")}},
+        engine=init["engine"], async_rollouts=asynchronous, steps=rows,
         timed_steps=[row["step"] for row in timed],
         median_timed={key: C.median([r[key] for r in timed if r[key] is not None]) for key in keys},
         gpu_utilization_percent=timed_utilization(gpus, workdir / "steps.jsonl", len(rows) - len(timed)),

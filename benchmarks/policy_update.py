@@ -152,7 +152,9 @@ def run_r1(args, folder, batches, device) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from r1_lightning.functional import PolicyLossConfig
     from r1_lightning.modules import GRPOModule, SFTModule
+    from r1_lightning.modules.grpo_config import BatchConfig
 
     timer = C.StepTimer(device, args.profile_step)
     n, accum = args.sequences, args.sequences // args.microbatch
@@ -169,10 +171,11 @@ def run_r1(args, folder, batches, device) -> dict:
                 timer.stop()
                 return metrics
 
-        module = TimedGRPO(str(folder), engine=ReplayEngine(batches, args.group_size), rollout_batch_size=n,
-                           group_size=args.group_size, train_batch_size=n, gradient_accumulation_steps=accum,
-                           sampling_max_tokens=args.response_len[1], loss_type=args.r1_loss_type,
-                           loss_agg=args.r1_loss_agg, microbatch_max_tokens=packed, **common)
+        batching = BatchConfig(rollout_batch_size=n, group_size=args.group_size, train_batch_size=n,
+                               gradient_accumulation_steps=accum)
+        module = TimedGRPO(str(folder), engine=ReplayEngine(batches, args.group_size), batching=batching,
+                           sampling_max_tokens=args.response_len[1], microbatch_max_tokens=packed,
+                           loss=PolicyLossConfig(loss_type=args.r1_loss_type, loss_agg=args.r1_loss_agg), **common)
         module.reward_fn = replay_reward
         module.tokenizer = C.load_bench_tokenizer(folder)  # see common.random_model_folder
         prompts = n // args.group_size

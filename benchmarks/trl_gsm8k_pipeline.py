@@ -75,9 +75,10 @@ def recipe_settings(sft_data: str | None = None) -> dict:
     sft, grpo = (yaml.safe_load(path.read_text()) for path in (SFT_CONFIG, GRPO_CONFIG))
     s_model, s_data = sft["model"]["init_args"], sft["data"]["init_args"]
     g_model, g_data = grpo["model"]["init_args"], grpo["data"]["init_args"]
+    g_batching, g_loss = g_model["batching"], g_model.get("loss", {})
     sft_accum = s_model["gradient_accumulation_steps"]
-    rollouts, accum = g_model["rollout_batch_size"], g_model["gradient_accumulation_steps"]
-    if g_model["train_batch_size"] != rollouts or g_model.get("epochs_per_rollout_batch", 1) != 1:
+    rollouts, accum = g_batching["rollout_batch_size"], g_batching["gradient_accumulation_steps"]
+    if g_batching["train_batch_size"] != rollouts or g_batching.get("epochs_per_rollout_batch", 1) != 1:
         raise ValueError(f"{GRPO_CONFIG}: the TRL side mirrors one update per rollout batch only")
     for path, config in ((SFT_CONFIG, sft), (GRPO_CONFIG, grpo)):
         if config["trainer"]["precision"] != "bf16-mixed":  # TRL's bf16=True is autocast: mirror only that
@@ -92,14 +93,14 @@ def recipe_settings(sft_data: str | None = None) -> dict:
         },
         "grpo": {
             "dtype": g_model["dtype"], "train_path": g_data["train_path"], "template": g_data["template"], "reward_fn": g_model["reward_fn"],
-            "num_generations": g_model["group_size"], "per_device_train_batch_size": rollouts // accum,
+            "num_generations": g_batching["group_size"], "per_device_train_batch_size": rollouts // accum,
             "gradient_accumulation_steps": accum, "temperature": g_model["sampling_temperature"],
             "max_completion_length": g_model["sampling_max_tokens"], "stop": g_model.get("stop", ["</answer>"]),
             "learning_rate": g_model["learning_rate"], "adam_beta1": g_model["betas"][0], "adam_beta2": g_model["betas"][1],
-            "max_grad_norm": g_model["max_grad_norm"], "beta": g_model.get("beta", 0.0),
+            "max_grad_norm": g_model["max_grad_norm"], "beta": g_loss.get("beta", 0.0),
             "scale_rewards": "group" if g_model.get("use_std_normalization", True) else "none",
             "loss_type": {"seq_mean_token_mean": "grpo", "token_mean": "dapo",
-                          "seq_mean_token_sum_norm": "dr_grpo"}[g_model.get("loss_agg", "seq_mean_token_mean")],
+                          "seq_mean_token_sum_norm": "dr_grpo"}[g_loss.get("loss_agg", "seq_mean_token_mean")],
             "vllm_gpu_memory_utilization": g_model["engine"]["init_args"]["gpu_memory_utilization"],
         },
     }

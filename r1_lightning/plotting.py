@@ -78,10 +78,11 @@ def updates_per_grpo_step(hparams_yaml: Path) -> int:
     import yaml
 
     hparams = yaml.safe_load(hparams_yaml.read_text()) if hparams_yaml.is_file() else None
+    batching = hparams.get("batching") if isinstance(hparams, dict) else None
     keys = ("epochs_per_rollout_batch", "rollout_batch_size", "train_batch_size")
-    if not isinstance(hparams, dict) or not all(k in hparams for k in keys):
+    if not isinstance(batching, dict) or not all(k in batching for k in keys):
         return 1
-    return hparams["epochs_per_rollout_batch"] * (hparams["rollout_batch_size"] // hparams["train_batch_size"])
+    return batching["epochs_per_rollout_batch"] * (batching["rollout_batch_size"] // batching["train_batch_size"])
 
 
 def read_run(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:

@@ -4,7 +4,7 @@ run a `fit` in its own process and its own folder, then one figure that compares
     r1-lightning sweep --config configs/grpo.yaml configs/ablations/*.yaml
     r1-lightning sweep --config configs/grpo.yaml --learning_rates 3e-6 1e-5 3e-5 1e-4 --skip_base
     r1-lightning sweep --config configs/quickstart.yaml configs/ablations/*.yaml --grpo_steps 30 \\
-        --output runs/ablations_cpu --model.init_args.gradient_accumulation_steps 4
+        --output runs/ablations_cpu --model.init_args.batching.gradient_accumulation_steps 4
 
 The first `--config` is the base; every further file is an overlay run on top of it (named by its
 file stem), every learning rate a run of the base (`lr_<value>`), and the base alone a run named by
@@ -121,10 +121,10 @@ def check_separate_folders(runs: list[dict]) -> None:
 
 def updates_per_grpo_step(config: dict) -> int | None:
     """Optimizer updates per GRPO step (rollout batch) of a resolved config; None if not GRPO."""
-    init_args = (config.get("model") or {}).get("init_args") or {}
-    if "rollout_batch_size" not in init_args:
+    batching = ((config.get("model") or {}).get("init_args") or {}).get("batching")
+    if not batching:
         return None
-    return init_args["epochs_per_rollout_batch"] * (init_args["rollout_batch_size"] // init_args["train_batch_size"])
+    return batching["epochs_per_rollout_batch"] * (batching["rollout_batch_size"] // batching["train_batch_size"])
 
 
 def check_no_misspelled_sweep_option(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
@@ -149,7 +149,7 @@ def run_sweep(argv: list[str] | None = None) -> list[dict]:
         if args.grpo_steps is not None:
             if run["updates_per_grpo_step"] is None:
                 raise UsageError(f"--grpo_steps needs GRPO configs; {run['name']} has no "
-                                 f"model.init_args.rollout_batch_size")
+                                 f"model.init_args.batching")
             run["fit_args"] += ["--trainer.max_steps", str(args.grpo_steps * run["updates_per_grpo_step"])]
         run["command"] = shlex.join(["r1-lightning", *run["fit_args"]])
         print(f"[sweep] {run['name']}: {run['command']}", flush=True)

@@ -27,6 +27,7 @@ from ablation_helpers import (
     reference_grpo_step,
     rollout_texts,
 )
+from grpo_options import grpo_options
 from lightning.pytorch.loggers import CSVLogger
 
 from r1_lightning.__main__ import main as command
@@ -45,7 +46,7 @@ def fit_fixed_rollouts(model_dir, task_dir, out_dir, max_steps, engine=None, **m
               "reward_fn": "ablation_helpers.leading_digit_reward", "learning_rate": 1e-2, "seed": 0}
     kwargs.update(module_kwargs)
     engine = engine or FixedEngine()
-    module = GRPOModule(model_dir, engine=engine, **kwargs)
+    module = GRPOModule(model_dir, **grpo_options(engine=engine, **kwargs))
     data = PromptDataModule(str(task_dir / "train.jsonl"), batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"],
                             seed=kwargs["seed"])
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=CSVLogger(out_dir, name="logs"),
@@ -159,8 +160,8 @@ def tiny_overrides(model_dir, task_dir) -> list[str]:
     args = [
         "--model.init_args.model_name_or_path", model_dir,
         "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
-        "--model.init_args.rollout_batch_size", 8, "--model.init_args.group_size", 4,
-        "--model.init_args.train_batch_size", 8, "--model.init_args.gradient_accumulation_steps", 2,
+        "--model.init_args.batching.rollout_batch_size", 8, "--model.init_args.batching.group_size", 4,
+        "--model.init_args.batching.train_batch_size", 8, "--model.init_args.batching.gradient_accumulation_steps", 2,
         "--model.init_args.sampling_max_tokens", 12, "--model.init_args.eval_max_tokens", 12,
         "--model.init_args.gradient_checkpointing", "false",
         "--model.init_args.compile", "false",  # the config's inductor: a C++ compile per run on the CPU
@@ -235,11 +236,11 @@ def check_prompt(rows, generations):
 OVERLAY_RUNS = {  # overlay -> (extra CLI arguments, check of its logged metrics and generations)
     "learning_rate": ([], check_learning_rate),
     "baselines": (["--model.init_args.reward_fn", "ablation_helpers.constant_reward"], check_baselines),
-    "length_normalization": (["--model.init_args.gradient_accumulation_steps", "1",
-                              "--model.init_args.loss_normalize_constant", "100"], check_length_normalization),
+    "length_normalization": (["--model.init_args.batching.gradient_accumulation_steps", "1",
+                              "--model.init_args.loss.loss_normalize_constant", "100"], check_length_normalization),
     "std_normalization": ([], check_std_normalization),
-    "off_policy": (["--model.init_args.train_batch_size", "4", "--trainer.max_steps", "8"], check_off_policy),
-    "clipping": (["--model.init_args.train_batch_size", "4", "--trainer.max_steps", "8"], check_clipping),
+    "off_policy": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_off_policy),
+    "clipping": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_clipping),
     "prompt": (["--model.init_args.engine", "ablation_helpers.AdditionEngine"], check_prompt),
 }
 
@@ -332,7 +333,7 @@ def test_comparison_plot_puts_runs_side_by_side_against_the_grpo_step(tmp_path):
     on_policy = write_run(tmp_path / "on", train + [{"step": 0, "val/answer_accuracy": 0.2},
                                                    {"step": 3, "val/answer_accuracy": 0.4}])
     # 8 updates per GRPO step: its evaluation after 3 GRPO steps is logged at optimizer step 24
-    off_hparams = "epochs_per_rollout_batch: 4\nrollout_batch_size: 256\ntrain_batch_size: 128\n"
+    off_hparams = "batching:\n  epochs_per_rollout_batch: 4\n  rollout_batch_size: 256\n  train_batch_size: 128\n"
     off_policy = write_run(tmp_path / "off", train + [{"step": 0, "val/answer_accuracy": 0.2},
                                                      {"step": 24, "val/answer_accuracy": 0.5}], hparams=off_hparams)
     write_run(off_policy, [{"step": 2, "train/reward_mean": 0.9}], version=1, hparams=off_hparams)  # a resumed launch

@@ -1,4 +1,4 @@
-"""One-step-off asynchronous rollouts (`GRPOModule(async_rollouts=True)`) with the HF engine on a
+"""One-step-off asynchronous rollouts (`GRPOModule(async_rollouts=AsyncRolloutConfig(enabled=True))`) with the HF engine on a
 background thread: with no lag they are the synchronous run exactly; with lag 1 each batch comes
 from the weights one update old, in the synchronous data order; Ctrl-C or a periodic checkpoint
 then resume equals the uninterrupted asynchronous run bit for bit."""
@@ -12,12 +12,15 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from grpo_options import grpo_options
 from safetensors.torch import load_file
 from test_checkpointing import InterruptAt, assert_same_tensors, metric_rows, sigint_restored  # noqa: F401
 from test_cli import run_cli, tiny_grpo_args
 
 from r1_lightning.data import PromptDataModule, ResumableDataLoader
 from r1_lightning.modules import GRPOModule
+from r1_lightning.modules.async_rollouts import RolloutsAhead, SampledBatch
+from r1_lightning.modules.grpo_config import AsyncRolloutConfig
 from r1_lightning.rollout import HFEngine, VLLMEngine
 
 
@@ -61,7 +64,7 @@ def fit(model_dir, task_dir, tmp_path, monkeypatch, steps=3, callbacks=(), **mod
     kwargs = {"engine": RecordingEngine(), "rollout_batch_size": 8, "group_size": 4, "train_batch_size": 8,
               "gradient_accumulation_steps": 2, "sampling_max_tokens": 12, "learning_rate": 1e-2, "seed": 0,
               "reward_fn": "toy_rewards.digit_fraction_reward", **module_kwargs}
-    module = GRPOModule(model_dir, **kwargs)
+    module = GRPOModule(model_dir, **grpo_options(**kwargs))
     data = PromptDataModule(str(task_dir / "train.jsonl"), batch_size=2)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -136,8 +139,8 @@ def test_ctrl_c_or_a_periodic_checkpoint_then_resume_equals_the_uninterrupted_as
     step 2); the periodic checkpoint after step 1 holds the batch then in flight (for step 2). Both
     resume into the uninterrupted run: same logged values at the same steps, same final weights.
     With 2 warm-up steps, step 2's batch is the first one sampled one step off."""
-    async_args = ["--model.init_args.engine.init_args.own_weights", "true", "--model.init_args.async_rollouts", "true",
-                  "--model.init_args.async_warmup_steps", warmup_steps]
+    async_args = ["--model.init_args.engine.init_args.own_weights", "true", "--model.init_args.async_rollouts.enabled", "true",
+                  "--model.init_args.async_rollouts.warmup_steps", warmup_steps]
 
     def args(out_dir, *extra):  # a checkpoint every 2 steps (and last.ckpt then, at the end and on failure)
         return tiny_grpo_args(tiny_model_dir, toy_task_dir, out_dir, max_steps=4,
@@ -165,30 +168,30 @@ def test_ctrl_c_or_a_periodic_checkpoint_then_resume_equals_the_uninterrupted_as
 
 def test_async_options_are_checked(tiny_model_dir):
     with pytest.raises(ValueError, match="async_rollouts .* needs its own copy of the weights"):
-        GRPOModule(tiny_model_dir, engine=HFEngine(), async_rollouts=True)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(), async_rollouts=True))
     with pytest.raises(ValueError, match="rollout_lag must be 0 or 1, got 2"):
-        GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, rollout_lag=2)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, rollout_lag=2))
     # TIS stays off when asked for no engine log-probs, and an explicit cap wins
-    assert GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True,
-                      engine_logprobs=False).loss_config.tis_cap is None
-    assert GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True,
-                      tis_cap=5.0).loss_config.tis_cap == 5.0
-    with pytest.raises(ValueError, match=r"async_warmup_steps \(3\) must be >= 0, and needs async_rollouts true"):
-        GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_warmup_steps=3)
-    with pytest.raises(ValueError, match=r"async_warmup_steps \(-1\)"):
-        GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, async_warmup_steps=-1)
-    sequence = GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="sequence")
+    assert GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True,
+                      engine_logprobs=False)).loss_config.tis_cap is None
+    assert GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True,
+                      tis_cap=5.0)).loss_config.tis_cap == 5.0
+    with pytest.raises(ValueError, match=r"async_rollouts: warmup_steps \(3\) must be >= 0, and needs enabled true"):
+        GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_warmup_steps=3))
+    with pytest.raises(ValueError, match=r"warmup_steps \(-1\)"):
+        GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, async_warmup_steps=-1))
+    sequence = GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="sequence"))
     assert (sequence.loss_config.tis_cap, sequence.loss_config.tis_level) == (2.0, "sequence")
-    with pytest.raises(ValueError, match="GRPOModule: unknown tis_level 'tokens'"):
-        GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="tokens")
+    with pytest.raises(ValueError, match="unknown tis_level 'tokens'"):
+        GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, tis_level="tokens"))
 
 
 def test_async_with_an_in_process_vllm_engine_warns_to_run_it_in_its_own_process(tiny_model_dir):
     with pytest.warns(UserWarning, match="process separate"):
-        GRPOModule(tiny_model_dir, engine=VLLMEngine(process="in_process"), async_rollouts=True)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=VLLMEngine(process="in_process"), async_rollouts=True))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        GRPOModule(tiny_model_dir, engine=VLLMEngine(process="separate"), async_rollouts=True)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=VLLMEngine(process="separate"), async_rollouts=True))
         GRPOModule(tiny_model_dir, engine=VLLMEngine(process="in_process"))
 
 
@@ -206,11 +209,35 @@ def test_the_loader_peeks_at_the_batch_it_hands_out_next():
 
 
 def test_a_loader_that_cannot_peek_is_refused_not_run_synchronously(tiny_model_dir, tmp_path):
-    module = GRPOModule(tiny_model_dir, engine=HFEngine(own_weights=True), async_rollouts=True, rollout_batch_size=4,
+    module = GRPOModule(tiny_model_dir, **grpo_options(engine=HFEngine(own_weights=True), async_rollouts=True, rollout_batch_size=4,
                         group_size=2, train_batch_size=4, gradient_accumulation_steps=1, sampling_max_tokens=4,
-                        reward_fn="toy_rewards.digit_fraction_reward")
+                        reward_fn="toy_rewards.digit_fraction_reward"))
     batches = [{"prompt": ["What is 1 + 1?", "What is 2 + 2?"], "ground_truth": ["2", "4"]}] * 2
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(TypeError, match=r"train loader \(DataLoader\) cannot show its next batch: it needs `peek\(\)`"):
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+
+
+def test_with_several_updates_per_step_the_batch_sampled_ahead_is_the_next_grpo_steps():
+    """Two updates per GRPO step: the step at global step 0 samples ahead the batch of the step at
+    global step 2 (with that step's seed), not of update 1, and that step then trains on it. The
+    component sees the module only through the sampler, weight-sync and next-batch functions."""
+    sampled, peeked = [], []
+
+    def sampler(batch, global_step):
+        sampled.append((batch["id"], global_step))
+        return lambda: SampledBatch(batch, global_step, 0, [], [], torch.zeros(0), {})
+
+    def next_batch(global_step):
+        peeked.append(global_step)
+        return {"id": global_step // 2}  # GRPO step k's batch
+
+    ahead = RolloutsAhead(AsyncRolloutConfig(enabled=True), updates_per_rollout=2, sampler=sampler,
+                          sync_weights=lambda: None, next_batch=next_batch)
+    first = ahead.batch_for_step({"id": 0}, global_step=0)
+    ahead.wait()
+    assert first.global_step == 0 and peeked == [2] and sampled == [(0, 0), (1, 2)]
+    second = ahead.batch_for_step({"id": 1}, global_step=2)  # the one sampled ahead, not sampled again
+    assert (second.batch, second.global_step) == ({"id": 1}, 2) and sampled[:3] == [(0, 0), (1, 2), (2, 4)]
+    ahead.clear()

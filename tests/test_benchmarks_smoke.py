@@ -384,8 +384,10 @@ def test_grpo_step_layout_options_derive_the_config(tmp_path):
     assert init["engine"]["init_args"] | {"colocate": True, "process": "in_process", "device": "auto",
                                           "gpu_memory_utilization": 0.35} == init["engine"]["init_args"]
     # 128 rollouts = 16 questions x group 8 per rank, one update of 128 in microbatches of 2
-    assert (init["rollout_batch_size"], init["train_batch_size"], init["gradient_accumulation_steps"],
-            config["data"]["init_args"]["batch_size"]) == (128, 128, 64, 16)
+    batching = init["batching"]
+    assert (batching["rollout_batch_size"], batching["train_batch_size"], batching["gradient_accumulation_steps"],
+            batching["group_size"]) == (128, 128, 64, 8)
+    assert "batch_size" not in config["data"]["init_args"]  # GRPOModule sets it: 128 / 8 = 16 questions
     split = grpo_step.derived_config(grpo_step.parse_args(["--layout", "split", "--engine-process", "separate"]),
                                      tmp_path / "model", tmp_path / "gsm8k.jsonl", tmp_path)
     assert split["trainer"]["devices"] == 1 and "strategy" not in split["trainer"]

@@ -134,7 +134,7 @@ def test_a_failure_after_an_update_inside_a_step_writes_nothing(tiny_model_dir, 
                                                                  sigint_restored):
     """Two updates per step: Ctrl-C after the first update of the second step has no complete
     state to save (the weights are neither step 2's nor step 3's)."""
-    extra = ["--model.init_args.train_batch_size", 4, "--trainer.callbacks.every_n_train_steps", 100,
+    extra = ["--model.init_args.batching.train_batch_size", 4, "--trainer.callbacks.every_n_train_steps", 100,
              "--trainer.callbacks+=test_checkpointing.InterruptAt", "--trainer.callbacks.step", 3]
     with pytest.warns(UserWarning, match="not written: it stopped in the middle of a step"), pytest.raises(SystemExit):
         run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=6, extra=extra))
@@ -194,6 +194,14 @@ def test_too_many_non_finite_updates_in_a_row_stop_the_run(tiny_model_dir):
         fit_scripted(tiny_model_dir, max_steps=8, nan_grad_at={1, 2, 3, 4}, max_consecutive_skipped_updates=3)
     with pytest.raises(ValueError, match="max_consecutive_skipped_updates must be >= 1"):
         ScriptedUpdates(tiny_model_dir, max_consecutive_skipped_updates=0)
+
+
+def test_a_finite_update_resets_the_count_of_skipped_updates_in_a_row(tiny_model_dir):
+    """Skips at steps 1, 2, 4 and 5 are two runs of two, split by the finite update at step 3: a
+    limit of 3 in a row never trips, though 4 updates were skipped."""
+    module = fit_scripted(tiny_model_dir, max_steps=7, nan_grad_at={1, 2, 4, 5}, max_consecutive_skipped_updates=3)
+    assert [s["train/skipped_updates"] for s in module.steps] == [0, 1, 2, 2, 3, 4, 4]
+    assert module.consecutive_skipped_updates == 0  # step 6 was finite
 
 
 def test_learning_rate_1e6_stops_clearly_and_checkpoints_only_finite_weights(tiny_model_dir, toy_task_dir, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from grpo_options import grpo_options
 from safetensors.torch import load_file
 
 from r1_lightning.__main__ import main as command
@@ -111,7 +112,7 @@ def test_grpo_config_has_the_cs336_defaults(capsys):
     "override, message",
     [
         (["--model.init_args.learning_rat", "1e-5"], "learning_rat"),
-        (["--model.init_args.group_size", "eight"], "group_size"),
+        (["--model.init_args.batching.group_size", "eight"], "group_size"),
         (["--model.init_args.engine.class_path", "NoSuchEngine"], "NoSuchEngine"),
         # grpo.yaml compiles; FSDP2 given by name or by class path
         (["--trainer.strategy", "ModelParallelStrategy", "--trainer.strategy.data_parallel_size", "2"],
@@ -132,8 +133,8 @@ def test_fsdp2_runs_eager(tiny_model_dir):
     the policy, and the CLI lets FSDP2 through with compile off."""
     from r1_lightning.modules import GRPOModule
 
-    module = GRPOModule(tiny_model_dir, rollout_batch_size=8, group_size=4, train_batch_size=8,
-                        gradient_accumulation_steps=1, compile="inductor")
+    module = GRPOModule(tiny_model_dir, **grpo_options(rollout_batch_size=8, group_size=4, train_batch_size=8,
+                        gradient_accumulation_steps=1, compile="inductor"))
     module._device_mesh = object()  # what ModelParallelStrategy sets before configure_model
     with pytest.raises(ValueError, match="--model.init_args.compile inductor under FSDP2"):
         module.configure_model()
@@ -149,9 +150,9 @@ def test_inconsistent_grpo_batch_sizes_name_the_options(tiny_model_dir):
     from r1_lightning.modules import GRPOModule
 
     with pytest.raises(ValueError, match="rollout_batch_size .* must be divisible by group_size"):
-        GRPOModule(tiny_model_dir, rollout_batch_size=10, group_size=4, train_batch_size=10, gradient_accumulation_steps=1)
+        GRPOModule(tiny_model_dir, **grpo_options(rollout_batch_size=10, group_size=4, train_batch_size=10, gradient_accumulation_steps=1))
     with pytest.raises(ValueError, match="train_batch_size .* divisible by gradient_accumulation_steps"):
-        GRPOModule(tiny_model_dir, rollout_batch_size=8, group_size=4, train_batch_size=8, gradient_accumulation_steps=3)
+        GRPOModule(tiny_model_dir, **grpo_options(rollout_batch_size=8, group_size=4, train_batch_size=8, gradient_accumulation_steps=3))
 
 
 # ----------------------------------------------------------------------------- tiny runs
@@ -161,8 +162,8 @@ def tiny_grpo_args(model_dir, task_dir, out_dir, max_steps, extra=()) -> list:
         "--model.init_args.model_name_or_path", model_dir,
         "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
         "--model.init_args.reward_fn", "toy_rewards.digit_fraction_reward",
-        "--model.init_args.rollout_batch_size", 8, "--model.init_args.group_size", 4,
-        "--model.init_args.train_batch_size", 8, "--model.init_args.gradient_accumulation_steps", 2,
+        "--model.init_args.batching.rollout_batch_size", 8, "--model.init_args.batching.group_size", 4,
+        "--model.init_args.batching.train_batch_size", 8, "--model.init_args.batching.gradient_accumulation_steps", 2,
         "--model.init_args.sampling_max_tokens", 12, "--model.init_args.eval_max_tokens", 12,
         "--model.init_args.gradient_checkpointing", "false", "--model.init_args.learning_rate", 1e-2,
         "--model.init_args.compile", "false",  # the config's inductor: a C++ compile per run on the CPU
@@ -239,8 +240,8 @@ def test_grpo_resume_is_exact(tiny_model_dir, toy_task_dir, tmp_path):
 def test_grpo_learns_a_dense_toy_reward(tiny_model_dir, toy_task_dir, tmp_path):
     """GRPO with the HF engine raises a random tiny model's mean reward by a clear margin."""
     run_cli(tiny_grpo_args(tiny_model_dir, toy_task_dir, tmp_path, max_steps=25, extra=[
-        "--model.init_args.rollout_batch_size", 32, "--model.init_args.group_size", 8,
-        "--model.init_args.train_batch_size", 32, "--model.init_args.gradient_accumulation_steps", 1,
+        "--model.init_args.batching.rollout_batch_size", 32, "--model.init_args.batching.group_size", 8,
+        "--model.init_args.batching.train_batch_size", 32, "--model.init_args.batching.gradient_accumulation_steps", 1,
         "--model.init_args.learning_rate", 1e-2, "--data.init_args.batch_size", 4,
         "--model.init_args.sampling_max_tokens", 8,
         "--trainer.callbacks.every_n_train_steps", 100,

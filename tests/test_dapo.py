@@ -19,6 +19,7 @@ from ablation_helpers import (
     record_update_gradients,
     rollout_texts,
 )
+from grpo_options import grpo_options
 from test_ablations import fit_fixed_rollouts
 from transformers import AutoModelForCausalLM
 
@@ -128,11 +129,11 @@ def test_overlong_penalty_enters_the_rewards_before_the_advantages(tiny_model_di
 def test_dapo_options_are_checked(tiny_model_dir):
     for buffer in (None, 0, 2000):
         with pytest.raises(ValueError, match="overlong_buffer"):
-            GRPOModule(tiny_model_dir, engine=FixedEngine(), overlong_penalty=1.0, overlong_buffer=buffer)
+            GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), overlong_penalty=1.0, overlong_buffer=buffer))
     with pytest.raises(ValueError, match="overlong_penalty"):
-        GRPOModule(tiny_model_dir, engine=FixedEngine(), overlong_penalty=-1.0, overlong_buffer=8)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), overlong_penalty=-1.0, overlong_buffer=8))
     with pytest.raises(ValueError, match="dynamic_sampling_max_rounds"):
-        GRPOModule(tiny_model_dir, engine=FixedEngine(), dynamic_sampling=True, dynamic_sampling_max_rounds=0)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), dynamic_sampling=True, dynamic_sampling_max_rounds=0))
 
 
 # ----------------------------------------------------------------------------- dynamic sampling
@@ -167,10 +168,10 @@ class RecordSteps(L.Callback):
 
 def fit_dynamic(model_dir, task_dir, tmp_path, steps, engine, callbacks=(), ckpt_path=None):
     """GRPO with dynamic sampling: 2 groups of 4 per step, up to 3 slices of 2 questions."""
-    module = GRPOModule(model_dir, engine=engine, rollout_batch_size=8, group_size=4, train_batch_size=8,
+    module = GRPOModule(model_dir, **grpo_options(engine=engine, rollout_batch_size=8, group_size=4, train_batch_size=8,
                         gradient_accumulation_steps=1, reward_fn="ablation_helpers.leading_digit_reward",
                         learning_rate=1e-2, seed=0, sampling_min_tokens=0, dynamic_sampling=True,
-                        dynamic_sampling_max_rounds=3)
+                        dynamic_sampling_max_rounds=3))
     data = PromptDataModule(str(task_dir / "train.jsonl"), batch_size=6, seed=0)
     checkpointing = any(isinstance(c, HFExportCheckpoint) for c in callbacks)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=checkpointing,

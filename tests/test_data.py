@@ -496,5 +496,7 @@ def test_datamodule_option_errors(tmp_path):
         SFTDataModule(FIXTURES / "sft_small.jsonl", val_path=tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match=r"PromptDataModule\.batch_size must be a positive integer"):
         PromptDataModule(FIXTURES / "gsm8k_small.jsonl", batch_size=0)
+    with pytest.raises(ValueError, match=r"PromptDataModule\.batch_size is not set \(GRPOModule sets it"):
+        PromptDataModule(FIXTURES / "gsm8k_small.jsonl").train_dataloader()
     with pytest.raises(ValueError, match=r"PromptDataModule .*gsm8k_small\.jsonl.*2 examples"):
         PromptDataModule(FIXTURES / "gsm8k_small.jsonl", batch_size=4).train_dataloader()

@@ -59,6 +59,7 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
     many gradient all-reduces DDP made, "rollout_seed": this rank's next rollout seed, "logged": the
     last logged metrics}."""
     import lightning as L
+    from grpo_options import grpo_options
     from test_modules import FixedEngine
 
     from r1_lightning import modules
@@ -90,6 +91,7 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
             module = modules.SFTModule(spec["model_dir"], learning_rate=1e-2, seed=0, **options)
             data = SFTDataModule(spec["sft_path"], batch_size=batch_size)
         else:
+            options = grpo_options(**options) if module_name == "GRPOModule" else options
             module = getattr(modules, module_name)(spec["model_dir"], engine=FixedEngine(), learning_rate=1e-2,
                                                    seed=0, **options)
             data = PromptDataModule(spec["train_path"], batch_size=batch_size)

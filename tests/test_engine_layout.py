@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from grpo_options import grpo_options
 from tiny_models import char_tokenizer, char_vocab, tiny_qwen2
 
 from r1_lightning.rollout import TrainerRanks, VLLMEngine
@@ -217,9 +218,9 @@ def worker(spec: dict) -> dict:
             return super().generate(prompts, sampling)
 
     engine = RecordingEngine()
-    module = GRPOModule(spec["model_dir"], engine=engine, rollout_batch_size=4, group_size=2, train_batch_size=4,
+    module = GRPOModule(spec["model_dir"], **grpo_options(engine=engine, rollout_batch_size=4, group_size=2, train_batch_size=4,
                         gradient_accumulation_steps=1, reward_fn="toy_rewards.digit_fraction_reward",
-                        learning_rate=1e-2, seed=0, sampling_max_tokens=8)
+                        learning_rate=1e-2, seed=0, sampling_max_tokens=8))
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=WORLD, logger=False, enable_checkpointing=False,
                         strategy=ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1),
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -49,6 +49,7 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
     whether the stepped parameters were DTensor shards, "backwards": microbatch backwards,
     "weights": {name: full tensor}, "logged": metrics}."""
     import lightning as L
+    from grpo_options import grpo_options
     from lightning.pytorch.strategies import ModelParallelStrategy
     from test_modules import FixedEngine
     from torch.distributed.tensor import DTensor
@@ -65,6 +66,7 @@ def fit_and_record(spec: dict, name: str, world: int) -> dict:
         module = modules.SFTModule(spec["model_dir"], **options)
         data = SFTDataModule(spec["sft_path"], batch_size=batch_size)
     else:
+        options = grpo_options(**options) if module_name == "GRPOModule" else options
         module = getattr(modules, module_name)(spec["model_dir"], engine=FixedEngine(), **options)
         data = PromptDataModule(spec["train_path"], batch_size=batch_size)
     record: dict = {"grads": [], "sharded": [], "backwards": 0}

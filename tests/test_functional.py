@@ -720,7 +720,6 @@ def test_policy_gradient_loss_errors(kwargs, match):
         ({"loss_type": "no_baseline", "beta": 0.1}, {"raw_rewards": torch.zeros(1, 1)}, "ref_log_probs"),
         ({"loss_type": "no_baseline", "tis_cap": 2.0}, {"raw_rewards": torch.zeros(1, 1)}, "rollout_log_probs"),
         ({"loss_type": "no_baseline", "tis_cap": 0.0}, {"raw_rewards": torch.zeros(1, 1)}, "tis_cap must be > 0"),
-        ({"loss_agg": "seq_mean_token_sum_norm"}, {"advantages": torch.zeros(1, 1)}, "needs loss_normalize_constant"),
     ],
 )
 def test_policy_loss_options_errors(options, tensors, match):
@@ -755,18 +754,17 @@ def test_grpo_token_mean_with_step_constant_equals_big_batch_token_mean():
     expected.backward()
     step = log_probs.clone().requires_grad_()
     total = 0.0
-    for rows in (slice(0, 2), slice(2, 4)):  # two microbatches, GA = 2
+    for rows in (slice(0, 2), slice(2, 4)):  # two microbatches, each divided by the step's token count
         loss, _ = grpo_microbatch_loss(
             step[rows],
             mask[rows],
-            2,
+            float(mask.sum()),
             PolicyLossConfig("reinforce_with_baseline", loss_agg="token_mean"),
             advantages=adv[rows],
-            step_response_tokens=float(mask.sum()),
         )
         loss.backward()
         total += loss.item()
-    assert total == pytest.approx(expected.item(), abs=1e-6)  # not divided by GA again
+    assert total == pytest.approx(expected.item(), abs=1e-6)  # the microbatch sums add up to the step's mean
     close(step.grad, big.grad)
 
 
@@ -812,12 +810,28 @@ def test_grpo_microbatch_metadata_by_hand():
     close(loss, -(1 + 1.2 + 2 / math.e) / 3)
 
 
+def test_grpo_clip_without_old_log_probs_is_on_policy():
+    """One update per rollout batch: the sampling policy is this one, so the loss takes log π,
+    detached, as the old log-probs: every ratio 1, the gradient that of -A·r at r = 1."""
+    log_probs = T([[-1.0, -2.0]], requires_grad=True)
+    mask = T([[True, True]])
+    loss, meta = grpo_microbatch_loss(log_probs, mask, 1, PolicyLossConfig("grpo_clip", cliprange=0.2),
+                                      advantages=T([[2.0]]))
+    loss.backward()
+    close(loss, -2.0)  # -min(1·2, clip(1)·2) per token, mean over 2
+    close(log_probs.grad, [[-1.0, -1.0]])  # -A·r / 2 tokens, dr/dlog π = r = 1
+    close(meta["ratio_mean"], 1.0)
+    close(meta["clip_fraction"], 0.0)
+
+
 def test_grpo_microbatch_errors():
     x, mask = torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="unknown loss aggregation"):
         grpo_microbatch_loss(x, mask, 1, PolicyLossConfig("no_baseline", loss_agg="mean"), raw_rewards=torch.zeros(1, 1))
     with pytest.raises(ValueError, match="unknown loss_type"):
         grpo_microbatch_train_step(x, mask, 1, "dpo")
+    with pytest.raises(ValueError, match="needs normalize_constant"):
+        grpo_microbatch_loss(x, mask, 1, PolicyLossConfig(loss_agg="seq_mean_token_sum_norm"), advantages=torch.zeros(1, 1))
 
 
 # ---------------------------------------------------------------------------------- token budget

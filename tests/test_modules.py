@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from ablation_helpers import record_update_gradients
+from grpo_options import grpo_options
 
 from r1_lightning.callbacks import HFExportCheckpoint, MathEvalCallback
 from r1_lightning.data import PromptDataModule
@@ -68,11 +69,26 @@ def fit_grpo(model_dir, task_dir, tmp_path, steps=1, callbacks=(), engine=None, 
     kwargs = {"rollout_batch_size": 8, "group_size": 4, "train_batch_size": 8, "gradient_accumulation_steps": 1,
               "reward_fn": "toy_rewards.digit_fraction_reward", "learning_rate": 1e-2, "seed": 0}
     kwargs.update(module_kwargs)
-    module = GRPOModule(model_dir, engine=engine or FixedEngine(), **kwargs)
-    data = PromptDataModule(str(task_dir / "train.jsonl"), val_path=str(task_dir / "val.jsonl"), max_val_examples=4,
-                            batch_size=kwargs["rollout_batch_size"] // kwargs["group_size"])
+    module = GRPOModule(model_dir, **grpo_options(engine=engine or FixedEngine(), **kwargs))
+    # no batch_size: GRPOModule sets it to its questions per step
+    data = PromptDataModule(str(task_dir / "train.jsonl"), val_path=str(task_dir / "val.jsonl"), max_val_examples=4)
     tiny_trainer(tmp_path, steps, callbacks).fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module
+
+
+def test_the_data_batch_size_is_the_modules_questions_per_step(tiny_model_dir, toy_task_dir, tmp_path):
+    """8 rollouts in groups of 4 are 2 questions a step (x 3 rounds of dynamic sampling: 6): the data
+    module left without a batch size gets it from the module; one set to another value is refused."""
+    module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path)
+    assert module.trainer.datamodule.batch_size == 2
+    module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, dynamic_sampling=True)
+    assert module.trainer.datamodule.batch_size == 6
+    module = GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), rollout_batch_size=8, group_size=4,
+                                                       train_batch_size=8, gradient_accumulation_steps=1))
+    data = PromptDataModule(str(toy_task_dir / "train.jsonl"), batch_size=3)
+    message = r"data.init_args.batch_size \(3\) must equal model.init_args.batching.rollout_batch_size / group_size = 2"
+    with pytest.raises(ValueError, match=message):
+        tiny_trainer(tmp_path).fit(module, datamodule=data)
 
 
 def params(module) -> dict[str, torch.Tensor]:
@@ -105,9 +121,9 @@ def test_gradient_accumulation_does_not_change_the_gradient(tiny_model_dir, toy_
 
     def recording_pack(self, *args):
         microbatches = original_pack(self, *args)
-        sizes.append([len(mb["input_ids"]) for mb in microbatches])
+        sizes.append([len(mb.input_ids) for mb in microbatches])
         # a row ends with its response: its packed length is one past the last response position
-        row_lengths.append(sorted(int(row.nonzero().max()) + 1 for mb in microbatches for row in mb["response_mask"]))
+        row_lengths.append(sorted(int(row.nonzero().max()) + 1 for mb in microbatches for row in mb.response_mask))
         return microbatches
 
     monkeypatch.setattr(GRPOModule, "_pack_microbatches", recording_pack)
@@ -244,8 +260,8 @@ def test_sdpa_backends_hold_in_forward_and_in_the_checkpoint_recomputes(tiny_mod
 
 def test_old_log_probs_only_when_the_policy_moves_between_updates(tiny_model_dir, toy_task_dir, tmp_path, monkeypatch):
     calls = []
-    original = GRPOModule._add_frozen_log_probs
-    monkeypatch.setattr(GRPOModule, "_add_frozen_log_probs", lambda self, mbs: (calls.append(len(mbs)), original(self, mbs)))
+    original = GRPOModule._with_frozen_log_probs
+    monkeypatch.setattr(GRPOModule, "_with_frozen_log_probs", lambda self, mbs: (calls.append(len(mbs)), original(self, mbs))[1])
     fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_type="grpo_clip")  # 1 update per rollout batch
     assert calls == []
     module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, loss_type="grpo_clip", epochs_per_rollout_batch=2, steps=2)
@@ -317,7 +333,7 @@ def test_grpo_and_expert_iteration_share_the_sampling_settings(tiny_model_dir):
 
     settings = {"sampling_temperature": 0.7, "sampling_top_p": 0.9, "sampling_min_tokens": 2, "sampling_max_tokens": 30,
                 "eval_temperature": 0.5, "eval_max_tokens": 20, "stop": ["</a>"], "seed": 5}
-    for module in (GRPOModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings),
+    for module in (GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), group_size=4, **settings)),
                    ExpertIterationModule(tiny_model_dir, engine=FixedEngine(), group_size=4, **settings)):
         step = module.step_sampling()
         assert (step.n, step.temperature, step.top_p, step.min_tokens, step.max_tokens, step.stop, step.seed) == (
@@ -330,7 +346,7 @@ def test_grpo_and_expert_iteration_share_the_sampling_settings(tiny_model_dir):
 
 def test_engine_logprob_options_are_checked(tiny_model_dir):
     with pytest.raises(ValueError, match="tis_cap needs the engine's log-probs"):
-        GRPOModule(tiny_model_dir, engine=FixedEngine(), tis_cap=2.0, engine_logprobs=False)
+        GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), tis_cap=2.0, engine_logprobs=False))
     with pytest.raises(ValueError, match="engine_logprob_check_prompts"):
         GRPOModule(tiny_model_dir, engine=FixedEngine(), engine_logprob_check_prompts=-1)
     shared = GRPOModule(tiny_model_dir, engine=FixedEngine(shares_policy_weights=True))
@@ -471,8 +487,8 @@ def test_each_step_logs_its_grader_timeouts_and_setup_starts_the_grader(tiny_mod
         def on_train_batch_end(self, trainer, *args):
             logged.append(float(trainer.callback_metrics["train/grader_timeouts"]))
 
-    module = GRPOModule(tiny_model_dir, engine=FixedEngine(), rollout_batch_size=8, group_size=4, train_batch_size=8,
-                        gradient_accumulation_steps=1, reward_fn="toy_rewards.digit_fraction_reward")
+    module = GRPOModule(tiny_model_dir, **grpo_options(engine=FixedEngine(), rollout_batch_size=8, group_size=4, train_batch_size=8,
+                        gradient_accumulation_steps=1, reward_fn="toy_rewards.digit_fraction_reward"))
     module.reward_fn = timing_out_reward
     data = PromptDataModule(str(toy_task_dir / "train.jsonl"), batch_size=2)
     L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

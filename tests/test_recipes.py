@@ -25,6 +25,7 @@ from r1_lightning.data.build_sft import build
 from r1_lightning.data.readers import load_gsm8k
 from r1_lightning.data.templates import load_template, render_prompt
 from r1_lightning.functional import PolicyLossConfig
+from r1_lightning.modules.grpo_config import BatchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LEADERBOARD, SFT, GRPO = (ROOT / "configs" / name for name in
@@ -48,16 +49,14 @@ def test_leaderboard_config_parses_and_holds_together(capsys):
     assert model["model_name_or_path"] == "Qwen/Qwen2.5-Math-1.5B"
     assert data["val_path"] == "data/math/validation.jsonl" and data["train_path"] == "data/math/train.jsonl"
     # Dr. GRPO's advantages and loss, DAPO's clip-higher
-    assert model["use_std_normalization"] is False and model["loss_agg"] == "seq_mean_token_sum_norm"
-    assert model["loss_type"] == "grpo_clip" and model["cliprange"] == 0.2 and model["cliprange_high"] == 0.28
-    PolicyLossConfig(loss_type=model["loss_type"], loss_agg=model["loss_agg"], cliprange=model["cliprange"],
-                     cliprange_high=model["cliprange_high"], beta=model["beta"],
-                     loss_normalize_constant=float(model["sampling_max_tokens"]))
-    # the batch arithmetic GRPOModule and its data module check at setup
-    rollouts, group, train = model["rollout_batch_size"], model["group_size"], model["train_batch_size"]
-    assert data["batch_size"] * group == rollouts
-    assert rollouts % train == 0 and train % model["gradient_accumulation_steps"] == 0
-    updates_per_step = model["epochs_per_rollout_batch"] * rollouts // train
+    loss, batching = model["loss"], model["batching"]
+    assert model["use_std_normalization"] is False and loss["loss_agg"] == "seq_mean_token_sum_norm"
+    assert loss["loss_type"] == "grpo_clip" and loss["cliprange"] == 0.2 and loss["cliprange_high"] == 0.28
+    PolicyLossConfig(**loss)
+    # the batch arithmetic (BatchConfig checks it); the data module's batch size is GRPOModule's
+    assert "batch_size" not in data or data["batch_size"] is None
+    rollouts, train = batching["rollout_batch_size"], batching["train_batch_size"]
+    updates_per_step = BatchConfig(**batching).updates_per_rollout
     assert updates_per_step > 1, "clip-higher only acts on updates after the first of a rollout batch"
 
     # The budget, recomputed from the measured 2 x H200 step of configs/grpo.yaml (256 rollouts, mean
@@ -114,9 +113,9 @@ def test_trl_script_runs_its_help_and_dry_run_without_trl():
     grpo = yaml.safe_load(GRPO.read_text())["model"]["init_args"]
     sft = yaml.safe_load(SFT.read_text())
     assert settings["grpo"]["max_completion_length"] == grpo["sampling_max_tokens"] == 384
-    assert settings["grpo"]["num_generations"] == grpo["group_size"]
+    assert settings["grpo"]["num_generations"] == grpo["batching"]["group_size"]
     g = settings["grpo"]
-    assert g["per_device_train_batch_size"] * g["gradient_accumulation_steps"] == grpo["rollout_batch_size"]
+    assert g["per_device_train_batch_size"] * g["gradient_accumulation_steps"] == grpo["batching"]["rollout_batch_size"]
     assert g["reward_fn"] == grpo["reward_fn"] and g["learning_rate"] == grpo["learning_rate"]
     s = settings["sft"]
     assert s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] == sft["data"]["init_args"]["batch_size"]
@@ -181,5 +180,5 @@ def test_gpu_runner_mfu_runs_parse_as_policy_update_arguments():
         assert (a.variant, a.r1_microbatch_max_tokens, a.logprob_chunk_size) == (
             "r1-packed", grpo["microbatch_max_tokens"], grpo["logprob_chunk_size"])
         assert (a.r1_loss_type, a.r1_loss_agg, a.gradient_checkpointing) == (
-            grpo["loss_type"], grpo["loss_agg"], grpo["gradient_checkpointing"])
+            grpo["loss"]["loss_type"], grpo["loss"]["loss_agg"], grpo["gradient_checkpointing"])
         assert a.r1_sdpa_backends == grpo["sdpa_backends"]

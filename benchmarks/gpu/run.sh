@@ -28,7 +28,7 @@
 #               of LEARN_SEEDS (default "0"; e.g. "0 1" puts one seed's two runs on each of 2 GPUs): a seed's two
 #               runs share a GPU (policies and in-process engines), the second started once the first one's
 #               engine is built (vLLM sizes its cache from the free memory it sees); LEARN_ASYNC_ARGS: more
-#               options for the one-step-off run (e.g. "--model.init_args.async_warmup_steps 10")
+#               options for the one-step-off run (e.g. "--model.init_args.async_rollouts.warmup_steps 10")
 #     layouts   configs/grpo.yaml's step (1.5B shape) in the two engine layouts on all N GPUs: colocated DDP (N ranks,
 #               each with its engine on its own GPU, sleep mode) and split N/2+N/2 (ranks on GPUs 0..N/2-1, rank r's
 #               engine on GPU N/2+r in a process of its own, weights over NCCL)
@@ -153,7 +153,7 @@ async_learning() {  # LEARN_SEEDS (default "0"): per seed a synchronous and a on
   pair() { local seed=$1 dir="$work/seed$1"; mkdir -p "$dir"
     learn "$dir/sync" 200 --seed_everything "$seed" & local sync_pid=$!
     for _ in $(seq 180); do grep -q "built in" "$dir/sync.log" 2>/dev/null && break; sleep 1; done
-    learn "$dir/async" 150 --seed_everything "$seed" --model.init_args.async_rollouts true ${LEARN_ASYNC_ARGS:-}
+    learn "$dir/async" 150 --seed_everything "$seed" --model.init_args.async_rollouts.enabled true ${LEARN_ASYNC_ARGS:-}
     echo "[async_learning] seed $seed async rc=$? at ${SECONDS} s"
     wait "$sync_pid"; echo "[async_learning] seed $seed sync rc=$? at ${SECONDS} s"; }
   for seed in ${LEARN_SEEDS:-0}; do CUDA_VISIBLE_DEVICES=$((i % gpus)) pair "$seed" & pids+=($!); i=$((i + 1)); done

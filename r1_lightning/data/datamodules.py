@@ -30,6 +30,9 @@ from r1_lightning.seeding import seed_or_global
 
 Example = TypeVar("Example", PromptExample, SFTExample)
 
+# Prompts per validation batch when neither val_batch_size nor batch_size is set.
+DEFAULT_VAL_BATCH_SIZE = 32
+
 
 def _existing_file(path: str | os.PathLike[str] | None, option: str) -> Path | None:
     """Check a path option early (at construction) so a config typo names the option."""
@@ -85,8 +88,6 @@ class _ExampleDataModule(L.LightningDataModule, Generic[Example]):
             ("max_val_examples", max_val_examples),
         ]:
             _check_positive(value, f"{name}.{option}")
-        if batch_size is None:
-            raise ValueError(f"{name}.batch_size must be a positive integer, got None")
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.max_examples = max_examples
@@ -133,6 +134,9 @@ class _ExampleDataModule(L.LightningDataModule, Generic[Example]):
         # One loader for the datamodule's lifetime: if Lightning asks again (e.g.
         # reload_dataloaders_every_n_epochs), the position and epoch count carry on.
         if self._train_loader is None:
+            if self.batch_size is None:
+                raise ValueError(f"{type(self).__name__}.batch_size is not set (GRPOModule sets it in setup; "
+                                 "other modules need data.init_args.batch_size)")
             trainer = self.trainer
             num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             try:
@@ -153,9 +157,9 @@ class _ExampleDataModule(L.LightningDataModule, Generic[Example]):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_path is None:
             return []  # Lightning skips validation for an empty list of loaders
-        return DataLoader(
-            self.val_examples(), batch_size=self.val_batch_size, shuffle=False, collate_fn=self._collate
-        )
+        # batch_size may have been set since __init__ (by GRPOModule)
+        batch_size = self.val_batch_size or self.batch_size or DEFAULT_VAL_BATCH_SIZE
+        return DataLoader(self.val_examples(), batch_size=batch_size, shuffle=False, collate_fn=self._collate)
 
 
 class SFTDataModule(_ExampleDataModule[SFTExample]):
@@ -234,7 +238,9 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
         train_path, val_path: MATH- or GSM8K-style jsonl files.
         dataset: `"auto"` (tell by the fields), `"math"` or `"gsm8k"`.
         template: a built-in template name (`r1_zero`, `question_only`) or a `.prompt` file path.
-        batch_size: prompts per train batch. val_batch_size: prompts per val batch (default batch_size).
+        batch_size: prompts per train batch; None (the default): the module's, which GRPOModule sets
+            to its questions per step. val_batch_size: prompts per val batch (default batch_size, or
+            `DEFAULT_VAL_BATCH_SIZE` without one, as for zero-shot evaluation).
         max_examples, max_val_examples: keep only the first N examples of each file.
         seed: seed of the per-epoch shuffle (None: `seed_everything`'s). shuffle: shuffle the training
             set each epoch.
@@ -245,7 +251,7 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
     def __init__(
         self, train_path: str | os.PathLike[str], val_path: str | os.PathLike[str] | None = None,
         dataset: Literal["auto", "math", "gsm8k"] = "auto", template: str = "r1_zero",
-        batch_size: int = 32, max_examples: int | None = None, max_val_examples: int | None = None,
+        batch_size: int | None = None, max_examples: int | None = None, max_val_examples: int | None = None,
         val_batch_size: int | None = None, seed: int | None = None, shuffle: bool = True,
     ) -> None:
         super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=val_batch_size,

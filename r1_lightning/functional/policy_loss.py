@@ -3,7 +3,7 @@
 Every option of the loss lives in one frozen `PolicyLossConfig`, checked once when it is built
 (`GRPOModule` builds it from its constructor arguments, whose names it shares) and passed down:
 
-    grpo_microbatch_loss(config)            per-token loss -> aggregation -> / accumulation
+    grpo_microbatch_loss(config)            per-token loss -> aggregation -> / loss_divisor
       └─ policy_gradient_loss(config)       -A·log π  |  clipped surrogate; x TIS weight; + β·KL
            └─ grpo_clip_loss(config)        -min(r·A, clip(r, 1-ε_low, 1+ε_high)·A), token or GSPO ratios
 
@@ -44,7 +44,8 @@ class PolicyLossConfig:
         of the whole response's probabilities, min(Π_t π_old / π_rollout, tis_cap), on all its
         tokens). A response the policy now finds likelier than the engine did counts more.
     loss_normalize_constant: the Dr. GRPO divisor of "seq_mean_token_sum_norm" (e.g. the most
-        tokens a response may have); required by it, unused by the other aggregations.
+        tokens a response may have); needed by its loss (`grpo_microbatch_loss` raises without
+        it), unused by the other aggregations. `GRPOModule` fills in `sampling_max_tokens`.
     """
 
     loss_type: str = "reinforce_with_baseline"
@@ -80,8 +81,6 @@ class PolicyLossConfig:
         for option in ("tis_cap", "loss_normalize_constant"):
             if getattr(self, option) is not None and getattr(self, option) <= 0:
                 raise ValueError(f"{option} must be > 0 or None, got {getattr(self, option)}")
-        if self.loss_agg == "seq_mean_token_sum_norm" and self.loss_normalize_constant is None:
-            raise ValueError("loss_agg='seq_mean_token_sum_norm' needs loss_normalize_constant (e.g. max tokens)")
 
 
 def _as_column(per_sequence: torch.Tensor) -> torch.Tensor:
@@ -256,33 +255,43 @@ _TOKEN_METRICS = {
 def grpo_microbatch_loss(
     policy_log_probs: torch.Tensor,
     response_mask: torch.Tensor,
-    gradient_accumulation_steps: float,
+    loss_divisor: float,
     config: PolicyLossConfig,
     *,
-    step_response_tokens: float | None = None,
+    old_log_probs: torch.Tensor | None = None,
     **tensors: torch.Tensor | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO-family microbatch loss, without backward (for `manual_backward`).
 
-    per-token loss (`policy_gradient_loss`, given `tensors`: raw_rewards, advantages,
-    old_log_probs, ref_log_probs, rollout_log_probs) -> `aggregate_loss` by `config.loss_agg`
-    -> divided by gradient_accumulation_steps, EXCEPT for "token_mean" with `step_response_tokens`:
-    that is the number of response tokens of the whole optimizer step, so the microbatch losses
-    already sum to the step's token mean and dividing again would shrink it. "token_mean" without
-    it is this microbatch's own token mean (divided like the others).
+    per-token loss (`policy_gradient_loss`, given old_log_probs and `tensors`: raw_rewards,
+    advantages, ref_log_probs, rollout_log_probs) -> `aggregate_loss` by `config.loss_agg` ->
+    divided by `loss_divisor`, the one place where the loss is normalized. `loss_divisor` is what
+    makes the microbatch losses of one optimizer update sum to the update's loss:
+        "seq_mean_token_mean", "seq_mean_token_sum_norm": the microbatch's mean over its sequences
+            is divided by it: the number of microbatches of the update (CS336's
+            gradient_accumulation_steps), or the update's sequences / this microbatch's.
+        "token_mean": the microbatch's sum over its response tokens is divided by it: the number of
+            response tokens of the whole update (the microbatch's own count: its own token mean).
+
+    old_log_probs (B, T): the sampling policy's log-probs, read by "grpo_clip" and TIS; None with
+    "grpo_clip" means on-policy (one update per rollout batch): the sampling policy is this one,
+    so its log-probs are `policy_log_probs`, detached (every ratio is 1, and the gradient is
+    the clipped surrogate's at r = 1).
 
     policy_log_probs, response_mask (B, T). Returns the scalar loss and detached scalar metadata:
     "loss_per_token" (token mean of the per-token loss), and the response-token means
     "clip_fraction", "ratio_mean", "kl_mean", "tis_weight_mean" where they apply.
     """
+    if old_log_probs is None and config.loss_type == "grpo_clip":
+        old_log_probs = policy_log_probs.detach()
     per_token_loss, token_metadata = policy_gradient_loss(
-        policy_log_probs, config, response_mask=response_mask, **tensors
+        policy_log_probs, config, response_mask=response_mask, old_log_probs=old_log_probs, **tensors
     )
-    if config.loss_agg == "token_mean" and step_response_tokens is not None:
-        loss = aggregate_loss(per_token_loss, response_mask, "token_mean", step_response_tokens)
+    if config.loss_agg == "token_mean":
+        loss = aggregate_loss(per_token_loss, response_mask, "token_mean", loss_divisor)
     else:
         constant = config.loss_normalize_constant if config.loss_agg == "seq_mean_token_sum_norm" else None
-        loss = aggregate_loss(per_token_loss, response_mask, config.loss_agg, constant) / gradient_accumulation_steps
+        loss = aggregate_loss(per_token_loss, response_mask, config.loss_agg, constant) / loss_divisor
     metadata = {"loss_per_token": aggregate_loss(per_token_loss.detach(), response_mask, "token_mean")}
     for key, name in _TOKEN_METRICS.items():
         if key in token_metadata:
@@ -300,7 +309,8 @@ def grpo_microbatch_train_step(
     old_log_probs: torch.Tensor | None = None,
     cliprange: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """CS336: `grpo_microbatch_loss` (sequence mean of token means), then `loss.backward()`.
+    """CS336: `grpo_microbatch_loss` (sequence mean of token means) with `gradient_accumulation_steps`
+    as its `loss_divisor`, then `loss.backward()`.
 
     Gradients accumulate over calls (never zeroed). policy_log_probs, response_mask (B, T) ->
     (scalar loss, metadata).

@@ -3,12 +3,23 @@
 `SFTModule` (supervised fine-tuning), `ExpertIterationModule`, `GRPOModule`; their shared bases
 `PolicyModule` (the policy, AdamW, one optimizer update by hand) and `RolloutModule` (a rollout
 engine, a reward function and evaluation), which on its own is the module of zero-shot evaluation
-(`r1-lightning validate --config configs/eval.yaml`).
+(`r1-lightning validate --config configs/eval.yaml`). `GRPOModule`'s option groups (`BatchConfig`,
+`DAPOConfig`, `AsyncRolloutConfig`, with `functional.PolicyLossConfig`) are exported here too.
 """
 
 from r1_lightning.modules.base import PolicyModule
 from r1_lightning.modules.grpo import GRPOModule
+from r1_lightning.modules.grpo_config import AsyncRolloutConfig, BatchConfig, DAPOConfig
 from r1_lightning.modules.rollout import RolloutModule
 from r1_lightning.modules.sft import ExpertIterationModule, SFTModule
 
-__all__ = ["ExpertIterationModule", "GRPOModule", "PolicyModule", "RolloutModule", "SFTModule"]
+__all__ = [
+    "AsyncRolloutConfig",
+    "BatchConfig",
+    "DAPOConfig",
+    "ExpertIterationModule",
+    "GRPOModule",
+    "PolicyModule",
+    "RolloutModule",
+    "SFTModule",
+]

@@ -1,8 +1,9 @@
-"""One-step-off asynchronous rollouts for GRPO (`GRPOModule(async_rollouts=True)`).
+"""One-step-off asynchronous rollouts for GRPO (`GRPOModule(async_rollouts={"enabled": True})`).
 
 While the policy trains on the batch of step t, the engine samples the batch of step t+1 on a
 background thread, with the weights the policy had before update t; the engine receives the new
-weights once both are done (`RolloutModule.sync_engine` waits for the generation in flight). Each
+weights once both are done (`GRPOModule.sync_engine` waits for the generation in flight). Only
+`GRPOModule` knows of this: it owns one `RolloutsAhead` and hands it functions, not itself. Each
 batch is then one step behind the policy that trains on it (`train/policy_lag`, in optimizer
 updates: 1 with one update per step, 0 for the first batch), which the truncated importance weights
 against the engine's log-probs correct for.
@@ -12,7 +13,7 @@ sampled with the seed of the step that trains on it, so the data order and the s
 a synchronous run; with `rollout_lag=0` (sampling starts after the update instead of before it)
 the run is exactly the synchronous run with the same TIS cap, which checks the machinery (without
 that cap a synchronous run differs wherever the engine's log-probs differ from the policy's).
-`async_warmup_steps=K` samples the batches of the first K steps that way too, and one step off
+`warmup_steps=K` samples the batches of the first K steps that way too, and one step off
 from then on: while the policy changes fastest, early in a run, each step then learns from its own
 batch. A batch sampled ahead that is not the one the loop then hands over (`limit_train_batches`
 ends epochs early) is dropped and sampled again.
@@ -39,6 +40,7 @@ import lightning as L
 import torch
 
 from r1_lightning.callbacks.checkpoint import HFExportCheckpoint
+from r1_lightning.modules.grpo_config import AsyncRolloutConfig
 from r1_lightning.rollout import Completion
 
 # How long a failure waits for the generation in flight before leaving it to its daemon thread: long
@@ -99,57 +101,68 @@ class RolloutsAhead:
     at most one sampled ahead for a later step (in flight on a background thread, or restored from
     a checkpoint).
 
-    lag: 1 samples the next batch before the step's update (one-step-off), 0 after it (no overlap
-    with the update; the synchronous run with the same TIS cap, exactly). warmup_steps: the GRPO steps at the start whose
-    batches are sampled with lag 0 whatever `lag` is.
+    It knows the module only through three functions, so data flows one way (module -> here):
+        sampler(batch, global_step): a call that samples and grades `batch` for the step at
+            `global_step` from the weights the engine holds now (`GRPOModule.sampler`).
+        sync_weights(): push the policy's weights into the engine (`sync_engine`).
+        next_batch(global_step): the data batch the loop hands the step at `global_step` next, or
+            None when no step will train on it (past `max_steps`).
+    config: the lag (1 samples the next batch before the step's update, one-step-off; 0 after it,
+    no overlap with the update: the synchronous run with the same TIS cap, exactly) and the warm-up
+    steps whose batches are sampled with lag 0 whatever the lag is. updates_per_rollout: optimizer
+    updates (global steps) per GRPO step, so the step after the one at global step t is at
+    t + updates_per_rollout.
     """
 
-    def __init__(self, lag: int, warmup_steps: int = 0) -> None:
-        self.lag = lag
-        self.warmup_steps = warmup_steps
+    def __init__(
+        self, config: AsyncRolloutConfig, updates_per_rollout: int,
+        sampler: Callable[[dict, int], Callable[[], SampledBatch]], sync_weights: Callable[[], object],
+        next_batch: Callable[[int], dict | None],
+    ) -> None:
+        self.lag = config.rollout_lag
+        self.warmup_steps = config.warmup_steps
+        self.updates_per_rollout = updates_per_rollout
+        self.sampler, self.sync_weights, self.next_batch = sampler, sync_weights, next_batch
         self.current: SampledBatch | None = None
         self._ahead: concurrent.futures.Future | None = None
         self._waited_seconds = 0.0
 
     # ----------------------------------------------------------------------------- the step
-    def batch_for_step(self, module, batch: dict) -> SampledBatch:
-        """The sampled `batch` for the module's current step: the one sampled ahead for it, else
+    def batch_for_step(self, batch: dict, global_step: int) -> SampledBatch:
+        """The sampled `batch` for the step at `global_step`: the one sampled ahead for it, else
         sampled now (the first step, or a batch ahead that is not this one). With lag 1, then
         starts sampling the next step's batch."""
-        step = module.global_step
-        sampled = self._take(step, batch) or module.sampler(batch, step)()
+        sampled = self._take(global_step, batch) or self.sampler(batch, global_step)()
         self.current = sampled
-        if self._next_lag(module) == 1:
-            self._sample_next(module)
+        if self._next_lag() == 1:
+            self._sample_next()
         return sampled
 
-    def step_ended(self, module) -> None:
+    def step_ended(self) -> None:
         """After the step's update: with lag 0, sync the engine and start sampling the next batch."""
-        if self._next_lag(module) == 0:
-            module.sync_engine()
-            self._sample_next(module)
+        if self._next_lag() == 0:
+            self.sync_weights()
+            self._sample_next()
 
-    def _next_lag(self, module) -> int:
+    @property
+    def next_step(self) -> int:
+        """The global step of the GRPO step after the running one."""
+        return self.current.global_step + self.updates_per_rollout
+
+    def _next_lag(self) -> int:
         """The lag of the batch after the running step's: 0 while that step is a warm-up step."""
-        next_step = self.current.global_step + module.updates_per_rollout
-        return 0 if next_step < self.warmup_steps * module.updates_per_rollout else self.lag
+        return 0 if self.next_step < self.warmup_steps * self.updates_per_rollout else self.lag
 
     def pop_waited_seconds(self) -> float:
         """Seconds spent waiting for the engine since the last call (0 when sampling kept up)."""
         seconds, self._waited_seconds = self._waited_seconds, 0.0
         return seconds
 
-    def _sample_next(self, module) -> None:
-        step = self.current.global_step + module.updates_per_rollout  # the step after the running one
-        max_steps = module.trainer.max_steps
-        if max_steps is not None and 0 <= max_steps <= step:
-            return  # no step will train on it
-        loader = module.trainer.train_dataloader
-        peek = getattr(loader, "peek", None)
-        if peek is None:
-            raise TypeError(f"GRPOModule async_rollouts: the train loader ({type(loader).__name__}) cannot show its "
-                            "next batch: it needs `peek()`, as ResumableDataLoader (PromptDataModule's) has")
-        self._ahead = _run_in_background(module.sampler(peek(), step))
+    def _sample_next(self) -> None:
+        step = self.next_step
+        batch = self.next_batch(step)
+        if batch is not None:
+            self._ahead = _run_in_background(self.sampler(batch, step))
 
     def _take(self, step: int, batch: dict) -> SampledBatch | None:
         self.wait()
@@ -215,10 +228,11 @@ class SettleRolloutsOnFailure(L.Callback):
     the state in memory one that a resumed run would not continue exactly (it would sample that
     batch again, with newer weights): the checkpoint callbacks then keep the `last.ckpt` on disk."""
 
+    def __init__(self, rollouts_ahead: RolloutsAhead) -> None:
+        self.rollouts_ahead = rollouts_ahead
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if pl_module.rollouts_ahead is None:
-            return
-        lost = pl_module.rollouts_ahead.settle()
+        lost = self.rollouts_ahead.settle()
         if lost is not None:
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, HFExportCheckpoint):

@@ -1,6 +1,6 @@
-"""The parts of a GRPO step that need no LightningModule: batch-size checks, the groups of a step's
+"""The parts of a GRPO step that need no LightningModule: the groups of a step's
 rollouts (DAPO's dynamic sampling and overlong penalty), its rollout metrics, the packing of graded
-rollouts into microbatches with their `token_mean` divisors, and the update's metric sums.
+rollouts into typed `Microbatch`es with their loss divisors, and the update's metric sums.
 
 `GRPOModule` (`grpo.py`) calls these with its settings (and, for the all-reduce, its ranks).
 Shapes: N = rollouts, G = group size, B = sequences of a microbatch, L-1 = its packed length.
@@ -8,7 +8,9 @@ Shapes: N = rollouts, G = group size, B = sequences of a microbatch, L-1 = its p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -21,21 +23,6 @@ from r1_lightning.functional import (
     varied_groups,
 )
 from r1_lightning.rollout import Completion
-
-
-def check_batch_sizes(rollout: int, group: int, train: int, accum: int, epochs: int) -> None:
-    """Raise a one-line `ValueError` unless the GRPO batch sizes divide each other."""
-    def fail(message: str):
-        raise ValueError(f"GRPOModule: {message}")
-
-    if min(rollout, group, train, accum, epochs) < 1:
-        fail("batch sizes, group_size, epochs and gradient_accumulation_steps must be >= 1")
-    if rollout % group:
-        fail(f"rollout_batch_size ({rollout}) must be divisible by group_size ({group})")
-    if rollout % train:
-        fail(f"rollout_batch_size ({rollout}) must be divisible by train_batch_size ({train})")
-    if train % accum:
-        fail(f"train_batch_size ({train}) must be divisible by gradient_accumulation_steps ({accum})")
 
 
 class RolloutGroup(NamedTuple):
@@ -119,20 +106,62 @@ def train_batch_token_counts(
 
 
 def token_mean_divisors(
-    token_counts: list[int], loss_agg: str, world_size: int,
-    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+    token_counts: list[int], world_size: int, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor],
 ) -> list[float]:
-    """Per train batch (optimizer update), what `token_mean` divides its masked loss sum by:
-    the update's response-token count in the loss (`token_counts`, this rank's) over all ranks
-    (at least 1), divided by the world size W,
-    because DDP averages the ranks' gradients. The rank's loss is then its token sum x W / N,
-    and their average is the single-process token mean over the N tokens of the global batch.
-    (The other aggregations are means over sequences, which DDP's average already gets right:
-    every rank has the same number of sequences.) One all-reduce, for token_mean only."""
+    """Per train batch (optimizer update), the `loss_divisor` of `token_mean`: the update's
+    response-token count in the loss (`token_counts`, this rank's) over all ranks (at least 1),
+    divided by the world size W, because DDP averages the ranks' gradients. The rank's loss is then
+    its token sum x W / N, and their average is the single-process token mean over the N tokens of
+    the global batch. (The other aggregations are means over sequences, which DDP's average already
+    gets right: every rank has the same number of sequences.) One all-reduce on several ranks."""
     counts = torch.tensor([float(count) for count in token_counts], dtype=torch.float64)
-    if loss_agg == "token_mean" and world_size > 1:
+    if world_size > 1:
         counts = all_reduce_sum(counts).cpu()
     return (counts.clamp(min=1) / world_size).tolist()
+
+
+@dataclass(frozen=True)
+class Microbatch:
+    """One microbatch of a GRPO update, as `pack_microbatches` cuts it and the loss reads it.
+
+    B = its sequences, L-1 = its packed length (the longest prompt + response, less one: inputs and
+    labels are shifted).
+
+    input_ids, labels: (B, L-1) long (`pack_prompt_and_output_ids`).
+    response_mask: (B, L-1) bool, True on the response tokens in the loss (a sample left out of the
+        loss, e.g. by DAPO's overlong filter, has none).
+    advantages, raw_rewards: (B, 1) float32, per sequence.
+    loss_divisor: what `grpo_microbatch_loss` divides this microbatch's aggregated loss by, so that
+        the update's microbatch losses sum to its loss (see there): the update's sequences / B for
+        the sequence means, the update's response tokens (over ranks, / world size) for `token_mean`.
+    ends_update: the update's last microbatch (the optimizer steps after it).
+    rollout_log_probs: (B, L-1) float32, the engine's log-probs of the response tokens (0
+        elsewhere), or None when the engine returned none.
+    has_rollout_log_probs: (B, 1) bool, the rows that have them (all with TIS; a sample for the
+        engine/trainer gap check), or None.
+    old_log_probs, ref_log_probs: (B, L-1) float32, the log-probs under the policy before the
+        update and under the KL reference, when the loss needs them (`GRPOModule` adds them on the
+        device); None otherwise.
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    response_mask: torch.Tensor
+    advantages: torch.Tensor
+    raw_rewards: torch.Tensor
+    loss_divisor: float
+    ends_update: bool
+    rollout_log_probs: torch.Tensor | None = None
+    has_rollout_log_probs: torch.Tensor | None = None
+    old_log_probs: torch.Tensor | None = None
+    ref_log_probs: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Microbatch:
+        """A copy with every tensor on `device`."""
+        return dataclasses.replace(self, **{
+            field.name: value.to(device) for field in dataclasses.fields(self)
+            if isinstance(value := getattr(self, field.name), torch.Tensor)
+        })
 
 
 def pack_microbatches(
@@ -140,58 +169,64 @@ def pack_microbatches(
     advantages: torch.Tensor,
     raw_rewards: torch.Tensor,
     in_loss: torch.Tensor,
-    token_mean_divisors: Sequence[float],
+    token_mean_divisors: Sequence[float] | None,
     *,
     train_batch_size: int,
     sequences_per_microbatch: int,
     microbatch_max_tokens: int | None,
     pad_token_id: int,
     tis_cap: float | None,
-) -> list[dict]:
+) -> list[Microbatch]:
     """Split the rollouts into train batches (one optimizer update each), sort each by length
     (less padding; every loss aggregation here is invariant to the order within a train batch)
-    and cut it into microbatches padded to their own longest sequence: `sequences_per_microbatch`
+    and cut it into `Microbatch`es padded to their own longest sequence: `sequences_per_microbatch`
     sequences each, or as many as fit `microbatch_max_tokens`.
 
     advantages, raw_rewards (N,): per rollout. in_loss (N,) bool: False zeroes a sample's response
-    mask (no loss, no token in the token count). token_mean_divisors: one per train batch, what
-    `token_mean` divides that update's loss sum by.
-
-    Each microbatch is `pack_prompt_and_output_ids`'s (B, L-1) `input_ids` / `labels` /
-    `response_mask`, with `advantages` and `raw_rewards` (B, 1) float, `loss_divisor` (train batch
-    size / B: the microbatch losses then sum to the train batch's loss however it was cut),
-    `ends_update`, `token_mean_divisor`, and where the engine returned log-probs
-    `rollout_log_probs` (B, L-1) and `has_rollout_log_probs` (B, 1) bool. CPU tensors, in update order.
+    mask (no loss, no token in the token count). token_mean_divisors: for `token_mean`, one per
+    train batch (`token_mean_divisors`), every microbatch's `loss_divisor`; None for the sequence
+    means, whose divisor is the train batch size / the microbatch's sequences. CPU tensors, in
+    update order.
     """
     microbatches = []
-    for start, token_mean_divisor in zip(range(0, len(completions), train_batch_size), token_mean_divisors):
+    for update, start in enumerate(range(0, len(completions), train_batch_size)):
         train_batch = completions[start : start + train_batch_size]
         # packed rows are one shorter than the sequence (inputs and labels are shifted)
         lengths = [len(c.prompt_token_ids) + len(c.token_ids) - 1 for c in train_batch]
         groups = microbatch_groups(lengths, sequences_per_microbatch, microbatch_max_tokens)
         for position, group in enumerate(groups):
             indices = [start + i for i in group]
-            rows = [completions[i] for i in indices]
-            prompt_ids = [c.prompt_token_ids for c in rows]
-            microbatch = pack_prompt_and_output_ids(prompt_ids, [c.token_ids for c in rows], pad_token_id)
-            microbatch["response_mask"] = microbatch["response_mask"] & in_loss[indices].unsqueeze(1)
-            microbatch["advantages"] = advantages[indices].unsqueeze(1).float()
-            microbatch["raw_rewards"] = raw_rewards[indices].unsqueeze(1).float()
-            microbatch["token_mean_divisor"] = token_mean_divisor
-            microbatch["loss_divisor"] = train_batch_size / len(rows)
-            microbatch["ends_update"] = position == len(groups) - 1
-            engine_log_probs = [c.logprobs for c in rows]
-            if any(row is not None for row in engine_log_probs):
-                microbatch["rollout_log_probs"] = scatter_response_values(
-                    [row or [] for row in engine_log_probs], [len(p) for p in prompt_ids],
-                    tuple(microbatch["labels"].shape),
-                )
-                # (B, 1): the rows that have them (all with TIS; a sample for the sync check)
-                microbatch["has_rollout_log_probs"] = torch.tensor([[row is not None] for row in engine_log_probs])
-                if tis_cap is not None and not microbatch["has_rollout_log_probs"].all():
-                    raise RuntimeError("tis_cap needs the engine's log-probs of every sample; the engine left some out")
-            microbatches.append(microbatch)
+            divisor = train_batch_size / len(indices) if token_mean_divisors is None else token_mean_divisors[update]
+            microbatches.append(_pack_microbatch(
+                [completions[i] for i in indices], advantages[indices], raw_rewards[indices], in_loss[indices],
+                divisor, position == len(groups) - 1, pad_token_id, tis_cap,
+            ))
     return microbatches
+
+
+def _pack_microbatch(
+    rows: list[Completion], advantages: torch.Tensor, raw_rewards: torch.Tensor, in_loss: torch.Tensor,
+    loss_divisor: float, ends_update: bool, pad_token_id: int, tis_cap: float | None,
+) -> Microbatch:
+    """The `Microbatch` of `rows` (advantages, raw_rewards, in_loss (B,): theirs)."""
+    prompt_ids = [c.prompt_token_ids for c in rows]
+    tokens = pack_prompt_and_output_ids(prompt_ids, [c.token_ids for c in rows], pad_token_id)
+    engine_log_probs = [c.logprobs for c in rows]
+    rollout_log_probs = has_rollout_log_probs = None
+    if any(row is not None for row in engine_log_probs):
+        rollout_log_probs = scatter_response_values(
+            [row or [] for row in engine_log_probs], [len(p) for p in prompt_ids], tuple(tokens["labels"].shape)
+        )
+        has_rollout_log_probs = torch.tensor([[row is not None] for row in engine_log_probs])
+        if tis_cap is not None and not has_rollout_log_probs.all():
+            raise RuntimeError("tis_cap needs the engine's log-probs of every sample; the engine left some out")
+    return Microbatch(
+        input_ids=tokens["input_ids"], labels=tokens["labels"],
+        response_mask=tokens["response_mask"] & in_loss.unsqueeze(1),
+        advantages=advantages.unsqueeze(1).float(), raw_rewards=raw_rewards.unsqueeze(1).float(),
+        loss_divisor=loss_divisor, ends_update=ends_update,
+        rollout_log_probs=rollout_log_probs, has_rollout_log_probs=has_rollout_log_probs,
+    )
 
 
 class MetricSums:

@@ -8,12 +8,10 @@ import time
 from collections.abc import Sequence
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
 from r1_lightning.distributed import full_state_dict
 from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
-from r1_lightning.modules.async_rollouts import RolloutsAhead, SettleRolloutsOnFailure
 from r1_lightning.modules.base import PolicyModule
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, WeightSyncError
 from r1_lightning.rollout.base import TrainerRanks
@@ -82,8 +80,6 @@ class RolloutModule(PolicyModule):
         # The `policy_version` whose weights the engine holds; None: not known to be any (a fresh
         # engine, or a run that may have restored a checkpoint into the policy).
         self.engine_version: int | None = None
-        # Batches sampled on a background thread (GRPO's asynchronous rollouts); None: never.
-        self.rollouts_ahead: RolloutsAhead | None = None
 
     def configure_model(self) -> None:
         already = self.policy is not None
@@ -100,7 +96,7 @@ class RolloutModule(PolicyModule):
                             ranks_per_node=trainer.num_devices)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [RolloutWeightSync()] + ([SettleRolloutsOnFailure()] if self.rollouts_ahead is not None else [])
+        return [RolloutWeightSync()]
 
     def setup(self, stage: str) -> None:
         # The grader's worker processes take seconds to start: start them now, not in the first step.
@@ -126,10 +122,8 @@ class RolloutModule(PolicyModule):
     def sync_engine(self) -> float | None:
         """Push the policy's weights into the engine (in place, no disk round trip) unless it holds
         them already or generates with the policy itself. Returns the seconds it took, or None.
-        A generation in flight (`rollouts_ahead`) finishes first, with the weights it started with.
         A failed or hung sync raises `WeightSyncError` (the engine then refuses to sample).
         Under FSDP2 every rank gathers the full weights before any loads them (`full_state_dict`)."""
-        self.wait_for_engine()
         if self.engine.shares_policy_weights or self.engine_version == self.policy_version:
             return None
         start = time.perf_counter()
@@ -160,11 +154,6 @@ class RolloutModule(PolicyModule):
         step = self.global_step if global_step is None else global_step
         return self.seed + step + RANK_SEED_STRIDE * self.global_rank
 
-    def wait_for_engine(self) -> None:
-        """Until the engine is idle: one generation at a time, and none while its weights change."""
-        if self.rollouts_ahead is not None:
-            self.rollouts_ahead.wait()
-
     def require_current_engine(self) -> None:
         """Refuse to sample from weights the engine does not hold."""
         if not self.engine.shares_policy_weights and self.engine_version != self.policy_version:
@@ -176,39 +165,17 @@ class RolloutModule(PolicyModule):
     def rollout(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
         """Sample with the engine, which must hold the policy's weights; return completions and
         throughput metrics."""
-        self.wait_for_engine()
         self.require_current_engine()
         return self.generate(prompts, sampling)
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> tuple[list[Completion], dict[str, float]]:
         """`rollout` without its checks: the engine's completions and throughput metrics, from
-        whatever weights it holds (what a background thread may call, see `rollouts_ahead`)."""
+        whatever weights it holds."""
         start = time.perf_counter()
         completions = self.engine.generate(list(prompts), sampling)
         seconds = time.perf_counter() - start
         n_tokens = sum(len(c.token_ids) for c in completions)
         return completions, {"perf/rollout_seconds": seconds, "perf/rollout_tokens_per_s": n_tokens / max(seconds, 1e-9)}
-
-    # ----------------------------------------------------------------------------- batches sampled ahead
-    def on_train_end(self) -> None:
-        if self.rollouts_ahead is not None:
-            self.rollouts_ahead.clear()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.rollouts_ahead is not None:  # every rank's batch (a collective: every rank saves)
-            state = self.rollouts_ahead.state_for(checkpoint["global_step"])
-            checkpoint["r1_lightning"]["rollouts_ahead"] = self.pool_across_ranks([state])
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("r1_lightning", {}).get("rollouts_ahead")
-        if self.rollouts_ahead is not None and saved is not None:
-            if len(saved) == self.trainer.world_size:
-                self.rollouts_ahead.load(saved[self.global_rank])
-            else:
-                rank_zero_warn(f"the checkpoint holds the batches sampled ahead of {len(saved)} ranks, not "
-                               f"{self.trainer.world_size}: the first step samples its batch again")
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate_examples(self, batch: dict) -> list[dict]:

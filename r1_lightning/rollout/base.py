@@ -123,7 +123,7 @@ class RolloutEngine(Protocol):
     `compute_group_normalized_rewards` expects).
 
     An engine with its own weights may be asked to `generate` on a background thread while the
-    policy trains (`GRPOModule(async_rollouts=True)`); it is never used by two threads at once, and
+    policy trains (GRPOModule's `async_rollouts.enabled`); it is never used by two threads at once, and
     `load_weights` never runs during a generation.
     """
 
