@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.functional import (
+    RATIO_LOSSES,
     PolicyLossConfig,
     get_response_log_probs,
     group_normalized_advantages,
@@ -223,7 +224,7 @@ class GRPOModule(RolloutModule):
     def needs_old_log_probs(self) -> bool:
         # Only when the policy moves while the same rollouts are still being trained on: more than
         # one update per rollout batch. With one update, "old" is the current policy, detached.
-        return self.loss_config.loss_type == "grpo_clip" and self.updates_per_rollout > 1
+        return self.loss_config.loss_type in RATIO_LOSSES and self.updates_per_rollout > 1
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
