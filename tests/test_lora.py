@@ -15,14 +15,6 @@ from r1_lightning.modules import SFTModule
 LORA = LoRAConfig(rank=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"])
 
 
-class RecordingEngine(FixedEngine):
-    """FixedEngine that keeps its own copy of the weights, so the trainer must send them."""
-
-    @property
-    def shares_policy_weights(self) -> bool:
-        return False
-
-
 def _train_adapters_nonzero(model):  # fresh adapters have B = 0; give them a value to merge
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
@@ -68,7 +60,7 @@ def test_only_adapters_get_gradients_and_optimizer_state(tiny_model_dir, toy_tas
 def test_grpo_with_lora_sends_the_engine_merged_weights_and_exports_both(tiny_model_dir, toy_task_dir, tmp_path):
     from peft import PeftModel
 
-    engine = RecordingEngine()
+    engine = FixedEngine(shares_policy_weights=False)  # its own weights: the trainer must send them
     checkpoint = HFExportCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
     module = fit_grpo(tiny_model_dir, toy_task_dir, tmp_path, steps=2, engine=engine, callbacks=[checkpoint],
                       lora=LORA)
