@@ -180,7 +180,8 @@ class R1LightningCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
-                "validate": {"model", "dataloaders", "datamodule"}}
+                "validate": {"model", "dataloaders", "datamodule"},
+                "predict": {"model", "dataloaders", "datamodule", "return_predictions"}}
 
 
 PROG = "r1-lightning"

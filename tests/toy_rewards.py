@@ -6,3 +6,9 @@ def digit_fraction_reward(response: str, ground_truth: str) -> dict[str, float]:
     """Reward = fraction of the response's characters that are digits (verifiable, in [0, 1])."""
     fraction = sum(c.isdigit() for c in response) / len(response) if response else 0.0
     return {"format_reward": 1.0, "answer_reward": fraction, "reward": fraction}
+
+
+def exact_answer_reward(response: str, ground_truth: str) -> dict[str, float]:
+    """Reward 1 when the response, stripped, is the ground truth; else 0."""
+    correct = float(response.strip() == ground_truth)
+    return {"format_reward": 1.0, "answer_reward": correct, "reward": correct}

@@ -15,7 +15,7 @@ import lightning as L
 
 
 class RolloutWeightSync(L.Callback):
-    """Syncs the engine at the start of fitting and of validation, and before each training batch
+    """Syncs the engine at the start of fitting, validation and prediction, and before each training batch
     (each GRPO or expert-iteration step samples first); logs `perf/weight_sync_seconds`."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -32,4 +32,7 @@ class RolloutWeightSync(L.Callback):
             pl_module.log("perf/weight_sync_seconds", seconds, on_step=True, on_epoch=False)
 
     def on_validation_start(self, trainer, pl_module) -> None:
+        pl_module.sync_engine()
+
+    def on_predict_start(self, trainer, pl_module) -> None:
         pl_module.sync_engine()

@@ -15,6 +15,7 @@ response is graded correct -> keep the first `max_examples` (file order, indepen
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -244,6 +245,12 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
         max_examples, max_val_examples: keep only the first N examples of each file.
         seed: seed of the per-epoch shuffle (None: `seed_everything`'s). shuffle: shuffle the training
             set each epoch.
+        min_pass_rate, max_pass_rate: train only on problems whose `pass_rate` (the field difficulty
+            estimation writes, `PassRateModule`) lies in this band, bounds included; e.g. 0.01 and 0.99
+            drop the never- and always-solved problems, whose groups have no reward variance.
+        curriculum: visit the training problems easiest first (highest `pass_rate`; equal rates in the
+            seeded shuffle's order), every epoch; `shuffle` is then not used.
+    The predict loader (difficulty estimation) reads `train_path` whole, in file order.
     """
 
     drop_last_train = True
@@ -253,9 +260,17 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
         dataset: Literal["auto", "math", "gsm8k"] = "auto", template: str = "r1_zero",
         batch_size: int | None = None, max_examples: int | None = None, max_val_examples: int | None = None,
         val_batch_size: int | None = None, seed: int | None = None, shuffle: bool = True,
+        min_pass_rate: float | None = None, max_pass_rate: float | None = None, curriculum: bool = False,
     ) -> None:
         super().__init__(train_path, val_path, batch_size=batch_size, val_batch_size=val_batch_size,
-                         max_examples=max_examples, max_val_examples=max_val_examples, seed=seed, shuffle=shuffle)
+                         max_examples=max_examples, max_val_examples=max_val_examples, seed=seed,
+                         shuffle=shuffle and not curriculum)
+        low, high = min_pass_rate if min_pass_rate is not None else 0.0, max_pass_rate if max_pass_rate is not None else 1.0
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"PromptDataModule: need 0 <= min_pass_rate <= max_pass_rate <= 1, got "
+                             f"{min_pass_rate} and {max_pass_rate}")
+        self.pass_rate_band = None if min_pass_rate is None and max_pass_rate is None else (low, high)
+        self.curriculum = curriculum
         # In checkpoints, not in the logger's hparams: Lightning merges those with the module's and refuses a
         # key both have with different values (`seed`: the shuffle's here, the sampling's there). The run's
         # config.yaml records every data option.
@@ -268,6 +283,29 @@ class PromptDataModule(_ExampleDataModule[PromptExample]):
 
     def _read(self, path: Path) -> list[PromptExample]:
         return load_prompt_dataset(path, self.dataset)
+
+    def _select_train(self, examples: list[PromptExample]) -> list[PromptExample]:
+        if self.pass_rate_band is None and not self.curriculum:
+            return examples
+        unannotated = sum(example.pass_rate is None for example in examples)
+        if unannotated:
+            raise ValueError(f"PromptDataModule min_pass_rate / max_pass_rate / curriculum: {unannotated} of "
+                             f"{len(examples)} problems of {self.train_path} have no 'pass_rate'; annotate the file "
+                             f"first (r1-lightning predict --config configs/difficulty.yaml)")
+        if self.pass_rate_band is not None:
+            low, high = self.pass_rate_band
+            kept = [example for example in examples if low <= example.pass_rate <= high]
+            rank_zero_info(f"PromptDataModule: kept {len(kept)} of {len(examples)} problems of {self.train_path} "
+                           f"with a pass rate in [{low}, {high}]")
+            examples = kept
+        if self.curriculum:
+            shuffled = [examples[i] for i in random.Random(self.seed).sample(range(len(examples)), len(examples))]
+            examples = sorted(shuffled, key=lambda example: -example.pass_rate)  # stable: ties keep the shuffle
+        return examples
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self._read(self.train_path)[: self.max_examples], batch_size=self.batch_size,
+                          shuffle=False, collate_fn=self._collate)
 
     def _collate(self, examples: list[PromptExample]) -> dict[str, list[Any]]:
         return {

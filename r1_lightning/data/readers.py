@@ -44,6 +44,8 @@ class PromptExample:
 
     level: MATH difficulty as an int (1..5) when the file says `"Level 3"` or `3`; any other value
     (MATH has two `"Level ?"` problems) is kept as the original string; None when absent.
+    pass_rate: the share of sampled answers graded correct, in [0, 1], when the file was annotated
+        by difficulty estimation (`PassRateModule`); None when absent.
     """
 
     question: str
@@ -51,6 +53,7 @@ class PromptExample:
     level: int | str | None = None
     subject: str | None = None
     unique_id: str | None = None
+    pass_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,17 @@ def _parse_math(record: dict[str, Any], path: PathLike, line: int) -> PromptExam
         level=_parse_level(record.get("level")),
         subject=_text_field(record, "subject", path, line, required=False),
         unique_id=_text_field(record, "unique_id", path, line, required=False),
+        pass_rate=_pass_rate(record, path, line),
     )
+
+
+def _pass_rate(record: dict[str, Any], path: PathLike, line: int) -> float | None:
+    value = record.get("pass_rate")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DataFormatError(path, line, f"field 'pass_rate' must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _parse_gsm8k(record: dict[str, Any], path: PathLike, line: int) -> PromptExample:
@@ -175,7 +188,7 @@ def _parse_gsm8k(record: dict[str, Any], path: PathLike, line: int) -> PromptExa
     answer = last_line.removeprefix("####").strip().replace(",", "")
     if not answer:
         raise DataFormatError(path, line, "nothing after '####' in field 'answer'")
-    return PromptExample(question=question, ground_truth=answer)
+    return PromptExample(question=question, ground_truth=answer, pass_rate=_pass_rate(record, path, line))
 
 
 _PROMPT_PARSERS: dict[str, Callable[[dict[str, Any], PathLike, int], PromptExample | None]] = {

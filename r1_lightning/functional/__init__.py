@@ -13,12 +13,12 @@ testable on plain tensors. Everything is importable from here; one concept per m
   autograd function) that never materializes the `(B, T, vocab)` float32 logits.
 - `masked`: masked mean / sum and `aggregate_loss`, the GRPO, DAPO and Dr. GRPO loss aggregations.
 - `sft`: the SFT microbatch loss (masked NLL).
-- `advantages`: group-normalized advantages from a tensor of rewards (and the CS336 function that
-  grades with a reward function first); which groups carry any reward
-  variance; DAPO's soft overlong penalty, a reward term.
+- `advantages`: advantages from a tensor of rewards — group-normalized (GRPO), leave-one-out
+  (RLOO), batch-whitened (REINFORCE++) — and the CS336 function that grades with a reward function
+  first; which groups carry any reward variance; DAPO's soft overlong penalty, a reward term.
 - `policy_loss`: `PolicyLossConfig` (every option of the loss, checked once) and the
   policy-gradient losses it drives: REINFORCE with or without baseline, the clipped GRPO/PPO
-  surrogate with DAPO clip-higher, GSPO sequence ratios, a k3 KL penalty, truncated importance
+  surrogate with DAPO clip-higher, CISPO's clipped detached weights, SAPO's soft gate, GSPO sequence ratios, a k3 KL penalty, truncated importance
   sampling, and the GRPO microbatch loss with the GRPO / DAPO / Dr. GRPO aggregations.
 
 The `*_microbatch_loss` functions return the loss without calling `backward()` (Lightning modules
@@ -30,9 +30,13 @@ N = flattened tokens (B·T).
 """
 
 from r1_lightning.functional.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    batch_whitened,
     compute_group_normalized_rewards,
+    estimate_advantages,
     group_normalized_advantages,
     overlong_penalty,
+    rloo_advantages,
     varied_groups,
 )
 from r1_lightning.functional.logprobs import (
@@ -51,7 +55,9 @@ from r1_lightning.functional.packing import (
 from r1_lightning.functional.policy_loss import (
     IMPORTANCE_LEVELS,
     LOSS_TYPES,
+    RATIO_LOSSES,
     PolicyLossConfig,
+    cispo_loss,
     compute_grpo_clip_loss,
     compute_k3_kl,
     compute_naive_policy_gradient_loss,
@@ -60,22 +66,28 @@ from r1_lightning.functional.policy_loss import (
     grpo_microbatch_loss,
     grpo_microbatch_train_step,
     policy_gradient_loss,
+    sapo_loss,
     truncated_importance_weight,
 )
 from r1_lightning.functional.sft import sft_microbatch_loss, sft_microbatch_train_step
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "IMPORTANCE_LEVELS",
     "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
+    "RATIO_LOSSES",
     "PolicyLossConfig",
     "aggregate_loss",
+    "batch_whitened",
+    "cispo_loss",
     "compute_entropy",
     "compute_group_normalized_rewards",
     "compute_grpo_clip_loss",
     "compute_k3_kl",
     "compute_naive_policy_gradient_loss",
     "compute_policy_gradient_loss",
+    "estimate_advantages",
     "get_response_log_probs",
     "group_normalized_advantages",
     "grpo_clip_loss",
@@ -88,6 +100,8 @@ __all__ = [
     "pack_prompt_and_output_ids",
     "policy_gradient_loss",
     "response_log_probs_from_hidden",
+    "rloo_advantages",
+    "sapo_loss",
     "scatter_response_values",
     "sft_microbatch_loss",
     "sft_microbatch_train_step",

@@ -1,4 +1,11 @@
-"""Group-normalized advantages (GRPO): each response scored against the other samples of its prompt."""
+"""Advantages from rewards: each response scored against the other samples of its prompt.
+
+Three estimators (`ADVANTAGE_ESTIMATORS`, chosen by `estimate_advantages`):
+- "grpo": group-normalized (DeepSeekMath): reward - group mean, optionally / group std;
+- "rloo": leave-one-out (Ahmadian et al. 2024): reward - the mean of the group's *other* rewards;
+- "reinforce_pp": REINFORCE++ with a group baseline (Hu 2025): reward - group mean, then whitened
+  over the whole batch — every rank's responses together under DDP/FSDP — instead of per group.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,72 @@ def group_normalized_advantages(
     if normalize_by_std:
         advantages = advantages / (group_std.unsqueeze(1) + advantage_eps)
     return advantages.reshape(-1), group_std
+
+
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
+
+
+def rloo_advantages(raw_rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, "Back to Basics", eq. 5): A_i = r_i - 1/(G-1) · Σ_{j≠i} r_j.
+
+    Each sample's baseline is the mean of the other G-1 samples of its prompt, which does not depend
+    on the sample itself (so the estimate is unbiased); it equals G/(G-1) · (r_i - group mean).
+
+    raw_rewards (N,) in groups of `group_size` consecutive responses -> advantages (N,) float32.
+    """
+    if group_size < 2 or raw_rewards.numel() % group_size:
+        raise ValueError(f"RLOO needs groups of >= 2 responses; cannot split {raw_rewards.numel()} into "
+                         f"groups of group_size={group_size}")
+    groups = raw_rewards.float().view(-1, group_size)
+    others_mean = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others_mean).reshape(-1)
+
+
+def batch_whitened(
+    values: torch.Tensor, eps: float, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(values - mean) / (std + eps) with the mean and sample std (unbiased) of the whole batch.
+
+    `all_reduce_sum` (e.g. a sum over DDP ranks) makes the batch every rank's values together: one
+    reduction of (count, sum, sum of squares), so every rank divides by the same global statistics.
+
+    values (N,) -> (N,) float32. A batch of one value (or of equal values) gets 0, not NaN.
+    """
+    values = values.float()
+    moments = torch.stack([torch.tensor(float(values.numel()), device=values.device), values.sum(),
+                           values.square().sum()]).double()
+    if all_reduce_sum is not None:
+        moments = all_reduce_sum(moments)
+    count, total, squares = moments.unbind()
+    mean = total / count
+    variance = ((squares - count * mean * mean) / (count - 1)).clamp(min=0.0) if count > 1 else torch.zeros_like(mean)
+    return ((values - mean) / (variance.sqrt() + eps)).float()
+
+
+def estimate_advantages(
+    raw_rewards: torch.Tensor, group_size: int, estimator: str, advantage_eps: float, normalize_by_std: bool,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The advantages of `estimator` (see the module docstring) and each group's reward std.
+
+    `normalize_by_std` applies to "grpo" only (RLOO is never scaled; REINFORCE++ always divides by
+    the batch's std); `all_reduce_sum` to "reinforce_pp" only (the others are per group).
+
+    raw_rewards (N,) -> advantages (N,) float32 and group_std (N / group_size,) (see
+    `group_normalized_advantages`).
+    """
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage_estimator {estimator!r}; choose one of {ADVANTAGE_ESTIMATORS}")
+    if estimator != "grpo" and group_size < 2:
+        raise ValueError(f"advantage_estimator={estimator!r} needs group_size >= 2 (a baseline from the other samples)")
+    centered, group_std = group_normalized_advantages(
+        raw_rewards, group_size, advantage_eps, normalize_by_std and estimator == "grpo"
+    )
+    if estimator == "rloo":
+        return rloo_advantages(raw_rewards, group_size), group_std
+    if estimator == "reinforce_pp":
+        return batch_whitened(centered, advantage_eps, all_reduce_sum), group_std
+    return centered, group_std
 
 
 def varied_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

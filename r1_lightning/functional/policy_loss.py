@@ -4,8 +4,10 @@ Every option of the loss lives in one frozen `PolicyLossConfig`, checked once wh
 (`GRPOModule` builds it from its constructor arguments, whose names it shares) and passed down:
 
     grpo_microbatch_loss(config)            per-token loss -> aggregation -> / loss_divisor
-      └─ policy_gradient_loss(config)       -A·log π  |  clipped surrogate; x TIS weight; + β·KL
-           └─ grpo_clip_loss(config)        -min(r·A, clip(r, 1-ε_low, 1+ε_high)·A), token or GSPO ratios
+      └─ policy_gradient_loss(config)       -A·log π | clipped surrogate | CISPO | SAPO; x TIS weight; + β·KL
+           ├─ grpo_clip_loss(config)        -min(r·A, clip(r, 1-ε_low, 1+ε_high)·A), token or GSPO ratios
+           ├─ cispo_loss(config)            -sg(clip(r, 1-ε_low, 1+ε_high))·A·log π (MiniMax-M1)
+           └─ sapo_loss(config)             -σ(τ(r-1))·4/τ·A, τ by the sign of A (SAPO)
 
 The CS336 functions (`compute_naive_policy_gradient_loss`, `compute_grpo_clip_loss`,
 `compute_policy_gradient_loss`, `grpo_microbatch_train_step`) keep the assignment's signatures and
@@ -21,7 +23,10 @@ import torch
 
 from r1_lightning.functional.masked import LOSS_AGGREGATIONS, aggregate_loss, row_mean_or_zero
 
-LOSS_TYPES = ("no_baseline", "reinforce_with_baseline", "grpo_clip")
+LOSS_TYPES = ("no_baseline", "reinforce_with_baseline", "grpo_clip", "cispo", "sapo")
+# The losses that weigh the policy by a ratio to the policy that sampled (π_old): without old
+# log-probs (one update per rollout batch, on-policy) `grpo_microbatch_loss` takes π itself, detached.
+RATIO_LOSSES = ("grpo_clip", "cispo", "sapo")
 IMPORTANCE_LEVELS = ("token", "sequence")
 
 
@@ -29,12 +34,16 @@ IMPORTANCE_LEVELS = ("token", "sequence")
 class PolicyLossConfig:
     """The options of the GRPO-family loss, named as `GRPOModule`'s arguments (and the configs' keys).
 
-    loss_type: "no_baseline" (-raw reward · log π), "reinforce_with_baseline" (-advantage · log π)
-        or "grpo_clip" (the clipped surrogate of `grpo_clip_loss`).
+    loss_type: "no_baseline" (-raw reward · log π), "reinforce_with_baseline" (-advantage · log π),
+        "grpo_clip" (the clipped surrogate of `grpo_clip_loss`), "cispo" (clipped, detached
+        importance weights on every token's REINFORCE term, `cispo_loss`) or "sapo" (a soft,
+        sigmoid gate in place of the hard clip, `sapo_loss`).
     loss_agg: how a microbatch's per-token losses become one number (see `aggregate_loss`):
         "seq_mean_token_mean" (GRPO), "token_mean" (DAPO), "seq_mean_token_sum_norm" (Dr. GRPO).
-    cliprange: ε of the clip range [1-ε, 1+ε] (grpo_clip); with `cliprange_high`, the lower side only.
-    cliprange_high: the upper ε (DAPO clip-higher, e.g. 0.28 with cliprange 0.2); None: = cliprange.
+    cliprange: ε of the clip range [1-ε, 1+ε] (grpo_clip, cispo); with `cliprange_high`, the lower
+        side only. CISPO with cliprange None clips only from above (MiniMax-M1's setting).
+    cliprange_high: the upper ε (DAPO clip-higher, e.g. 0.28 with cliprange 0.2; CISPO's ε_high);
+        None: = cliprange.
     importance_level: "token" ratios (GRPO/PPO) or "sequence" ratios (GSPO); grpo_clip only.
     beta: weight of a k3 KL penalty to a reference policy (0: none; the KL is still reported when
         reference log-probs are given).
@@ -46,6 +55,8 @@ class PolicyLossConfig:
     loss_normalize_constant: the Dr. GRPO divisor of "seq_mean_token_sum_norm" (e.g. the most
         tokens a response may have); needed by its loss (`grpo_microbatch_loss` raises without
         it), unused by the other aggregations. `GRPOModule` fills in `sampling_max_tokens`.
+    sapo_tau_pos, sapo_tau_neg: SAPO's gate temperatures τ for tokens of positive and of negative
+        advantage (the paper's 1.0 and 1.05: a negative token's gate closes a little faster).
     """
 
     loss_type: str = "reinforce_with_baseline"
@@ -57,6 +68,8 @@ class PolicyLossConfig:
     tis_cap: float | None = None
     tis_level: str = "token"
     loss_normalize_constant: float | None = None
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -69,13 +82,18 @@ class PolicyLossConfig:
             )
         if self.tis_level not in IMPORTANCE_LEVELS:
             raise ValueError(f"unknown tis_level {self.tis_level!r}; choose one of {IMPORTANCE_LEVELS}")
-        clip_only = {"importance_level='sequence' (GSPO)": self.importance_level == "sequence",
-                     "cliprange_high": self.cliprange_high is not None}
-        for option, is_set in clip_only.items():
-            if is_set and self.loss_type != "grpo_clip":
-                raise ValueError(f"{option} needs loss_type='grpo_clip', got loss_type={self.loss_type!r}")
+        if self.importance_level == "sequence" and self.loss_type != "grpo_clip":
+            raise ValueError(f"importance_level='sequence' (GSPO) needs loss_type='grpo_clip', "
+                             f"got loss_type={self.loss_type!r}")
+        if self.cliprange_high is not None and self.loss_type not in ("grpo_clip", "cispo"):
+            raise ValueError(f"cliprange_high needs loss_type='grpo_clip' or 'cispo', got loss_type={self.loss_type!r}")
         if self.loss_type == "grpo_clip" and self.cliprange is None:
             raise ValueError("loss_type='grpo_clip' needs cliprange (the lower ε, and the upper one unless cliprange_high)")
+        if self.loss_type == "cispo" and self.cliprange is None and self.cliprange_high is None:
+            raise ValueError("loss_type='cispo' needs cliprange_high (ε_high) or cliprange")
+        for option in ("sapo_tau_pos", "sapo_tau_neg"):
+            if getattr(self, option) <= 0:
+                raise ValueError(f"{option} must be > 0, got {getattr(self, option)}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         for option in ("tis_cap", "loss_normalize_constant"):
@@ -135,6 +153,50 @@ def grpo_clip_loss(
     return loss, metadata
 
 
+def cispo_loss(
+    advantages: torch.Tensor, policy_log_probs: torch.Tensor, old_log_probs: torch.Tensor, config: PolicyLossConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4-5): -sg(clip(r, 1-ε_low, 1+ε_high)) · A · log π.
+
+    The importance weight r = π/π_old is clipped and detached; the gradient, -sg(ŵ)·A·∇log π, flows
+    through every token, including those whose ratio left the clip range (which `grpo_clip` zeroes).
+
+    Args:
+        advantages (B, 1) (or (B,)); policy_log_probs, old_log_probs (B, T).
+        config: ε_low = `cliprange` (None: no lower bound), ε_high = `cliprange_high` (None: = cliprange).
+
+    Returns:
+        loss (B, T) and metadata (detached): "clipped" (B, T) bool, True where the weight was
+        clipped; "ratio" (B, T), the unclipped r.
+    """
+    high = config.cliprange if config.cliprange_high is None else config.cliprange_high
+    low = None if config.cliprange is None else 1.0 - config.cliprange
+    ratio = torch.exp(policy_log_probs - old_log_probs).detach()
+    weight = torch.clamp(ratio, min=low, max=1.0 + high)
+    loss = -weight * _as_column(advantages) * policy_log_probs
+    return loss, {"clipped": weight != ratio, "ratio": ratio}
+
+
+def sapo_loss(
+    advantages: torch.Tensor, policy_log_probs: torch.Tensor, old_log_probs: torch.Tensor, config: PolicyLossConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SAPO (Soft Adaptive Policy Optimization, arXiv 2511.20347): -f(r) · A with the soft gate
+    f(r) = σ(τ(r - 1)) · 4/τ in place of the hard clip, τ = `sapo_tau_pos` where A > 0, else `sapo_tau_neg`.
+
+    ∇f = 4·σ(τ(r-1))·(1-σ(τ(r-1))) · r·∇log π: exactly the unclipped policy gradient A·∇log π at r = 1,
+    fading smoothly (instead of dropping to 0) as r leaves 1, the faster the larger τ.
+
+    advantages (B, 1) (or (B,)); policy_log_probs, old_log_probs (B, T) -> loss (B, T) and metadata
+    (detached): "ratio" (B, T), "gate" (B, T): the gradient's scale 4·σ·(1-σ), 1 at r = 1.
+    """
+    advantages = _as_column(advantages)
+    ratio = torch.exp(policy_log_probs - old_log_probs)
+    tau = torch.where(advantages > 0, config.sapo_tau_pos, config.sapo_tau_neg).to(ratio.dtype)
+    gate = torch.sigmoid(tau * (ratio - 1.0))
+    loss = -gate * (4.0 / tau) * advantages
+    return loss, {"ratio": ratio.detach(), "gate": (4.0 * gate * (1.0 - gate)).detach()}
+
+
 def compute_grpo_clip_loss(
     advantages: torch.Tensor,
     policy_log_probs: torch.Tensor,
@@ -169,7 +231,8 @@ def policy_gradient_loss(
     Args:
         policy_log_probs (B, T): log π of the sampled tokens (differentiable).
         config: loss_type ("no_baseline" reads raw_rewards, "reinforce_with_baseline" advantages,
-            "grpo_clip" advantages and old_log_probs, see `grpo_clip_loss`), beta, tis_cap.
+            "grpo_clip", "cispo" and "sapo" advantages and old_log_probs, see their functions),
+            beta, tis_cap.
         raw_rewards, advantages (B, 1) (or (B,)); old_log_probs, response_mask (B, T).
         ref_log_probs (B, T): adds beta · k3 KL(π || π_ref) per token (beta 0: the KL is only reported).
         rollout_log_probs (B, T): the engine's log-probs, read only with `tis_cap`: the
@@ -180,7 +243,8 @@ def policy_gradient_loss(
             which needs response_mask.
 
     Returns:
-        loss (B, T) and metadata of detached per-token tensors: "clipped" and "ratio" (grpo_clip),
+        loss (B, T) and metadata of detached per-token tensors: "clipped" and "ratio" (grpo_clip,
+        cispo), "ratio" and "gate" (sapo),
         "kl" (when ref_log_probs is given), "tis_weight" (when TIS is on).
     """
     if config.beta and ref_log_probs is None:
@@ -198,8 +262,12 @@ def policy_gradient_loss(
         loss = compute_naive_policy_gradient_loss(advantages, policy_log_probs)
     else:
         if advantages is None or old_log_probs is None:
-            raise ValueError("loss_type='grpo_clip' needs advantages and old_log_probs")
-        loss, metadata = grpo_clip_loss(advantages, policy_log_probs, old_log_probs, config, response_mask)
+            raise ValueError(f"loss_type={config.loss_type!r} needs advantages and old_log_probs")
+        if config.loss_type == "grpo_clip":
+            loss, metadata = grpo_clip_loss(advantages, policy_log_probs, old_log_probs, config, response_mask)
+        else:
+            ratio_loss = cispo_loss if config.loss_type == "cispo" else sapo_loss
+            loss, metadata = ratio_loss(advantages, policy_log_probs, old_log_probs, config)
 
     if config.tis_cap is not None:
         behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
@@ -249,6 +317,7 @@ _TOKEN_METRICS = {
     "ratio": "ratio_mean",
     "kl": "kl_mean",
     "tis_weight": "tis_weight_mean",
+    "gate": "sapo_gate_mean",
 }
 
 
@@ -273,16 +342,16 @@ def grpo_microbatch_loss(
         "token_mean": the microbatch's sum over its response tokens is divided by it: the number of
             response tokens of the whole update (the microbatch's own count: its own token mean).
 
-    old_log_probs (B, T): the sampling policy's log-probs, read by "grpo_clip" and TIS; None with
-    "grpo_clip" means on-policy (one update per rollout batch): the sampling policy is this one,
-    so its log-probs are `policy_log_probs`, detached (every ratio is 1, and the gradient is
-    the clipped surrogate's at r = 1).
+    old_log_probs (B, T): the sampling policy's log-probs, read by the ratio losses (`RATIO_LOSSES`:
+    grpo_clip, cispo, sapo) and TIS; None with a ratio loss means on-policy (one update per rollout
+    batch): the sampling policy is this one, so its log-probs are `policy_log_probs`, detached
+    (every ratio is 1, and the gradient is the loss's at r = 1).
 
     policy_log_probs, response_mask (B, T). Returns the scalar loss and detached scalar metadata:
     "loss_per_token" (token mean of the per-token loss), and the response-token means
     "clip_fraction", "ratio_mean", "kl_mean", "tis_weight_mean" where they apply.
     """
-    if old_log_probs is None and config.loss_type == "grpo_clip":
+    if old_log_probs is None and config.loss_type in RATIO_LOSSES:
         old_log_probs = policy_log_probs.detach()
     per_token_loss, token_metadata = policy_gradient_loss(
         policy_log_probs, config, response_mask=response_mask, old_log_probs=old_log_probs, **tensors

@@ -5,8 +5,11 @@ sample (GRPO, expert iteration, evaluation) is `RolloutModule`, in `rollout.py`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -15,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from r1_lightning.distributed import (
     compile_under_fsdp2_error,
+    full_state_dict,
     gather_full_weights,
     is_sharded,
     reshard,
@@ -22,6 +26,7 @@ from r1_lightning.distributed import (
     shard_policy,
     total_norm,
 )
+from r1_lightning.lora import ADAPTER_FOLDER, LoRAConfig, add_lora, merged_state_dict, save_adapter
 from r1_lightning.models import (
     compile_backend,
     compile_decoder_layers,
@@ -29,6 +34,7 @@ from r1_lightning.models import (
     load_tokenizer,
     resolve_dtype,
 )
+from r1_lightning.modules.grpo_config import as_config
 from r1_lightning.seeding import seed_or_global
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -85,6 +91,9 @@ class PolicyModule(L.LightningModule):
             10: more than the 8 updates the off-policy ablation takes from one rollout batch, so a
             single poisoned batch does not end a run, while a cause that persists (weights already
             broken, a learning rate far too high) fails every update and stops the run within 10.
+        lora: train LoRA adapters instead of the whole policy (`LoRAConfig`: rank, alpha, dropout,
+            target_modules; None: full fine-tuning). Only the adapters get gradients and AdamW
+            state; the engine is sent, and the export holds, the merged weights (`r1_lightning.lora`).
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class PolicyModule(L.LightningModule):
         microbatch_max_tokens: int | None = None,
         sdpa_backends: list[str] | None = None,
         max_consecutive_skipped_updates: int = 10,
+        lora: LoRAConfig | dict | None = None,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -151,6 +161,18 @@ class PolicyModule(L.LightningModule):
         self.max_consecutive_skipped_updates = max_consecutive_skipped_updates
         self.skipped_updates = 0  # updates skipped for a non-finite loss or gradient norm, in all
         self.consecutive_skipped_updates = 0  # ... and in a row, up to now
+        self.lora = as_config(LoRAConfig, lora) if lora is not None else None
+
+    def save_hyperparameters(self, *args, **kwargs) -> None:
+        """Lightning's, with every option group (a dataclass, e.g. `lora`) kept as a plain mapping: the
+        logger's hparams.yaml stays plain YAML and checkpoints load with `weights_only=True`; the
+        constructors accept the mappings back (`as_config`)."""
+        kwargs.setdefault("frame", inspect.currentframe().f_back)
+        super().save_hyperparameters(*args, **kwargs)
+        for hparams in (self._hparams, self._hparams_initial):
+            for name, value in hparams.items():
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    hparams[name] = dataclasses.asdict(value)
 
     # ----------------------------------------------------------------------------- model, optim
     def configure_model(self) -> None:
@@ -158,9 +180,14 @@ class PolicyModule(L.LightningModule):
             return
         if self.device_mesh is not None and self.compile_backend:
             raise ValueError(compile_under_fsdp2_error(self.compile_backend))
+        if self.device_mesh is not None and self.lora is not None:
+            raise ValueError("model.init_args.lora: LoRA under FSDP2 (ModelParallelStrategy) is not supported; "
+                             "use DDP (strategy: ddp), whose replicas an adapter-sized model fits anyway")
         self.policy = load_causal_lm(
             self.model_name_or_path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing
         )
+        if self.lora is not None:
+            add_lora(self.policy, self.lora, self.seed)
         if self.compile_backend:
             compile_decoder_layers(self.policy, self.compile_backend)
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 (see r1_lightning.distributed)
@@ -297,12 +324,22 @@ class PolicyModule(L.LightningModule):
         self.skipped_updates = state.get("skipped_updates", 0)
         self.consecutive_skipped_updates = state.get("consecutive_skipped_updates", 0)
 
+    def model_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's full weights under its Hugging Face names, LoRA adapters merged: what a rollout
+        engine is sent and the export writes. Under FSDP2 every rank must call it (`full_state_dict`)."""
+        state = full_state_dict(self.policy)
+        return merged_state_dict(self.policy, state) if self.lora is not None else state
+
     def export_hf(self, folder: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the policy and tokenizer as a Hugging Face folder (for vLLM and the hub).
-        `state_dict`: the full weights (`full_state_dict`, which every rank must gather) when the
-        policy is sharded; the policy's own state otherwise."""
+        """Write the policy and tokenizer as a Hugging Face folder (for vLLM and the hub); with LoRA,
+        the merged model, and the adapter alone in its `adapter/` subfolder. `state_dict`: the full
+        weights (`full_state_dict`, which every rank must gather) when the policy is sharded; the
+        policy's own state otherwise."""
         if state_dict is None and is_sharded(self.policy):
             raise ValueError("export_hf of a sharded (FSDP2) policy needs its full_state_dict, gathered on every rank")
+        if self.lora is not None:
+            state_dict = self.model_weights()
+            save_adapter(self.policy, self.lora, Path(folder) / ADAPTER_FOLDER, self.model_name_or_path)
         self.policy.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
 

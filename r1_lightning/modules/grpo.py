@@ -56,6 +56,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.functional import (
+    RATIO_LOSSES,
     PolicyLossConfig,
     get_response_log_probs,
     group_normalized_advantages,
@@ -151,10 +152,7 @@ class GRPOModule(RolloutModule):
         self.rollouts_ahead = self._rollouts_ahead(async_rollouts) if async_rollouts.enabled else None
         self._reference: list[torch.nn.Module] = []  # a list, so Lightning neither saves nor optimizes it
         self.last_rollout_records: list[dict] = []
-        # hparams (a checkpoint's, the loggers' hparams.yaml) hold each group as a config writes it, a
-        # plain mapping: `save_hyperparameters` reads this frame's arguments as they are when called
-        batching, loss, dapo, async_rollouts = map(dataclasses.asdict, (batching, loss, dapo, async_rollouts))
-        self.save_hyperparameters(ignore=["engine"])
+        self.save_hyperparameters(ignore=["engine"])  # each group as a plain mapping (PolicyModule's)
 
     def _filled_loss_config(self, loss: PolicyLossConfig, asynchronous: bool) -> PolicyLossConfig:
         """`loss` with the module's defaults: the Dr. GRPO constant `sampling_max_tokens`, and with
@@ -200,8 +198,8 @@ class GRPOModule(RolloutModule):
     def needs_old_log_probs(self) -> bool:
         # Only when the policy moves while the same rollouts are still being trained on: more than
         # one update per rollout batch. With one update, "old" is the current policy, detached
-        # (`grpo_microbatch_loss` does that itself).
-        return self.loss_config.loss_type == "grpo_clip" and self.updates_per_rollout > 1
+        # (the loss does that itself).
+        return self.loss_config.loss_type in RATIO_LOSSES and self.updates_per_rollout > 1
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:

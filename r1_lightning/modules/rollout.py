@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import lightning as L
 
 from r1_lightning.callbacks.weight_sync import RolloutWeightSync
-from r1_lightning.distributed import full_state_dict
 from r1_lightning.evaluation import grade_completions, summarize, val_metrics, write_eval_outputs
 from r1_lightning.modules.base import PolicyModule
 from r1_lightning.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, WeightSyncError
@@ -128,7 +127,7 @@ class RolloutModule(PolicyModule):
             return None
         start = time.perf_counter()
         try:
-            self.engine.load_weights(full_state_dict(self.policy).items())
+            self.engine.load_weights(self.model_weights().items())
         except WeightSyncError as error:  # name the step too; the engine now refuses to generate
             raise WeightSyncError(f"at global step {self.global_step}, syncing policy version {self.policy_version}: "
                                   f"{error}") from error
