@@ -2,6 +2,7 @@
 
     r1-lightning fit --config configs/grpo.yaml        # train (LightningCLI: r1_lightning/cli.py)
     r1-lightning validate --config configs/eval.yaml   # evaluate
+    r1-lightning predict --config configs/difficulty.yaml   # pass rates per problem (difficulty filtering)
     r1-lightning quickstart                            # the offline CPU demo (r1_lightning/quickstart/run.py)
     r1-lightning sweep --config configs/grpo.yaml configs/ablations/*.yaml   # r1_lightning/sweep.py
 
@@ -35,6 +36,9 @@ SUBCOMMANDS = {
                       "train from a config: SFT, expert iteration or GRPO (fit --config configs/grpo.yaml)"),
     "validate": Subcommand(lambda argv: build_cli(["validate", *argv]),
                            "evaluate a model from a config (validate --config configs/eval.yaml)"),
+    "predict": Subcommand(lambda argv: build_cli(["predict", *argv]),
+                          "each training problem's pass rate, for difficulty filtering "
+                          "(predict --config configs/difficulty.yaml)"),
     "quickstart": Subcommand(run_quickstart,
                              "the offline CPU demo: SFT warm-up, then GRPO, of a built-in model (minutes)"),
     "sweep": Subcommand(run_sweep,

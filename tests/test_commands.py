@@ -20,10 +20,10 @@ from r1_lightning.sweep import build_parser as sweep_parser
 def test_help_lists_every_subcommand_in_one_line(capsys):
     main(["--help"])
     lines = capsys.readouterr().out.splitlines()
-    for name in ("fit", "validate", "quickstart", "sweep"):
+    for name in ("fit", "validate", "predict", "quickstart", "sweep"):
         described = [line for line in lines if line.split()[:1] == [name]]
         assert len(described) == 1 and len(described[0].split()) > 3, lines
-    assert set(SUBCOMMANDS) == {"fit", "validate", "quickstart", "sweep"}
+    assert set(SUBCOMMANDS) == {"fit", "validate", "predict", "quickstart", "sweep"}
 
 
 def test_python_m_r1_lightning_cli_is_the_same_command():

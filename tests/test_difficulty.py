@@ -6,9 +6,10 @@ import json
 import re
 
 import pytest
-from test_cli import ROOT, run_cli
+from test_cli import ROOT
 from test_modules import tiny_trainer
 
+from r1_lightning.__main__ import main as command
 from r1_lightning.data import PromptDataModule
 from r1_lightning.data.readers import DataFormatError
 from r1_lightning.modules import PassRateModule
@@ -136,7 +137,7 @@ def test_a_bad_pass_rate_names_the_file_and_line(tmp_path):
 
 def test_difficulty_config_runs_on_the_cpu_with_the_hf_engine(tiny_model_dir, toy_task_dir, tmp_path):
     out = tmp_path / "run"
-    run_cli(["predict", "--config", ROOT / "configs/difficulty.yaml",
+    command(["predict", "--config", ROOT / "configs/difficulty.yaml",
              "--model.init_args.model_name_or_path", tiny_model_dir,
              "--model.init_args.engine", "r1_lightning.rollout.HFEngine",
              "--model.init_args.reward_fn", "toy_rewards.digit_fraction_reward",
@@ -144,6 +145,6 @@ def test_difficulty_config_runs_on_the_cpu_with_the_hf_engine(tiny_model_dir, to
              "--model.init_args.dtype", "float32",
              "--data.init_args.train_path", toy_task_dir / "train.jsonl", "--data.init_args.max_examples", 6,
              "--data.init_args.batch_size", 4, "--trainer.accelerator", "cpu", "--trainer.default_root_dir", out,
-             "--trainer.enable_progress_bar", "false"])
+             "--trainer.enable_progress_bar", "false"])  # the package command, as `r1-lightning predict`
     rows = [json.loads(line) for line in (out / "pass_rates.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(row["samples"] == 2 and 0 <= row["pass_rate"] <= 1 for row in rows)
