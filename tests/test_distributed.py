@@ -34,6 +34,12 @@ RUNS = {
     # 2 epochs x 2 train batches: 4 updates from one rollout batch, with old log-probs and clipping
     "grpo_clip_epochs": ("GRPOModule", {**GRPO, "loss_type": "grpo_clip", "epochs_per_rollout_batch": 2,
                                         "train_batch_size": 4, "cliprange": 0.1}, 2),
+    # REINFORCE++: advantages whitened over the global batch, both ranks' samples (a rank's own
+    # statistics would give other advantages, and other gradients)
+    "reinforce_pp": ("GRPOModule", {**GRPO, "advantage_estimator": "reinforce_pp"}, 2),
+    # CISPO's clipped, detached weights over 4 updates from one rollout batch (old log-probs)
+    "cispo_epochs": ("GRPOModule", {**GRPO, "loss_type": "cispo", "epochs_per_rollout_batch": 2,
+                                    "train_batch_size": 4, "cliprange_high": 0.1}, 2),
     "sft": ("SFTModule", {"gradient_accumulation_steps": 2}, 4),
     # 4 prompts x 4 answers per rank; the all-digit answers (reward 1) are kept, in updates of 2 per rank
     "expert_iteration": ("ExpertIterationModule", {"group_size": 4, "sft_batch_size": 2, "gradient_accumulation_steps": 1,
@@ -155,7 +161,8 @@ def test_ddp_updates_equal_the_single_process_updates(tiny_model_dir, toy_task_d
         distributed, other_rank = torch.load(tmp_path / f"{name}.pt"), torch.load(tmp_path / f"{name}.rank1.pt")
         single = fit_and_record(spec, name, world=1)
         # expert iteration makes as many updates as its kept answers fill: at least one here
-        expected_updates = {"grpo_clip_epochs": 4, "expert_iteration": max(1, len(single["grads"]))}.get(name, 1)
+        expected_updates = {"grpo_clip_epochs": 4, "cispo_epochs": 4,
+                            "expert_iteration": max(1, len(single["grads"]))}.get(name, 1)
         assert len(single["grads"]) == expected_updates, name
         assert all(any(g.abs().max() > 0 for g in grads.values()) for grads in single["grads"])
         try:

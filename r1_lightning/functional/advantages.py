@@ -71,7 +71,7 @@ def batch_whitened(
     moments = torch.stack([torch.tensor(float(values.numel()), device=values.device), values.sum(),
                            values.square().sum()]).double()
     if all_reduce_sum is not None:
-        moments = all_reduce_sum(moments)
+        moments = all_reduce_sum(moments).to(values.device)
     count, total, squares = moments.unbind()
     mean = total / count
     variance = ((squares - count * mean * mean) / (count - 1)).clamp(min=0.0) if count > 1 else torch.zeros_like(mean)

@@ -22,7 +22,7 @@ How one GRPO step flows (12 files, in the order a step reaches them):
      7. rewards/reward_fns.py     (`r1_zero_reward_fn`, ...)
      8. modules/grpo_batches.py   groups, DAPO's choice, rollout metrics, `pack_microbatches` ->
                                   typed `Microbatch`es, each with its `loss_divisor`
-     9. functional/advantages.py  `group_normalized_advantages` (called before the packing)
+     9. functional/advantages.py  `estimate_advantages` (called before the packing)
     10. functional/logprobs.py    `get_response_log_probs` of the policy on each microbatch
     11. functional/policy_loss.py `grpo_microbatch_loss`: per-token loss -> aggregation -> / loss_divisor
     12. modules/base.py           `backward_microbatch`, `optimizer_update` (clip, step; skip a non-finite one)
@@ -56,10 +56,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.functional import (
+    ADVANTAGE_ESTIMATORS,
     RATIO_LOSSES,
     PolicyLossConfig,
+    estimate_advantages,
     get_response_log_probs,
-    group_normalized_advantages,
     grpo_microbatch_loss,
 )
 from r1_lightning.models import load_causal_lm
@@ -90,7 +91,8 @@ ASYNC_TIS_CAP = 2.0
 
 
 class GRPOModule(RolloutModule):
-    """GRPO, Dr. GRPO, DAPO-style clip-higher / token-mean, GSPO and REINFORCE baselines.
+    """GRPO, Dr. GRPO, DAPO-style clip-higher / token-mean, GSPO, CISPO, SAPO, RLOO, REINFORCE++ and
+    REINFORCE baselines.
 
     The options come in groups, each a frozen dataclass checked where it is declared, and a nested
     mapping in a config (`grpo_config.py`); the CS336 hyperparameters keep their names inside them.
@@ -100,12 +102,16 @@ class GRPOModule(RolloutModule):
     Args (beyond `RolloutModule`'s):
         batching: `BatchConfig`: rollout_batch_size, group_size, epochs_per_rollout_batch,
             train_batch_size, gradient_accumulation_steps.
-        loss: `PolicyLossConfig`: loss_type (no_baseline | reinforce_with_baseline | grpo_clip),
+        loss: `PolicyLossConfig`: loss_type (no_baseline | reinforce_with_baseline | grpo_clip | cispo | sapo),
             loss_agg, cliprange, cliprange_high, importance_level, beta, tis_cap, tis_level,
             loss_normalize_constant (default `sampling_max_tokens`). The module's copy, with the
             defaults filled in, is `self.loss_config`; `beta` > 0 also loads a frozen copy of the
             initial policy as the KL reference.
         use_std_normalization, advantage_eps: the advantages' (CS336's names).
+        advantage_estimator: "grpo" (reward - group mean, / group std when use_std_normalization),
+            "rloo" (reward - the mean of the group's other rewards) or "reinforce_pp" (reward -
+            group mean, whitened over the global batch: all ranks' samples together); see
+            `functional/advantages.py`.
         engine_logprobs: ask the engine for log-probs of all sampled tokens (true) or none (false).
             None: all when TIS needs them; else, when the engine holds its own copy of the weights,
             those of the first `engine_logprob_check_prompts` prompts' samples, for the
@@ -127,6 +133,7 @@ class GRPOModule(RolloutModule):
         loss: PolicyLossConfig = PolicyLossConfig(),
         use_std_normalization: bool = True,
         advantage_eps: float = 1e-6,
+        advantage_estimator: str = "grpo",
         engine_logprobs: bool | None = None,
         engine_logprob_check_prompts: int = 1,
         dapo: DAPOConfig = DAPOConfig(),
@@ -141,6 +148,12 @@ class GRPOModule(RolloutModule):
         self.updates_per_rollout = batching.updates_per_rollout
         self.use_std_normalization = use_std_normalization
         self.advantage_eps = advantage_eps
+        if advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"GRPOModule: unknown advantage_estimator {advantage_estimator!r}; choose one of "
+                             f"{ADVANTAGE_ESTIMATORS}")
+        if advantage_estimator != "grpo" and batching.group_size < 2:
+            raise ValueError(f"GRPOModule: advantage_estimator {advantage_estimator!r} needs batching.group_size >= 2")
+        self.advantage_estimator = advantage_estimator
         if engine_logprob_check_prompts < 0:
             raise ValueError(f"GRPOModule: engine_logprob_check_prompts must be >= 0, got {engine_logprob_check_prompts}")
         self.engine_logprobs = engine_logprobs
@@ -248,8 +261,9 @@ class GRPOModule(RolloutModule):
         verifier_rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float32)
         if self.dapo.overlong_penalty is not None:
             metrics["train/overlong_penalty"] = float((raw_rewards - verifier_rewards).mean())
-        advantages, group_std = group_normalized_advantages(
-            raw_rewards, self.group_size, self.advantage_eps, self.use_std_normalization
+        advantages, group_std = estimate_advantages(
+            raw_rewards, self.group_size, self.advantage_estimator, self.advantage_eps, self.use_std_normalization,
+            all_reduce_sum=self.all_reduce_sum,
         )
         metrics.update(rollout_metrics(records, verifier_rewards, advantages, group_std))
         in_loss = torch.tensor([not (self.dapo.overlong_filter and c.finish_reason == "length") for c in completions])
