@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from r1_lightning.rollout import Completion
+from r1_lightning.sample_metrics import k_sample_summary, k_values
 from r1_lightning.stopping import raise_if_stop_requested
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ def grade_completions(batch: dict, completions: Sequence[Completion], reward_fn:
 
 
 def summarize(records: Sequence[dict]) -> dict:
-    """Format rate, answer accuracy, mean response length, and accuracy by level and subject."""
+    """Format rate, answer accuracy, mean response length, and accuracy by level and subject; with
+    several samples per problem (records with "sample"), also pass@k, maj@k and mean@k for k = 1, 2,
+    4, ... up to the samples per problem, overall and by level and subject (`sample_metrics`)."""
     if not records:
         return {"n": 0}
     n = len(records)
@@ -71,6 +74,10 @@ def summarize(records: Sequence[dict]) -> dict:
                 groups[str(r[key])].append(r["answer_reward"])
         if groups:
             summary[f"accuracy_by_{key}"] = {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+    samples = 1 + max(r.get("sample", 0) for r in records)
+    if samples > 1:
+        summary["samples_per_problem"] = samples
+        summary.update(k_sample_summary(records, k_values(samples)))
     return summary
 
 

@@ -23,6 +23,11 @@ from r1_lightning.rewards.extract import extract_answer_tag, extract_boxed_answe
 from r1_lightning.rewards.normalize import normalize_answer
 
 
+def k_values(n: int) -> list[int]:
+    """The k reported for n samples per problem: the powers of two below n, and n (16 -> 1, 2, 4, 8, 16)."""
+    return [2**i for i in range(n.bit_length()) if 2**i < n] + [n]
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """1 - C(n-c, k) / C(n, k), as the stable product 1 - Π_{i=n-c+1..n} (1 - k/i)."""
     if not 0 <= c <= n or not 1 <= k <= n:

@@ -38,7 +38,7 @@ def parsed_config(capsys, args: list[str]) -> str:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_config_prints(capsys, config):
-    subcommand = {"eval.yaml": "validate", "difficulty.yaml": "predict"}.get(config.name, "fit")
+    subcommand = "validate" if config.name.startswith("eval") else {"difficulty.yaml": "predict"}.get(config.name, "fit")
     out = parsed_config(capsys, [subcommand, "--config", config])
     assert "class_path: r1_lightning." in out
 

@@ -56,3 +56,63 @@ def test_k_sample_summary_averages_over_problems_and_levels():
     assert summary["k_sample_by_level"]["Level 1"]["pass@1"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="at least 8 samples"):
         k_sample_summary(records, ks=[8])
+
+
+class TaggedScriptedEngine:
+    """Answers `What is a + b?` right in the first min(a % 5, n) of its n samples, `<answer> wrong </answer>` after."""
+
+    shares_policy_weights = True
+
+    def attach(self, policy, tokenizer, ranks=None):
+        pass
+
+    def generate(self, prompts, sampling):
+        import re
+
+        from r1_lightning.rollout import Completion
+
+        out = []
+        for i, prompt in enumerate(prompts):
+            a, b = map(int, re.search(r"What is (\d+) \+ (\d+)\?", prompt).groups())
+            for j in range(sampling.n):
+                text = f" </think> <answer> {a + b if j < a % 5 else 'wrong'} </answer>"
+                out.append(Completion(i, [1], [1], text, "stop"))
+        return out
+
+    def load_weights(self, named_tensors):
+        pass
+
+
+def test_validate_with_several_samples_reports_pass_maj_and_mean_at_k(tiny_model_dir, toy_task_dir, tmp_path):
+    import json
+    import re
+
+    from test_modules import tiny_trainer
+
+    from r1_lightning.data import PromptDataModule
+    from r1_lightning.modules import RolloutModule
+
+    n = 4
+    module = RolloutModule(tiny_model_dir, engine=TaggedScriptedEngine(), reward_fn="toy_rewards.answer_tag_reward",
+                           eval_samples=n, eval_temperature=1.0, eval_output_dir=str(tmp_path / "eval"))
+    data = PromptDataModule(str(toy_task_dir / "train.jsonl"), val_path=str(toy_task_dir / "val.jsonl"))
+    tiny_trainer(tmp_path, limit_val_batches=None).validate(module, datamodule=data)
+    (summary_path,) = (tmp_path / "eval").glob("*_summary.json")
+    summary = json.loads(summary_path.read_text())
+    problems = [json.loads(line)["problem"] for line in (toy_task_dir / "val.jsonl").read_text().splitlines()]
+    correct = [min(int(re.search(r"What is (\d+)", p).group(1)) % 5, n) for p in problems]
+    assert summary["samples_per_problem"] == n and summary["problems"] == len(problems)
+    for k in (1, 2, 4):
+        expected = sum(1 - comb(n - c, k) / comb(n, k) for c in correct) / len(problems)
+        assert summary[f"pass@{k}"] == pytest.approx(expected)
+    # 2 right and 2 wrong is a tie, won by the answer given first: the right one (sample 0)
+    assert summary["maj@4"] == pytest.approx(sum(c >= 2 for c in correct) / len(problems))
+    assert summary["mean@4"] == pytest.approx(sum(correct) / (n * len(problems)))
+    assert summary["answer_accuracy"] == pytest.approx(summary["mean@4"])
+
+
+def test_several_samples_need_a_sampling_temperature(tiny_model_dir):
+    from r1_lightning.modules import RolloutModule
+
+    with pytest.raises(ValueError, match="eval_samples 8 needs eval_temperature > 0"):
+        RolloutModule(tiny_model_dir, eval_samples=8, eval_temperature=0.0)

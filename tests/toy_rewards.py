@@ -12,3 +12,10 @@ def exact_answer_reward(response: str, ground_truth: str) -> dict[str, float]:
     """Reward 1 when the response, stripped, is the ground truth; else 0."""
     correct = float(response.strip() == ground_truth)
     return {"format_reward": 1.0, "answer_reward": correct, "reward": correct}
+
+
+def answer_tag_reward(response: str, ground_truth: str) -> dict[str, float]:
+    """Reward 1 when the text of the response's `<answer>` block, stripped, is the ground truth; else 0."""
+    start, end = response.rfind("<answer>"), response.rfind("</answer>")
+    correct = float(0 <= start < end and response[start + len("<answer>"):end].strip() == ground_truth)
+    return {"format_reward": float(start >= 0), "answer_reward": correct, "reward": correct}

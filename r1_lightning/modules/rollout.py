@@ -39,6 +39,8 @@ class RolloutModule(PolicyModule):
         stop: stop strings, kept in the text (both uses).
         sampling_temperature, sampling_top_p, sampling_min_tokens, sampling_max_tokens: training rollouts.
         eval_temperature, eval_max_tokens: evaluation.
+        eval_samples: answers sampled per evaluation problem (1: one, greedy by default); more (with
+            eval_temperature > 0) adds pass@k, maj@k and mean@k to the summary (`sample_metrics`).
         eval_output_dir: where `validate` writes its jsonl and summary (default: the log folder).
     """
 
@@ -54,6 +56,7 @@ class RolloutModule(PolicyModule):
         sampling_max_tokens: int = 1024,
         eval_temperature: float = 0.0,
         eval_max_tokens: int = 1024,
+        eval_samples: int = 1,
         eval_output_dir: str | None = None,
         **kwargs,
     ) -> None:
@@ -69,11 +72,14 @@ class RolloutModule(PolicyModule):
                 max_tokens=sampling_max_tokens, stop=self.stop,
             )
             self.eval_sampling = SamplingConfig(
-                temperature=eval_temperature, max_tokens=eval_max_tokens, min_tokens=0, stop=self.stop,
-                seed=seed_for_eval(self.seed),
+                n=eval_samples, temperature=eval_temperature, max_tokens=eval_max_tokens, min_tokens=0,
+                stop=self.stop, seed=seed_for_eval(self.seed),
             )
         except ValueError as error:  # name the module's options, not the dataclass's fields
             raise ValueError(f"{type(self).__name__} sampling_* / eval_* options: {error}") from None
+        if eval_samples > 1 and eval_temperature == 0:
+            raise ValueError(f"{type(self).__name__}: eval_samples {eval_samples} needs eval_temperature > 0 "
+                             f"(greedy decoding gives every sample the same answer)")
         self.eval_output_dir = eval_output_dir
         self._eval_records: list[dict] = []
         # The `policy_version` whose weights the engine holds; None: not known to be any (a fresh
@@ -178,7 +184,8 @@ class RolloutModule(PolicyModule):
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate_examples(self, batch: dict) -> list[dict]:
-        """Generate greedily for a batch of prompts and grade each answer: one record per example."""
+        """Generate `eval_samples` answers (greedy by default) for a batch of prompts and grade each: one
+        record per answer."""
         completions, _ = self.rollout(batch["prompt"], self.eval_sampling)
         return grade_completions(batch, completions, self.reward_fn)
 
