@@ -233,6 +233,45 @@ def check_prompt(rows, generations):
     assert [g["format_reward"] for g in generations[:4]] == [1.0, 0.0, 1.0, 0.0]
 
 
+def check_cispo(rows, generations):
+    # 8 updates from one rollout: weights leave [0, 1.28] and are clipped, yet every update has a gradient
+    (clip_fraction,) = column(rows, "train/clip_fraction")
+    assert clip_fraction > 0, clip_fraction
+    assert all(norm > 0 for norm in column(rows, "train/grad_norm"))
+
+
+def check_sapo(rows, generations):
+    # the gate's gradient scale 4 sigma (1 - sigma) is 1 at r = 1 and below it once the policy moved
+    (gate,) = column(rows, "train/sapo_gate_mean")
+    assert 0 < gate < 1, gate
+
+
+def check_dapo(rows, generations):
+    assert column(rows, "train/dynamic_sampling_prompts"), "dynamic sampling logs how many prompts it sampled"
+    assert "train/overlong_filtered" in next(r for r in rows if "train/loss" in r)
+
+
+def check_rloo(rows, generations):
+    rewards = [g["reward"] for g in generations[:8]]
+    # leave-one-out: r_i - mean of the other 3 = 4/3 (r_i - group mean), by hand
+    by_hand = [abs(r - (sum(rewards[g:g + 4]) - r) / 3) for g in (0, 4) for r in rewards[g:g + 4]]
+    assert column(rows, "train/advantage_abs_mean")[0] == pytest.approx(sum(by_hand) / 8, rel=1e-5)
+    assert by_hand != pytest.approx([abs(a) for a in group_advantages(rewards, 4, 1e-6, by_std=True).tolist()])
+
+
+def check_reinforce_pp(rows, generations):
+    rewards = torch.tensor([g["reward"] for g in generations[:8]])
+    centered = rewards - rewards.view(2, 4).mean(dim=1).repeat_interleave(4)
+    by_hand = (centered / (centered.std() + 1e-6)).abs().mean().item()  # the batch's std, not each group's
+    assert column(rows, "train/advantage_abs_mean")[0] == pytest.approx(by_hand, rel=1e-4)
+
+
+def check_lora(rows, generations):
+    # the overlay's lr, and adapters that train: the loss moves while only rank-32 adapters have gradients
+    assert column(rows, "train/lr") == pytest.approx([overlay_value("lora", "learning_rate")] * 2, rel=1e-6)
+    assert all(norm > 0 for norm in column(rows, "train/grad_norm"))
+
+
 OVERLAY_RUNS = {  # overlay -> (extra CLI arguments, check of its logged metrics and generations)
     "learning_rate": ([], check_learning_rate),
     "baselines": (["--model.init_args.reward_fn", "ablation_helpers.constant_reward"], check_baselines),
@@ -242,6 +281,13 @@ OVERLAY_RUNS = {  # overlay -> (extra CLI arguments, check of its logged metrics
     "off_policy": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_off_policy),
     "clipping": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_clipping),
     "prompt": (["--model.init_args.engine", "ablation_helpers.AdditionEngine"], check_prompt),
+    "cispo": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_cispo),
+    "sapo": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8"], check_sapo),
+    "dapo": (["--model.init_args.batching.train_batch_size", "4", "--trainer.max_steps", "8",
+              "--data.init_args.batch_size", "6"], check_dapo),  # 3 slices of 2 questions
+    "rloo": ([], check_rloo),
+    "reinforce_pp": ([], check_reinforce_pp),
+    "lora": ([], check_lora),
 }
 
 
@@ -255,7 +301,7 @@ def test_overlay_shows_its_mechanism(tiny_model_dir, toy_task_dir, tmp_path, nam
     the logged metrics and generations (toy dense reward and lr 1e-2 unless the overlay sets them)."""
     extra, check = OVERLAY_RUNS[name]
     defaults = ["--model.init_args.reward_fn", "toy_rewards.digit_fraction_reward", "--model.init_args.learning_rate", "1e-2"]
-    if name == "learning_rate":
+    if name in ("learning_rate", "lora"):
         defaults = defaults[:2]
     if name == "prompt":
         defaults = defaults[2:]  # the overlay's question_only reward
