@@ -70,7 +70,7 @@ def run_and_signal(args: list, marker: Path, signum: int, log: Path) -> tuple[in
                 process.wait()
 
 
-ASYNC = ["--model.init_args.engine.init_args.own_weights", "true", "--model.init_args.async_rollouts", "true"]
+ASYNC = ["--model.init_args.engine.init_args.own_weights", "true", "--model.init_args.async_rollouts.enabled", "true"]
 
 
 @pytest.mark.parametrize("signum, said, mode", [(signal.SIGTERM, "stopped by SIGTERM", []),

@@ -76,7 +76,7 @@ def bad_yaml(tmp_path) -> str:
 
 # (case id, command line (a function of tmp_path and the tiny model), setup, what the line must say)
 CASES = [
-    ("no_subcommand", lambda t, m: [], None, "give a subcommand: fit, validate, quickstart, sweep"),
+    ("no_subcommand", lambda t, m: [], None, "give a subcommand: fit, validate, predict, quickstart, sweep"),
     ("unknown_subcommand", lambda t, m: ["fitt"], None, "no subcommand 'fitt' (did you mean fit?)"),
     ("option_prefix", lambda t, m: [*QUICKSTART, "--trainer.max_step", "10"], None,
      "--trainer.max_step: no such option (did you mean --trainer.max_steps?)"),
