@@ -66,14 +66,9 @@ class ResumableDataLoader:
             raise ValueError(
                 f"ResumableDataLoader: need 0 <= rank < num_replicas, got {rank=}, {num_replicas=}"
             )
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.collate_fn = collate_fn
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.num_replicas = num_replicas
-        self.rank = rank
+        self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last  # the order of an epoch
+        self.num_replicas, self.rank = num_replicas, rank  # this rank's share of it
         if len(self) == 0:
             raise ValueError(
                 f"ResumableDataLoader: {len(dataset)} examples over {num_replicas} replica(s) make no batch "
