@@ -7,6 +7,7 @@ their packages (and, for vLLM, a GPU) are present: on the GPU machine, with PYTH
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -65,7 +66,8 @@ def test_policy_update_tiny(scripts, variant, phase, tmp_path, capsys):
     assert all(8 * 8 <= t <= 8 * 36 for t in result["tokens_per_step"])
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] and result["mfu_causal"] < result["mfu"]
     assert result["config"]["gradient_accumulation_steps"] == 4 and result["config"]["gradient_checkpointing"]
-    assert result["environment"]["versions"]["torch"] == torch.__version__
+    # the installed distribution's version (a CUDA wheel from PyPI says 2.x.y, its torch.__version__ 2.x.y+cu130)
+    assert result["environment"]["versions"]["torch"] == importlib.metadata.version("torch")
     assert result["environment"]["command"].startswith("python ")
 
 
