@@ -61,3 +61,15 @@ def test_batch_whitening_of_equal_values_is_zero_not_nan():
 def test_bad_estimator_options_are_refused(estimator, group_size, message):
     with pytest.raises(ValueError, match=message):
         estimate_advantages(torch.zeros(4), group_size, estimator, 1e-6, normalize_by_std=False)
+
+
+@pytest.mark.parametrize(("estimator", "group_size", "message"), [
+    ("ppo", 4, "GRPOModule: unknown advantage_estimator 'ppo'"),
+    ("rloo", 1, "GRPOModule: advantage_estimator='rloo' needs group_size >= 2"),
+])
+def test_grpo_module_refuses_a_bad_estimator_when_built(tiny_model_dir, estimator, group_size, message):
+    from r1_lightning.modules import BatchConfig, GRPOModule
+
+    batching = BatchConfig(rollout_batch_size=4, group_size=group_size, train_batch_size=4, gradient_accumulation_steps=1)
+    with pytest.raises(ValueError, match=message):
+        GRPOModule(tiny_model_dir, batching=batching, advantage_estimator=estimator)

@@ -32,6 +32,7 @@ N = flattened tokens (B·T).
 from r1_lightning.functional.advantages import (
     ADVANTAGE_ESTIMATORS,
     batch_whitened,
+    check_advantage_estimator,
     compute_group_normalized_rewards,
     estimate_advantages,
     group_normalized_advantages,
@@ -80,6 +81,7 @@ __all__ = [
     "PolicyLossConfig",
     "aggregate_loss",
     "batch_whitened",
+    "check_advantage_estimator",
     "cispo_loss",
     "compute_entropy",
     "compute_group_normalized_rewards",

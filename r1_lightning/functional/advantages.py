@@ -78,6 +78,15 @@ def batch_whitened(
     return ((values - mean) / (variance.sqrt() + eps)).float()
 
 
+def check_advantage_estimator(estimator: str, group_size: int) -> None:
+    """Raise ValueError unless `estimator` is one of `ADVANTAGE_ESTIMATORS` and fits `group_size`
+    (RLOO's and REINFORCE++'s baselines come from the other samples of a group: at least 2)."""
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage_estimator {estimator!r}; choose one of {ADVANTAGE_ESTIMATORS}")
+    if estimator != "grpo" and group_size < 2:
+        raise ValueError(f"advantage_estimator={estimator!r} needs group_size >= 2 (a baseline from the other samples)")
+
+
 def estimate_advantages(
     raw_rewards: torch.Tensor, group_size: int, estimator: str, advantage_eps: float, normalize_by_std: bool,
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -90,10 +99,7 @@ def estimate_advantages(
     raw_rewards (N,) -> advantages (N,) float32 and group_std (N / group_size,) (see
     `group_normalized_advantages`).
     """
-    if estimator not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage_estimator {estimator!r}; choose one of {ADVANTAGE_ESTIMATORS}")
-    if estimator != "grpo" and group_size < 2:
-        raise ValueError(f"advantage_estimator={estimator!r} needs group_size >= 2 (a baseline from the other samples)")
+    check_advantage_estimator(estimator, group_size)
     centered, group_std = group_normalized_advantages(
         raw_rewards, group_size, advantage_eps, normalize_by_std and estimator == "grpo"
     )

@@ -56,9 +56,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from r1_lightning.functional import (
-    ADVANTAGE_ESTIMATORS,
     RATIO_LOSSES,
     PolicyLossConfig,
+    check_advantage_estimator,
     estimate_advantages,
     get_response_log_probs,
     grpo_microbatch_loss,
@@ -148,11 +148,10 @@ class GRPOModule(RolloutModule):
         self.updates_per_rollout = batching.updates_per_rollout
         self.use_std_normalization = use_std_normalization
         self.advantage_eps = advantage_eps
-        if advantage_estimator not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"GRPOModule: unknown advantage_estimator {advantage_estimator!r}; choose one of "
-                             f"{ADVANTAGE_ESTIMATORS}")
-        if advantage_estimator != "grpo" and batching.group_size < 2:
-            raise ValueError(f"GRPOModule: advantage_estimator {advantage_estimator!r} needs batching.group_size >= 2")
+        try:  # at construction, not at the first step
+            check_advantage_estimator(advantage_estimator, batching.group_size)
+        except ValueError as error:
+            raise ValueError(f"GRPOModule: {error}") from None
         self.advantage_estimator = advantage_estimator
         if engine_logprob_check_prompts < 0:
             raise ValueError(f"GRPOModule: engine_logprob_check_prompts must be >= 0, got {engine_logprob_check_prompts}")
