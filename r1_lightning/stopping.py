@@ -126,7 +126,7 @@ def stop_on_signals() -> Iterator[None]:
         return
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _request_then(previous[signum]))
+        also_stop_on(signum)
     try:
         yield
     except (SystemExit, KeyboardInterrupt):

@@ -193,12 +193,12 @@ class HFExportCheckpoint(ModelCheckpoint):
             self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST
         )
         what = f"{_describe(exception)} at step {trainer.global_step}"
-        kept = self._why_not_saved(trainer, filepath)
-        if kept is None:
-            kept = self._save_last(trainer, filepath)
-        if kept is not None:
+        outcome = self._why_not_saved(trainer, filepath)
+        if outcome is None:
+            outcome = self._save_last(trainer, filepath)
+        if outcome is not None:
             resume = "; resume with --ckpt_path last" if os.path.exists(filepath) else ""
-            rank_zero_warn(f"{what}: {kept}{resume}")
+            rank_zero_warn(f"{what}: {outcome}{resume}")
 
     def _why_not_saved(self, trainer, filepath: str) -> str | None:
         """Why a failure must leave `filepath` as it is, or None: the state in memory is complete
