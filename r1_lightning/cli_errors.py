@@ -43,11 +43,14 @@ class SubcommandParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         unknown = _UNRECOGNIZED.match(message)
-        if unknown:
-            flag = unknown[1].split("=", 1)[0]
-            options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-            message = f"{flag}: no such option of `{self.prog}`{did_you_mean(flag, options)}"
-        raise UsageError(message)
+        raise self.unknown_option(unknown[1].split("=", 1)[0]) if unknown else UsageError(message)
+
+    def long_options(self) -> list[str]:
+        return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+
+    def unknown_option(self, flag: str) -> UsageError:
+        """The one-line refusal of `flag`, naming the closest option of this subcommand."""
+        return UsageError(f"{flag}: no such option of `{self.prog}`{did_you_mean(flag, self.long_options())}")
 
 
 def exception_chain(error: BaseException) -> list[BaseException]:
@@ -124,8 +127,9 @@ def _yaml_syntax_error(argv: list[str]) -> str | None:
     return None
 
 
-def did_you_mean(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1)
+def did_you_mean(name: str, candidates: list[str], cutoff: float = 0.6) -> str:
+    """` (did you mean X?)` for the candidate closest to `name`, if one is at least `cutoff` alike; else ""."""
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=cutoff)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

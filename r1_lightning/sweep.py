@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import io
 import json
 import shlex
@@ -33,10 +32,10 @@ import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
-from r1_lightning.cli_errors import SubcommandParser, UsageError, describe_parse_error
+from r1_lightning.cli_errors import SubcommandParser, UsageError, describe_parse_error, did_you_mean
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> SubcommandParser:
     parser = SubcommandParser(prog="r1-lightning sweep", description=__doc__)
     parser.add_argument("--config", nargs="+", required=True, metavar="YAML",
                         help="the base config, then overlays: one run per overlay")
@@ -127,13 +126,13 @@ def updates_per_grpo_step(config: dict) -> int | None:
     return batching["epochs_per_rollout_batch"] * (batching["rollout_batch_size"] // batching["train_batch_size"])
 
 
-def check_no_misspelled_sweep_option(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
+def check_no_misspelled_sweep_option(parser: SubcommandParser, overrides: list[str]) -> None:
     """Arguments the sweep does not know go to every run's `fit`; one that is a near miss of the
     sweep's own (`--grpo-steps`, `--learning_rate`) is a typo, refused before any run parses."""
-    own = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    own = parser.long_options()
     for flag in (a.split("=", 1)[0] for a in overrides if a.startswith("--") and "." not in a):
-        if flag not in own and (close := difflib.get_close_matches(flag, own, n=1, cutoff=0.8)):
-            raise UsageError(f"{flag}: no such option of `r1-lightning sweep` (did you mean {close[0]}?)")
+        if flag not in own and did_you_mean(flag, own, cutoff=0.8):
+            raise parser.unknown_option(flag)
 
 
 def run_sweep(argv: list[str] | None = None) -> list[dict]:
