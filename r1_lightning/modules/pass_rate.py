@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from r1_lightning.data.readers import read_jsonl
 from r1_lightning.evaluation import grade_completions
 from r1_lightning.modules.rollout import RolloutModule
 
@@ -97,10 +98,11 @@ def pass_rate_rows(batch: dict, records: list[dict], n: int) -> list[dict]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of an annotated file (none when it does not exist yet)."""
-    if not path.is_file():
+    """The rows of an annotated file (none when it does not exist yet or is empty); a line that is
+    not a JSON object is named by file and line (`read_jsonl`)."""
+    if not path.is_file() or path.stat().st_size == 0:
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(path)]
 
 
 def drop_cut_off_line(path: Path) -> None:
